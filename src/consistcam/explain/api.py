@@ -1,0 +1,134 @@
+"""``explain()``: the one entry point for heatmaps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from consistcam.explain._state import capture, preserved_state
+from consistcam.explain.layers import resolve_layer
+from consistcam.explain.methods import METHODS, CAMContext, target_gradients
+
+Targets = Tensor | Sequence[int] | Sequence[Sequence[int]] | None
+
+
+def normalize_maps(maps: Tensor, eps: float = 1e-7) -> Tensor:
+    """Min-max normalise each (1, H, W) map to [0, 1]; a constant map becomes all zeros."""
+    lo = maps.amin((-2, -1), keepdim=True)
+    hi = maps.amax((-2, -1), keepdim=True)
+    return (maps - lo) / (hi - lo + eps)
+
+
+def list_explainers() -> list[str]:
+    return METHODS.names()
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
+
+
+def _as_label_tensor(targets: Tensor | Sequence[int], n: int, num_classes: int, device) -> Tensor:
+    t = torch.as_tensor(targets, device=device)
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.dim() != 1 or t.numel() != n or t.dtype.is_floating_point:
+        raise ValueError(f"targets must be {n} integer class ids (one per image), got shape {tuple(t.shape)}")
+    t = t.long()
+    if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(f"targets must lie in [0, {num_classes}), got min {t.min()} max {t.max()}")
+    return t
+
+
+def _is_multilabel(targets: Targets) -> bool:
+    return (
+        targets is not None
+        and not isinstance(targets, Tensor)
+        and len(targets) > 0
+        and all(isinstance(t, (Sequence, Tensor)) and not isinstance(t, str) for t in targets)
+    )
+
+
+def explain(
+    model: nn.Module,
+    images: Tensor,
+    targets: Targets = None,
+    method: str = "gradcam",
+    layer: nn.Module | str | None = None,
+    differentiable: bool = False,
+    normalize: bool = True,
+    return_logits: bool = False,
+    **options,
+) -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
+    """Class-activation heatmaps for a batch, on the model's device.
+
+    Args:
+        model: a classifier returning logits (N, C); normalisation belongs inside it.
+        images: (N, C, H, W) inputs.
+        targets: ``None`` explains the predicted class; a tensor/sequence of N labels explains
+            those; a sequence of N sequences (multi-label) gives one map per image and class and
+            returns a list of (K_i, 1, H, W) tensors.
+        method: one of :func:`list_explainers` (``gradcam``, ``gradcam++``, ``xgradcam``,
+            ``layercam``, ``hirescam``, ``scorecam``, ``integrated-gradcam``).
+        layer: module or dotted name; default: the last spatial feature stage, found automatically.
+        differentiable: keep the graph (``create_graph``) so a training loss or an attack can
+            back-propagate through the map; parameter flags are left as the caller set them.
+            Otherwise parameter gradients are switched off and the result is detached.
+        normalize: min-max normalise each map to [0, 1] (after ReLU and upsampling); ``False``
+            returns the raw ReLU'd maps at input size.
+        return_logits: also return the logits of the explained forward pass (free: the
+            consistency scorer uses them instead of a second forward).
+        **options: method options (``batch_size`` for scorecam, ``steps``/``baseline`` for
+            integrated-gradcam).
+
+    Returns (N, 1, H, W) maps, or (maps, logits) with ``return_logits``.
+
+    The model is left as it was: hooks removed (also on error), mode and ``requires_grad`` flags
+    restored, BatchNorm running statistics unchanged even in train mode.
+    """
+    _check_images(images)
+    cam_method = METHODS.get(method)
+    if _is_multilabel(targets):
+        if return_logits:
+            raise ValueError("return_logits is not supported with per-image lists of targets")
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"got {len(targets)} target lists for {images.shape[0]} images")
+        counts = [len(t) for t in targets]
+        index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
+                                        torch.tensor(counts, device=images.device))
+        flat = [int(c) for t in targets for c in t]
+        maps = explain(model, images[index], torch.tensor(flat, device=images.device), method, layer,
+                       differentiable, normalize, **options)
+        return list(maps.split(counts))
+
+    layer_module = resolve_layer(model, layer, images)
+    with preserved_state(model, freeze_params=not differentiable), torch.enable_grad():
+        with capture(layer_module) as cap:
+            logits = model(images)
+        acts = cap.activation
+        if logits.dim() != 2:
+            raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
+        if acts is None or acts.dim() != 4:
+            raise ValueError(f"layer {type(layer_module).__name__} did not produce a (N, C, h, w) map")
+        if targets is None:
+            target_ids = logits.detach().argmax(1)
+        else:
+            target_ids = _as_label_tensor(targets, images.shape[0], logits.shape[1], images.device)
+        grads = (
+            target_gradients(logits, target_ids, acts, differentiable) if cam_method.needs_gradients else None
+        )
+        ctx = CAMContext(model, layer_module, images, target_ids,
+                         acts if differentiable else acts.detach(),
+                         grads if grads is None or differentiable else grads.detach(),
+                         differentiable, options)
+        raw = cam_method.fn(ctx)
+    maps = F.interpolate(F.relu(raw)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+    if normalize:
+        maps = normalize_maps(maps)
+    if not differentiable:
+        maps, logits = maps.detach(), logits.detach()
+    return (maps, logits) if return_logits else maps

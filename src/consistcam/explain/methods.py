@@ -1,0 +1,151 @@
+"""CAM methods. Each only says how it weighs the activations; the machinery is in ``api.py``.
+
+Every function takes a :class:`CAMContext` and returns the raw (pre-ReLU) map (N, h, w) at the
+layer's resolution. Formulas follow the papers; constants follow pytorch-grad-cam where it has the
+method, so that results agree with it (tests check this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from consistcam._registry import Registry
+from consistcam.explain._state import capture
+
+
+@dataclass
+class CAMContext:
+    model: nn.Module
+    layer: nn.Module
+    images: Tensor
+    targets: Tensor  # (N,) long
+    activations: Tensor  # (N, K, h, w)
+    gradients: Tensor | None  # d(target logit)/d(activations), (N, K, h, w)
+    create_graph: bool
+    options: dict
+
+
+@dataclass(frozen=True)
+class CAMMethod:
+    fn: Callable[[CAMContext], Tensor]
+    needs_gradients: bool = True
+
+
+METHODS: Registry[CAMMethod] = Registry("explainer method")
+
+
+def _method(name: str, *aliases: str, needs_gradients: bool = True):
+    def deco(fn: Callable[[CAMContext], Tensor]) -> Callable[[CAMContext], Tensor]:
+        METHODS.add(name, CAMMethod(fn, needs_gradients), *aliases)
+        return fn
+
+    return deco
+
+
+def _weighted(weights: Tensor, acts: Tensor) -> Tensor:
+    return (weights[:, :, None, None] * acts).sum(1)
+
+
+def target_gradients(logits: Tensor, targets: Tensor, acts: Tensor, create_graph: bool) -> Tensor:
+    """Gradient of each image's target logit w.r.t. the activations (one autograd call, batched)."""
+    score = logits.gather(1, targets[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, acts, create_graph=create_graph, retain_graph=create_graph)
+    return grads
+
+
+@_method("gradcam", "grad-cam")
+def gradcam(ctx: CAMContext) -> Tensor:
+    return _weighted(ctx.gradients.mean((2, 3)), ctx.activations)
+
+
+@_method("hirescam")
+def hirescam(ctx: CAMContext) -> Tensor:
+    """Element-wise gradient x activation (Draelos & Carin), the map CGC trains with."""
+    return (ctx.gradients * ctx.activations).sum(1)
+
+
+@_method("xgradcam", "xgrad-cam")
+def xgradcam(ctx: CAMContext) -> Tensor:
+    acts, grads = ctx.activations, ctx.gradients
+    total = acts.sum((2, 3), keepdim=True)
+    return _weighted((grads * acts / (total + 1e-7)).sum((2, 3)), acts)
+
+
+@_method("gradcam++", "gradcampp", "gradcamplusplus")
+def gradcam_plus_plus(ctx: CAMContext) -> Tensor:
+    acts, grads = ctx.activations, ctx.gradients
+    g2 = grads.pow(2)
+    g3 = g2 * grads
+    total = acts.sum((2, 3), keepdim=True)
+    alpha = g2 / (2 * g2 + total * g3 + 1e-6)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return _weighted((grads.clamp_min(0) * alpha).sum((2, 3)), acts)
+
+
+@_method("layercam")
+def layercam(ctx: CAMContext) -> Tensor:
+    return (ctx.gradients.clamp_min(0) * ctx.activations).sum(1)
+
+
+@_method("scorecam", "score-cam", needs_gradients=False)
+def scorecam(ctx: CAMContext) -> Tensor:
+    """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target logits of
+    the N·K masked images (one batched stream, ``batch_size`` at a time) are soft-maxed over
+    channels into weights. Upsampling uses ``align_corners=True`` as pytorch-grad-cam does."""
+    acts, images = ctx.activations, ctx.images
+    n, k = acts.shape[:2]
+    batch_size = int(ctx.options.get("batch_size", 64))
+    with torch.set_grad_enabled(ctx.create_graph):
+        up = F.interpolate(acts, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        lo = up.amin((2, 3), keepdim=True)
+        hi = up.amax((2, 3), keepdim=True)
+        up = (up - lo) / (hi - lo + 1e-8)
+        scores = torch.empty(n * k, device=images.device, dtype=images.dtype)
+        flat_targets = ctx.targets.repeat_interleave(k)
+        for start in range(0, n * k, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n * k), device=images.device)
+            masked = images[idx // k] * up.flatten(0, 1)[idx][:, None]
+            logits = ctx.model(masked)
+            scores[idx] = logits.gather(1, flat_targets[idx][:, None]).squeeze(1)
+        weights = scores.view(n, k).softmax(dim=1)
+    return _weighted(weights, acts)
+
+
+@_method("integrated-gradcam", "integrated_gradcam", "igcam")
+def integrated_gradcam(ctx: CAMContext) -> Tensor:
+    """Integrated Grad-CAM (Sattarzadeh et al., ICASSP 2021), as the path integral of the Grad-CAM
+    weights along the straight line from a baseline x' (black image) to x:
+
+        alpha_k = int_0^1 GAP(dS_c/dA_k)(x' + t(x - x')) dt,
+        map = ReLU(sum_k alpha_k (A_k(x) - A_k(x'))).
+
+    The integral is a midpoint Riemann sum over ``steps`` points (default 16); each point is one
+    batched forward/backward. (The authors' notebook sums per-step Grad-CAM maps instead; the
+    integral form is the one stated in the paper's abstract and is what we test against.)
+    """
+    steps = int(ctx.options.get("steps", 16))
+    if steps < 1:
+        raise ValueError(f"integrated-gradcam steps must be >= 1, got {steps}")
+    x = ctx.images
+    baseline = ctx.options.get("baseline")
+    baseline = torch.zeros_like(x) if baseline is None else baseline.expand_as(x)
+    alpha = torch.zeros(ctx.activations.shape[:2], device=x.device, dtype=ctx.activations.dtype)
+    base_act = None
+    with torch.enable_grad():
+        for i in range(steps + 1):
+            point = baseline if i == steps else baseline + ((i + 0.5) / steps) * (x - baseline)
+            with capture(ctx.layer) as cap:
+                logits = ctx.model(point)
+            if i == steps:
+                base_act = cap.activation
+                break
+            grads = target_gradients(logits, ctx.targets, cap.activation, ctx.create_graph)
+            alpha = alpha + grads.mean((2, 3)) / steps
+    if not ctx.create_graph:
+        base_act = base_act.detach()
+    return _weighted(alpha, ctx.activations - base_act)

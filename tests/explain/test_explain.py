@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from consistcam.explain import explain, find_target_layer, list_explainers
+
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+REFERENCE = {
+    "gradcam": pgc.GradCAM,
+    "gradcam++": pgc.GradCAMPlusPlus,
+    "xgradcam": pgc.XGradCAM,
+    "layercam": pgc.LayerCAM,
+    "hirescam": pgc.HiResCAM,
+    "scorecam": pgc.ScoreCAM,
+}
+TARGETS = [3, 7, 0, 9]
+
+
+def _reference_maps(model, images, method):
+    ref_model = copy.deepcopy(model)
+    with REFERENCE[method](model=ref_model, target_layers=[ref_model.layer4]) as cam:
+        if method == "scorecam":
+            cam.batch_size = 64
+        out = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in TARGETS])
+    return torch.from_numpy(out)[:, None]
+
+
+@pytest.mark.parametrize("method", sorted(REFERENCE))
+def test_matches_pytorch_grad_cam(resnet18, method):
+    torch.manual_seed(2)
+    images = torch.rand(4, 3, 64, 64)
+    ours = explain(resnet18, images, torch.tensor(TARGETS), method=method)
+    ref = _reference_maps(resnet18, images, method)
+    assert ours.shape == ref.shape == (4, 1, *images.shape[-2:])
+    assert ours.amax() > 0.99  # not a degenerate all-zero comparison
+    assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_every_method_runs_and_is_normalised(resnet18, images):
+    for method in list_explainers():
+        maps = explain(resnet18, images, method=method, steps=4, batch_size=128)
+        assert maps.shape == (4, 1, 64, 64), method
+        assert maps.min() >= 0 and maps.max() <= 1, method
+        assert torch.isfinite(maps).all(), method
+
+
+def test_unknown_method_lists_known(resnet18, images):
+    with pytest.raises(ValueError, match="known: .*gradcam"):
+        explain(resnet18, images, method="nope")
+
+
+def test_default_layer_found_for_common_backbones():
+    x = torch.rand(1, 3, 64, 64)
+    expected = {
+        "resnet18": "layer4",
+        "vgg11": "features",
+        "densenet121": "features",
+        "mobilenet_v3_small": "features",
+        "efficientnet_b0": "features",
+        "convnext_tiny": "features",
+    }
+    for name, layer in expected.items():
+        model = torchvision.models.get_model(name, num_classes=5)
+        assert find_target_layer(model, x) == layer, name
+
+
+def test_default_layer_found_for_timm():
+    timm = pytest.importorskip("timm")
+    x = torch.rand(1, 3, 64, 64)
+    assert find_target_layer(timm.create_model("resnet18", num_classes=5), x) == "layer4"
+    assert find_target_layer(timm.create_model("convnext_atto", num_classes=5), x) == "stages"
+
+
+def test_no_spatial_layer_is_a_clear_error():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(ValueError, match="Sequential"):
+        explain(mlp, torch.rand(2, 3, 2, 2))
+
+
+def test_bad_layer_name_and_targets(resnet18, images):
+    with pytest.raises(ValueError, match="no layer 'layer9'"):
+        explain(resnet18, images, layer="layer9")
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        explain(resnet18, images, torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="4 integer class ids"):
+        explain(resnet18, images, torch.tensor([0, 1]))
+
+
+def test_predicted_class_is_default(resnet18, images):
+    pred = resnet18(images).argmax(1)
+    assert torch.equal(explain(resnet18, images), explain(resnet18, images, pred))
+
+
+def test_batching_does_not_mix_images(resnet18, images):
+    batched = explain(resnet18, images, torch.tensor(TARGETS))
+    single = torch.cat([explain(resnet18, images[i : i + 1], torch.tensor([TARGETS[i]])) for i in range(4)])
+    assert (batched - single).abs().max() < 1e-5
+
+
+def test_multilabel_targets_give_one_map_per_class(resnet18, images):
+    maps = explain(resnet18, images, [[1, 2], [3], [4, 5, 6], [0]])
+    assert [m.shape[0] for m in maps] == [2, 1, 3, 1]
+    assert torch.allclose(maps[0][1:2], explain(resnet18, images[:1], torch.tensor([2])), atol=1e-5)
+
+
+def _integrated_reference(model, x, target, steps, layer="layer4"):
+    return explain(model, x, target, method="integrated-gradcam", normalize=False, steps=steps, layer=layer)
+
+
+def test_integrated_gradcam_converges_to_its_integral(resnet18, images):
+    # layer3: behind it the head is non-linear, so the gradient changes along the path (behind
+    # layer4 of a ResNet it is constant and every step count is exact).
+    # Random BN biases: a fresh ResNet has none, is positively homogeneous, and then gradients are
+    # constant along the ray from the black baseline whatever the layer.
+    g = torch.Generator().manual_seed(3)
+    for m in resnet18.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.bias.data = 0.5 * torch.randn(m.bias.shape, generator=g)
+    target = torch.tensor(TARGETS)
+    exact = _integrated_reference(resnet18, images, target, 256, "layer3")
+    errors = [(_integrated_reference(resnet18, images, target, s, "layer3") - exact).abs().max().item()
+              for s in (1, 4, 16)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05 * exact.abs().max().item()
+
+
+def test_integrated_gradcam_one_step_equals_handwritten(resnet18, images):
+    # With one midpoint step the integral is GAP(grad at x/2) weighting A(x) - A(0).
+    target = torch.tensor(TARGETS)
+    feats = {}
+    handle = resnet18.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    half = (images / 2).requires_grad_(False)
+    with torch.enable_grad():
+        logits = resnet18(half)
+        grad = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), feats["a"])[0]
+    with torch.no_grad():
+        a_x = resnet18.layer4(resnet18.layer3(resnet18.layer2(resnet18.layer1(
+            resnet18.maxpool(resnet18.relu(resnet18.bn1(resnet18.conv1(images))))))))
+        resnet18(torch.zeros_like(images))
+        a_0 = feats["a"]
+    handle.remove()
+    raw = torch.relu((grad.mean((2, 3))[:, :, None, None] * (a_x - a_0)).sum(1, keepdim=True))
+    expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
+    ours = _integrated_reference(resnet18, images, target, 1)
+    assert (ours - expected).abs().max() < 1e-5 * max(1.0, expected.abs().max().item())
