@@ -1,0 +1,209 @@
+"""Explanation consistency E(x, x_adv) per sample and the scoring pass over a data set."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from consistcam.attack import background_noise, foreground_mask, masked_attack
+from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
+from consistcam.consistency.weights import consistency_weights
+from consistcam.explain import METHODS, explain
+
+ATTACKS = ("pgd", "fgsm", "noise", "none")
+
+
+@dataclass
+class ConsistencyConfig:
+    """Every choice of the scoring pass; defaults are those of docs/method.md."""
+
+    explainer: str = "gradcam"
+    layer: str | None = None
+    target: str = "label"  # or "prediction"
+    mask: str = "heatmap"  # heatmap | gt | boxes | mask | none
+    tau: float = 0.5
+    top_q: float | None = None
+    dilation: int = 0
+    attack: str = "pgd"  # pgd | fgsm | noise | none
+    norm: str = "linf"
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 5
+    random_start: bool = True
+    objective: str = "ce"  # or "explanation"
+    similarity: str = "cosine"
+    prediction: str = "js"
+    lam: float = 0.5
+    weight_floor: float = 0.0
+    weight_power: float = 1.0
+    weight_ema: float = 0.0
+    seed: int = 0
+    explainer_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.explainer)
+        SIMILARITIES.get(self.similarity)
+        PREDICTION_CONSISTENCIES.get(self.prediction)
+        if self.target not in ("label", "prediction"):
+            raise ValueError(f"consistency target must be 'label' or 'prediction', got {self.target!r}")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; known: {', '.join(ATTACKS)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> ConsistencyConfig:
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown consistency option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def explanation_consistency(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    config: ConsistencyConfig | None = None,
+    *,
+    boxes=None,
+    masks: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_images: bool = False,
+) -> dict[str, Tensor]:
+    """E = lam · S(h, h_adv) + (1 - lam) · P(p, p_adv) for one batch, on the model's device.
+
+    Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
+    no parameter gradients. Returns per-sample tensors E, S, P, pred, pred_adv, flipped,
+    fg_area (and heatmap, heatmap_adv, foreground, adversarial with ``return_images``).
+    """
+    cfg = config or ConsistencyConfig()
+    opts = dict(cfg.explainer_options)
+    was_training = model.training
+    model.eval()
+    try:
+        heat, logits = explain(model, images, None if cfg.target == "prediction" else labels,
+                               method=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
+        pred = logits.argmax(1)
+        classes = pred if cfg.target == "prediction" else labels
+        fg = foreground_mask(cfg.mask, images, heatmaps=heat, boxes=boxes, masks=masks,
+                             tau=cfg.tau, top_q=cfg.top_q, dilation=cfg.dilation)
+        if cfg.attack == "none":
+            adv = images
+        elif cfg.attack == "noise":
+            adv = background_noise(images, fg, cfg.eps, cfg.norm, generator)
+        else:
+            steps, alpha, start = (1, cfg.eps, False) if cfg.attack == "fgsm" else (cfg.steps, cfg.alpha,
+                                                                                  cfg.random_start)
+            adv = masked_attack(model, images, labels, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
+                                random_start=start, objective=cfg.objective, explainer=cfg.explainer,
+                                layer=cfg.layer, reference_maps=heat, generator=generator)
+        heat_adv, logits_adv = explain(model, adv, classes, method=cfg.explainer, layer=cfg.layer,
+                                       return_logits=True, **opts)
+    finally:
+        model.train(was_training)
+    p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
+    s = SIMILARITIES.get(cfg.similarity)(heat, heat_adv)
+    pc = PREDICTION_CONSISTENCIES.get(cfg.prediction)(p, p_adv, classes)
+    e = (cfg.lam * s + (1 - cfg.lam) * pc).clamp(0, 1)
+    pred_adv = logits_adv.argmax(1)
+    out = {"E": e, "S": s, "P": pc, "pred": pred, "pred_adv": pred_adv, "flipped": pred != pred_adv,
+           "fg_area": fg.flatten(1).mean(1)}
+    if return_images:
+        out.update(heatmap=heat, heatmap_adv=heat_adv, foreground=fg, adversarial=adv)
+    return out
+
+
+@dataclass
+class ConsistencyScores:
+    """Per-sample results of one scoring pass, sorted by sample id."""
+
+    ids: Tensor
+    E: Tensor
+    S: Tensor
+    P: Tensor
+    pred: Tensor
+    pred_adv: Tensor
+    flipped: Tensor
+    fg_area: Tensor
+    weights: Tensor
+
+    def to_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def save(self, path: str | Path) -> None:
+        from consistcam.utils import atomic_save_tensors
+
+        atomic_save_tensors({k: v.contiguous().cpu() for k, v in self.to_dict().items()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConsistencyScores:
+        from safetensors.torch import load_file
+
+        return cls(**load_file(str(path)))
+
+    def summary(self) -> dict[str, float]:
+        return {"E_mean": self.E.mean().item(), "S_mean": self.S.mean().item(), "P_mean": self.P.mean().item(),
+                "flip_rate": self.flipped.float().mean().item(), "fg_area": self.fg_area.mean().item(),
+                "v_max": self.weights.max().item(), "v_min": self.weights.min().item()}
+
+
+def unpack_batch(batch, device) -> tuple[Tensor, Tensor, Tensor, object, Tensor | None]:
+    """(images, labels, ids, boxes, masks) from a loader's dict batch, moved to ``device``."""
+    if not isinstance(batch, Mapping) or not {"image", "label", "id"} <= set(batch):
+        raise TypeError("loader batches must be dicts with 'image', 'label' and 'id' "
+                        "(use consistcam.data.collate); got " + type(batch).__name__)
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    ids = batch["id"].to(device, non_blocking=True)
+    boxes = batch.get("boxes")
+    masks = batch.get("mask")
+    if masks is not None:
+        masks = masks.to(device, non_blocking=True)
+    return images, labels, ids, boxes, masks
+
+
+def score_dataset(
+    model: nn.Module,
+    loader: Iterable,
+    config: ConsistencyConfig | None = None,
+    *,
+    previous_weights: ConsistencyScores | Tensor | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> ConsistencyScores:
+    """Score every sample of ``loader`` (dict batches with 'image', 'label', 'id'; boxes/mask when
+    the mask source needs them) and derive the training weights v = 1 - E (mean 1).
+
+    Memory holds only the per-sample numbers. ``previous_weights`` (by id order) feeds the EMA.
+    The attack's random start is seeded from ``config.seed``, so a pass is reproducible.
+    """
+    from consistcam.utils import progress_bar
+
+    cfg = config or ConsistencyConfig()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    keys = ("E", "S", "P", "pred", "pred_adv", "flipped", "fg_area")
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "ids")}
+    for batch in progress_bar(loader, desc="consistency", enabled=progress):
+        images, labels, ids, boxes, masks = unpack_batch(batch, device)
+        with torch.no_grad():
+            out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks, generator=generator)
+        for k in keys:
+            parts[k].append(out[k].detach())
+        parts["ids"].append(ids)
+    if not parts["ids"]:
+        raise ValueError("score_dataset got an empty loader")
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    order = cat["ids"].argsort()
+    cat = {k: v[order] for k, v in cat.items()}
+    prev = previous_weights.weights if isinstance(previous_weights, ConsistencyScores) else previous_weights
+    weights = consistency_weights(cat["E"], floor=cfg.weight_floor, power=cfg.weight_power, previous=prev,
+                                  ema=cfg.weight_ema)
+    return ConsistencyScores(ids=cat["ids"], weights=weights, **{k: cat[k] for k in keys})

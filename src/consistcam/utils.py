@@ -1,0 +1,57 @@
+"""Small shared helpers: atomic file writes, progress bars, seeding."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash never leaves a
+    half-written file under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def progress_bar(iterable: Iterable, desc: str = "", enabled: bool = True, total: int | None = None, **kw):
+    """A tqdm bar on a terminal; silent (the plain iterable) when disabled or not on a TTY."""
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass

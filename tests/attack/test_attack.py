@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from consistcam.attack import (
+    background_noise,
+    foreground_mask,
+    mask_from_boxes,
+    mask_from_heatmap,
+    masked_fgsm,
+    masked_pgd,
+)
+from tests.helpers import square_images, trained_tiny_net
+
+
+@pytest.fixture(scope="module")
+def data():
+    return square_images(128, seed=7)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+@pytest.mark.parametrize("objective", ["ce", "explanation"])
+def test_pgd_invariants(data, norm, eps, objective):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:16] for t in data)
+    g = torch.Generator().manual_seed(0)
+    adv = masked_pgd(model, images, labels, masks, eps=eps, alpha=eps / 4, steps=3, norm=norm,
+                     objective=objective, generator=g)
+    delta = adv - images
+    assert torch.equal(delta * masks, torch.zeros_like(delta))  # exactly zero on the foreground
+    assert adv.min() >= 0 and adv.max() <= 1
+    if norm == "linf":
+        assert delta.abs().max() <= eps + 1e-6
+    else:
+        assert delta.flatten(1).norm(dim=1).max() <= eps + 1e-5
+    if objective == "ce":
+        with torch.no_grad():
+            assert F.cross_entropy(model(adv), labels) > F.cross_entropy(model(images), labels)
+
+
+def test_masked_pgd_beats_noise_of_same_norm(data):
+    model = trained_tiny_net()
+    images, labels, masks = data
+    with torch.no_grad():
+        clean = (model(images).argmax(1) == labels).float().mean()
+    eps = 16 / 255
+    adv = masked_pgd(model, images, labels, masks, eps=eps, alpha=4 / 255, steps=10,
+                     generator=torch.Generator().manual_seed(0))
+    noisy = background_noise(images, masks, eps, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        acc_adv = (model(adv).argmax(1) == labels).float().mean()
+        acc_noise = (model(noisy).argmax(1) == labels).float().mean()
+    assert clean > 0.9
+    assert acc_adv < acc_noise - 0.2, (clean, acc_adv, acc_noise)
+    assert (noisy - images).abs().max() <= eps + 1e-6
+
+
+def test_fgsm_is_one_signed_step(data):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:8] for t in data)
+    adv = masked_fgsm(model, images, labels, masks, eps=4 / 255)
+    x = images.clone().requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(x), labels, reduction="sum"), x)[0]
+    expected = (images + 4 / 255 * grad.sign() * (1 - masks)).clamp(0, 1)
+    assert torch.allclose(adv, expected, atol=1e-6)
+
+
+def test_attack_restores_model_and_leaves_no_grads(data):
+    model = trained_tiny_net().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels, masks = (t[:8] for t in data)
+    masked_pgd(model, images, labels, masks, steps=2)
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_inputs_are_clear_errors(data):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:4] for t in data)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        masked_pgd(model, images * 2, labels, masks)
+    with pytest.raises(ValueError, match="unknown norm"):
+        masked_pgd(model, images, labels, masks, norm="l3")
+    with pytest.raises(ValueError, match="does not match"):
+        masked_pgd(model, images, labels, masks[:, :, :8])
+
+
+def test_mask_builders():
+    h = torch.arange(16.0).view(1, 1, 4, 4) / 15
+    assert mask_from_heatmap(h, tau=0.5).sum() == 8
+    assert mask_from_heatmap(h, top_q=0.25).sum() == 4
+    assert mask_from_heatmap(h, top_q=0.25)[0, 0, 3].sum() == 4  # the largest values are the last row
+    one = torch.zeros(1, 1, 5, 5)
+    one[0, 0, 2, 2] = 1
+    assert mask_from_heatmap(one, tau=1.0, dilation=1).sum() == 9
+    # box x0=1,y0=0,x1=3,y1=2 (x1/y1 exclusive): columns 1-2 of rows 0-1
+    m = mask_from_boxes([torch.tensor([[1.0, 0.0, 3.0, 2.0]]), torch.zeros(0, 4)], (4, 5))
+    assert m.shape == (2, 1, 4, 5)
+    assert m[0, 0].nonzero().tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]
+    assert m[1].sum() == 0
+    images = torch.zeros(2, 3, 4, 5)
+    assert foreground_mask("none", images).sum() == 0
+    with pytest.raises(ValueError, match="needs ground-truth boxes"):
+        foreground_mask("boxes", images)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from consistcam.consistency import (
+    PREDICTION_CONSISTENCIES,
+    SIMILARITIES,
+    ConsistencyConfig,
+    consistency_weights,
+    explanation_consistency,
+    score_dataset,
+)
+from tests.helpers import square_images, trained_tiny_net
+
+
+def test_similarities_are_one_on_identical_maps_and_bounded():
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(5, 1, 16, 16, generator=g)
+    other = torch.rand(5, 1, 16, 16, generator=g)
+    for name in SIMILARITIES.names():
+        fn = SIMILARITIES.get(name)
+        assert torch.allclose(fn(h, h), torch.ones(5), atol=1e-5), name
+        s = fn(h, other)
+        assert ((s >= 0) & (s <= 1)).all(), name
+        assert (s < 0.999).all(), name
+
+
+def test_similarity_hand_computed_cases():
+    a = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).view(1, 1, 2, 2)
+    b = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).view(1, 1, 2, 2)
+    assert SIMILARITIES.get("cosine")(a, b).item() == pytest.approx(1 / math.sqrt(2))
+    assert SIMILARITIES.get("l1")(a, b).item() == pytest.approx(0.5)  # TV distance 0.5
+    # Pearson of [1,0,0,0] and [1,1,0,0] is 1/sqrt(3) -> rescaled (1 + r) / 2
+    assert SIMILARITIES.get("pearson")(a, b).item() == pytest.approx((1 + 1 / math.sqrt(3)) / 2, abs=1e-6)
+    assert SIMILARITIES.get("iou")(a, b, top_q=0.5).item() == pytest.approx(1 / 3)  # {0,1 or 0,x} vs {0,1}
+    zero = torch.zeros(1, 1, 2, 2)
+    assert SIMILARITIES.get("cosine")(zero, zero).item() == 1.0
+    assert SIMILARITIES.get("cosine")(zero, a).item() == 0.0
+
+
+def test_prediction_consistency():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    q = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    js = PREDICTION_CONSISTENCIES.get("js")(p, q)
+    assert js.tolist() == pytest.approx([1.0, 0.0], abs=1e-6)  # disjoint supports: JS = ln 2
+    ratio = PREDICTION_CONSISTENCIES.get("ratio")(p, torch.tensor([[0.25, 0.75], [0.5, 0.5]]), torch.tensor([0, 0]))
+    assert ratio.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_weights_mean_one_and_inverse_order():
+    e = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3])
+    v = consistency_weights(e)
+    assert v.mean().item() == pytest.approx(1.0)
+    assert torch.equal(v.argsort(), e.argsort(descending=True))
+    assert torch.allclose(v, (1 - e) / (1 - e).mean())
+    floored = consistency_weights(torch.tensor([1.0, 0.0]), floor=0.2)
+    assert floored.tolist() == pytest.approx([0.2, 1.8])
+    assert consistency_weights(torch.ones(3)).tolist() == [1.0, 1.0, 1.0]
+    ema = consistency_weights(e, previous=torch.ones(5), ema=0.5)
+    assert ema.mean().item() == pytest.approx(1.0) and torch.allclose(ema, 0.5 + 0.5 * v)
+    powered = consistency_weights(e, power=2.0)
+    assert torch.allclose(powered, (1 - e) ** 2 / ((1 - e) ** 2).mean())
+
+
+def test_consistency_is_one_without_perturbation():
+    model = trained_tiny_net()
+    images, labels, _ = square_images(16, seed=3)
+    out = explanation_consistency(model, images, labels, ConsistencyConfig(attack="none"))
+    assert torch.allclose(out["E"], torch.ones(16), atol=1e-5)
+    assert not out["flipped"].any()
+
+
+def test_attack_lowers_consistency_more_than_noise():
+    model = trained_tiny_net()
+    images, labels, masks = square_images(64, seed=4)
+    cfg = dict(mask="gt", eps=16 / 255, alpha=4 / 255, steps=5)
+    e_pgd = explanation_consistency(model, images, labels, ConsistencyConfig(**cfg), masks=masks)["E"]
+    e_noise = explanation_consistency(model, images, labels, ConsistencyConfig(attack="noise", **cfg),
+                                      masks=masks, generator=torch.Generator().manual_seed(0))["E"]
+    assert e_pgd.mean() < e_noise.mean()
+    assert ((e_pgd >= 0) & (e_pgd <= 1)).all()
+
+
+def _loader(images, labels, masks, ids, batch):
+    for i in range(0, len(ids), batch):
+        yield {"image": images[i : i + batch], "label": labels[i : i + batch], "id": ids[i : i + batch],
+               "mask": masks[i : i + batch]}
+
+
+def test_score_dataset_is_ordered_by_id_and_independent_of_batching():
+    model = trained_tiny_net()
+    images, labels, masks = square_images(40, seed=5)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(100, 140)
+    cfg = ConsistencyConfig(mask="gt", random_start=False)
+    a = score_dataset(model, list(_loader(images, labels, masks, ids, 8)), cfg)
+    b = score_dataset(model, list(_loader(images[perm], labels[perm], masks[perm], ids[perm], 16)), cfg)
+    assert torch.equal(a.ids, ids) and torch.equal(b.ids, ids)
+    assert torch.allclose(a.E, b.E, atol=1e-5)
+    assert a.weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(a.weights, (1 - a.E) / (1 - a.E).mean(), atol=1e-5)
+    assert set(a.summary()) >= {"E_mean", "flip_rate"}
+
+
+def test_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match="known"):
+        ConsistencyConfig(similarity="euclid")
+    with pytest.raises(ValueError, match="unknown consistency option"):
+        ConsistencyConfig.from_dict({"lambda": 0.3})
