@@ -44,7 +44,7 @@ def _trained_state():
     model = TinyNet()
     images, labels, _ = square_images(512, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(120):
+    for _ in range(120):
         idx = torch.randint(0, 512, (64,))
         loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
         opt.zero_grad()
