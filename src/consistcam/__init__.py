@@ -1,0 +1,10 @@
+"""consistcam: image classifiers whose visual explanations can be trusted."""
+
+from consistcam.attack import masked_fgsm, masked_pgd
+from consistcam.consistency import ConsistencyConfig, explanation_consistency, score_dataset
+from consistcam.explain import explain, list_explainers
+from consistcam.models import create, list_models
+
+__version__ = "0.1.0"
+__all__ = ["ConsistencyConfig", "create", "explain", "explanation_consistency", "list_explainers", "list_models",
+           "masked_fgsm", "masked_pgd", "score_dataset"]

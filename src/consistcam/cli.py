@@ -1,0 +1,210 @@
+"""``consistcam`` command line: train, evaluate, explain, demo, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+TRAIN_FLAGS = {
+    "data": str, "arch": str, "method": str, "epochs": int, "out": str, "lr": float, "batch_size": int,
+    "seed": int, "image_size": int, "optimizer": str, "schedule": str, "augment": str, "device": str,
+    "workers": int, "subset": int, "weight_decay": float, "warmup_epochs": float, "label_smoothing": float,
+    "ecl_warmup": int, "update_every": int,
+}
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``--set key=value`` (YAML values); ``consistency.steps=3`` goes into the consistency dict."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        value = yaml.safe_load(value)
+        if key.startswith("consistency."):
+            out.setdefault("consistency", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from consistcam.train import TrainConfig, Trainer
+
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+    sets = _parse_set(args.set)
+    if "consistency" in sets:
+        overrides["consistency"] = sets.pop("consistency")
+    overrides.update(sets)
+    if args.pretrained:
+        overrides["pretrained"] = True
+    if args.small_input:
+        overrides["small_input"] = True
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        cfg = TrainConfig.from_yaml(saved, **{**overrides, "out": args.resume})
+    elif args.config:
+        base = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
+        if base is not None and "consistency" in overrides:
+            overrides["consistency"] = {**base.get("consistency", {}), **overrides["consistency"]}
+        cfg = TrainConfig.from_yaml(args.config, **overrides)
+    else:
+        cfg = TrainConfig.from_dict(overrides)
+    trainer = Trainer(cfg, progress=not args.quiet, resume=bool(args.resume))
+    trainer.fit()
+    print(f"run folder: {trainer.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    from consistcam.consistency import ConsistencyConfig
+    from consistcam.data import build_dataset, build_transform, collate, eval_splits
+    from consistcam.metrics import evaluate_model
+    from consistcam.train import load_model
+
+    model, info = load_model(args.run, args.device)
+    data = args.data
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    if data is None and (run_dir / "config.yaml").is_file():
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    if data is None:
+        raise SystemExit("error: --data is required (no config.yaml beside the checkpoint)")
+    results = {}
+    for split in args.split or eval_splits(data):
+        ds = build_dataset(data, split, build_transform(info.get("image_size"), "none"))
+        if ds.num_classes != len(info["classes"]):
+            raise SystemExit(f"error: {data} has {ds.num_classes} classes, the model {len(info['classes'])}")
+        if args.subset:
+            ds = Subset(ds, range(min(args.subset, len(ds))))
+        loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate)
+        results[split] = evaluate_model(model, loader, len(info["classes"]), consistency=ConsistencyConfig(
+            explainer=args.explainer), progress=not args.quiet)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    from consistcam.data import read_rgb
+    from consistcam.explain import explain
+    from consistcam.report import overlay
+    from consistcam.train import load_model
+
+    model, info = load_model(args.checkpoint, args.device)
+    size = args.size or info.get("image_size")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        image = read_rgb(path).float().div(255)[None]  # DataError names the file; main() reports it
+        if size:
+            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        image = image.to(args.device)
+        target = None if args.target is None else torch.tensor([args.target])
+        heat, logits = explain(model, image, target, method=args.method, return_logits=True)
+        cls = int(logits.argmax(1)) if args.target is None else args.target
+        name = info["classes"][cls] if info["classes"] else str(cls)
+        dest = out / f"{Path(path).stem}_{args.method}.png"
+        plt.imsave(dest, overlay(image[0], heat[0]).clamp(0, 1).numpy())
+        print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from consistcam.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from consistcam.consistency import SIMILARITIES
+    from consistcam.data import DATASETS
+    from consistcam.explain import list_explainers
+    from consistcam.models import list_models
+    from consistcam.train import STRATEGIES
+
+    what = {"models": list_models, "explainers": list_explainers, "methods": STRATEGIES.names,
+            "data": DATASETS.names, "similarities": SIMILARITIES.names}[args.what]
+    print("\n".join(what()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="consistcam", description="Classifiers whose explanations can be trusted.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (erm, ecl, ...)")
+    t.add_argument("--config", help="YAML file of training options; flags override it")
+    for flag, typ in TRAIN_FLAGS.items():
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
+    t.add_argument("--pretrained", action="store_true")
+    t.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem for 32-64 px images")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any option, e.g. --set consistency.steps=3 --set momentum=0.8")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, localisation and consistency metrics of a trained model")
+    e.add_argument("run", help="run folder or model.safetensors")
+    e.add_argument("--data", help="data spec (default: the run's)")
+    e.add_argument("--split", action="append", help="split(s) to evaluate (default: the data set's test splits)")
+    e.add_argument("--explainer", default="gradcam")
+    e.add_argument("--subset", type=int, help="first N images only (quick look)")
+    e.add_argument("--batch-size", type=int, default=200)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="write metrics JSON here")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("explain", help="heatmap overlays (PNG) for image files")
+    x.add_argument("checkpoint", help="run folder or model.safetensors")
+    x.add_argument("images", nargs="+")
+    x.add_argument("--method", default="gradcam")
+    x.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    x.add_argument("--size", type=int, help="resize images to this size (default: the training size)")
+    x.add_argument("--out", default="explanations")
+    x.add_argument("--device", default="cpu")
+    x.set_defaults(func=cmd_explain)
+
+    d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    ls = sub.add_parser("list", help="list registered names")
+    ls.add_argument("what", choices=["models", "explainers", "methods", "data", "similarities"])
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The one sample format every loader returns, and the collate function that batches it.
+
+A sample is a dict: ``image`` (uint8 ``tv_tensors.Image`` until the transform converts it to float
+in [0, 1]), ``label`` (int, or a multi-hot float tensor), ``id`` (stable int, unique in the data
+set), and when the data set has them ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels, x1/y1
+exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object). Transforms from
+``torchvision.transforms.v2`` move boxes and masks with the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+log = logging.getLogger("consistcam.data")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line) at fault."""
+
+
+@dataclass
+class SkipLog:
+    """Files skipped under ``skip_bad=True``, with the reason for each."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, why: str) -> None:
+        self.items.append((where, why))
+        log.warning("skipped %s: %s", where, why)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class LocatedDataset(Dataset):
+    """Base class: subclasses fill ``self.classes`` and implement ``__len__`` and ``load``."""
+
+    classes: list[str]
+    has_boxes: bool = False
+    has_masks: bool = False
+    multilabel: bool = False
+
+    def __init__(self, transform: Callable | None = None) -> None:
+        self.transform = transform
+        self.skipped = SkipLog()
+
+    def load(self, index: int) -> tuple[Tensor, int | Tensor, Tensor | None, Tensor | None]:
+        """(uint8 image C x H x W, label, boxes (K, 4) XYXY or None, mask H x W or None)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, index: int) -> dict:
+        image, label, boxes, mask = self.load(index)
+        size = tuple(image.shape[-2:])
+        sample: dict = {"image": tv_tensors.Image(image), "label": label, "id": index}
+        if boxes is not None:
+            sample["boxes"] = tv_tensors.BoundingBoxes(boxes.reshape(-1, 4), format="XYXY", canvas_size=size)
+        if mask is not None:
+            sample["mask"] = tv_tensors.Mask(mask)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack images, labels, ids and masks; keep boxes as a list of plain (K_i, 4) tensors."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    first = samples[0]
+    out: dict = {
+        "image": torch.stack([s["image"].as_subclass(Tensor) for s in samples]),
+        "id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
+    }
+    labels = [s["label"] for s in samples]
+    out["label"] = torch.stack(labels) if isinstance(labels[0], Tensor) and labels[0].dim() > 0 else torch.tensor(
+        [int(label) for label in labels], dtype=torch.long)
+    if "boxes" in first:
+        out["boxes"] = [s["boxes"].as_subclass(Tensor).float() for s in samples]
+    if "mask" in first:
+        out["mask"] = torch.stack([s["mask"].as_subclass(Tensor) for s in samples])[:, None].float()
+    return out

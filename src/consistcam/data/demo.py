@@ -1,0 +1,104 @@
+"""The embedded demo data set: shapes on backgrounds that give the class away (a shortcut).
+
+K classes of foreground shapes (disk, square, triangle, cross, ring, diamond) in a random colour,
+with pixel-exact masks. The background is a striped texture whose colour and orientation belong to
+one class: in the training split it matches the object's class with probability ``rho`` (default
+0.9), in ``test`` it is drawn independently of the class (decorrelated), and ``test_correlated``
+uses the training ``rho``. A classifier that reads the background does well on
+``test_correlated`` and poorly on ``test``. Generated deterministically from the seed, no files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from consistcam.data.base import LocatedDataset
+
+SHAPES = ("disk", "square", "triangle", "cross", "ring", "diamond")
+# one background colour per class (RGB), well separated
+BACKGROUND_COLOURS = torch.tensor([
+    [0.20, 0.35, 0.75], [0.75, 0.25, 0.20], [0.25, 0.65, 0.25],
+    [0.75, 0.65, 0.15], [0.55, 0.25, 0.65], [0.15, 0.60, 0.65],
+])
+SPLITS = {"train": 0, "test": 1, "test_correlated": 2, "val": 1}
+
+
+def _shape_masks(kind: Tensor, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
+    ys = torch.arange(size, dtype=torch.float32)[None, :, None] + 0.5
+    xs = torch.arange(size, dtype=torch.float32)[None, None, :] + 0.5
+    dy, dx = ys - cy[:, None, None], xs - cx[:, None, None]
+    r = r[:, None, None]
+    ady, adx = dy.abs(), dx.abs()
+    masks = torch.stack([
+        dx**2 + dy**2 <= r**2,  # disk
+        (adx <= 0.8 * r) & (ady <= 0.8 * r),  # square
+        (dy <= r) & (dy >= -r) & (adx <= (dy + r) / 2),  # triangle, apex up
+        ((adx <= r / 3) & (ady <= r)) | ((ady <= r / 3) & (adx <= r)),  # cross
+        (dx**2 + dy**2 <= r**2) & (dx**2 + dy**2 >= (0.55 * r) ** 2),  # ring
+        adx + ady <= r,  # diamond
+    ], 1)
+    return masks[torch.arange(len(kind)), kind]
+
+
+def make_demo_split(n: int, num_classes: int = 4, size: int = 32, rho: float = 0.9, seed: int = 0,
+                    split: str = "train") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(uint8 images N x 3 x H x W, labels, masks N x H x W bool, background class per image)."""
+    if not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"demo num_classes must be in [2, {len(SHAPES)}], got {num_classes}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown demo split {split!r}; known: {', '.join(SPLITS)}")
+    g = torch.Generator().manual_seed(seed * 7919 + SPLITS[split])
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    p_match = 1.0 / num_classes if split in ("test", "val") else rho
+    match = torch.rand(n, generator=g) < p_match
+    other = (labels + torch.randint(1, num_classes, (n,), generator=g)) % num_classes
+    if split in ("test", "val"):  # fully independent of the label
+        bg_class = torch.randint(0, num_classes, (n,), generator=g)
+    else:
+        bg_class = torch.where(match, labels, other)
+    r = size * (0.22 + 0.1 * torch.rand(n, generator=g))
+    cy = r + (size - 2 * r) * torch.rand(n, generator=g)
+    cx = r + (size - 2 * r) * torch.rand(n, generator=g)
+    masks = _shape_masks(labels, cy, cx, r, size)
+    # background: class colour x stripes at a class orientation, random phase and period
+    ys = torch.arange(size, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(size, dtype=torch.float32)[None, None, :]
+    angle = (bg_class.float() * math.pi / num_classes)[:, None, None]
+    period = (4 + 3 * torch.rand(n, generator=g))[:, None, None]
+    phase = (2 * math.pi * torch.rand(n, generator=g))[:, None, None]
+    stripes = torch.sin(2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
+    colour = BACKGROUND_COLOURS[bg_class][:, :, None, None]
+    background = colour * (0.75 + 0.25 * stripes[:, None])
+    background = background + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    fg_colour = 0.35 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
+    fg = fg_colour + 0.04 * torch.randn(n, 3, size, size, generator=g)
+    images = torch.where(masks[:, None], fg, background).clamp(0, 1)
+    return (images * 255).round().to(torch.uint8), labels, masks, bg_class
+
+
+class DemoShapes(LocatedDataset):
+    """The demo set through the common interface (pixel masks and the boxes around them)."""
+
+    has_boxes = True
+    has_masks = True
+
+    def __init__(self, split: str = "train", n: int | None = None, num_classes: int = 4, size: int = 32,
+                 rho: float = 0.9, seed: int = 0, transform=None) -> None:
+        super().__init__(transform)
+        n = n if n is not None else (2000 if split == "train" else 1000)
+        self.images, labels, self.masks, self.background_class = make_demo_split(n, num_classes, size, rho, seed, split)
+        self.labels = labels.tolist()
+        self.classes = list(SHAPES[:num_classes])
+        ys, xs = self.masks.any(2), self.masks.any(1)
+        first = lambda m: m.float().argmax(1)  # noqa: E731
+        last = lambda m: m.shape[1] - m.flip(1).float().argmax(1)  # noqa: E731
+        self.boxes = torch.stack([first(xs), first(ys), last(xs), last(ys)], 1).float()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int):
+        return self.images[index], self.labels[index], self.boxes[index], self.masks[index]

@@ -1,0 +1,37 @@
+"""Reading images robustly: every failure names the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from consistcam.data.base import DataError
+
+
+def read_rgb(path: str | Path) -> Tensor:
+    """Decode any PIL-readable image (grayscale, CMYK, palette, 16-bit, alpha) to uint8 RGB (3, H, W).
+
+    16-bit images are scaled to 8 bits rather than clipped; alpha is dropped (composited on black
+    would change the colours of transparent pixels we cannot see anyway)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                scale = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray((arr / scale * 255).round().clip(0, 255).astype(np.uint8))
+            rgb = img.convert("RGB")
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: unreadable or truncated image ({err})") from None
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

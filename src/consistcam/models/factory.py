@@ -1,0 +1,181 @@
+"""``create(name, num_classes, ...)``: torchvision, timm (``timm:`` prefix) and our small models,
+all taking images in [0, 1] with normalisation inside the model."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from consistcam._registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODELS: Registry = Registry("model")
+
+
+class Normalize(nn.Module):
+    """Wraps a classifier so it takes images in [0, 1]: attacks and explainers then work in pixel
+    space and epsilon means what it says."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class SmallResNet(nn.Module):
+    """A ResNet for 32-64 px images on a CPU: 3x3 stride-1 stem, four stages of BasicBlocks with
+    ``widths`` channels (strides 1, 2, 2, 2), torchvision attribute names (``layer4``, ``fc``)."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128, 256),
+                 blocks: Sequence[int] = (1, 1, 1, 1)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        cin = widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            layers = [_Block(cin if j == 0 else w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+            cin = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+MODELS.add("cc_resnet10", lambda num_classes: SmallResNet(num_classes))
+MODELS.add("cc_resnet18", lambda num_classes: SmallResNet(num_classes, blocks=(2, 2, 2, 2)))
+MODELS.add("cc_resnet10_wide", lambda num_classes: SmallResNet(num_classes, widths=(64, 128, 256, 512)))
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float):
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _offline_error(name: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). Offline? Put the weights "
+        f"in the torch hub cache ({torch.hub.get_dir()}) or the Hugging Face cache, or use pretrained=False."
+    )
+
+
+def _small_input_stem(model: nn.Module, name: str) -> None:
+    """Replace a 7x7 stride-2 stem and its max-pool by a 3x3 stride-1 conv (for 32-64 px images)."""
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not isinstance(conv, nn.Conv2d) or pool is None:
+        raise ValueError(f"small_input is supported for ResNet-style models (conv1 + maxpool); {name!r} has none")
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Our registered models; any torchvision name and any ``timm:<name>`` also work."""
+    return MODELS.names(pattern)
+
+
+def create(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    small_input: bool = False,
+    normalize: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    download_timeout: float = 20.0,
+) -> nn.Module:
+    """Build a classifier by name, wrapped in :class:`Normalize` (inputs in [0, 1]).
+
+    ``name``: one of :func:`list_models`, a torchvision model name (``resnet50``), or
+    ``timm:<name>``. ``pretrained`` loads weights through torchvision's/timm's own mechanisms and
+    fails within ``download_timeout`` seconds with a clear message when offline.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if name in MODELS:
+        if pretrained:
+            raise ValueError(f"{name!r} has no pretrained weights")
+        model = MODELS.get(name)(num_classes)
+    elif name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError("timm models need `pip install consistcam[timm]`") from err
+        try:
+            with _network_timeout(download_timeout):
+                model = timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes)
+        except RuntimeError as err:
+            if not pretrained or "Unknown model" in str(err):
+                raise ValueError(f"unknown timm model {name[5:]!r}") from err
+            raise _offline_error(name, err) from err
+        except OSError as err:
+            raise _offline_error(name, err) from err
+    else:
+        import torchvision
+
+        known = torchvision.models.list_models()
+        if name not in known:
+            raise ValueError(f"unknown model {name!r}; ours: {', '.join(list_models())}; torchvision has "
+                             f"{len(known)} (e.g. resnet18, resnet50, vgg16); timm models need the 'timm:' prefix")
+        if pretrained:
+            try:
+                with _network_timeout(download_timeout):
+                    model = torchvision.models.get_model(name, weights="DEFAULT")
+            except (OSError, RuntimeError) as err:
+                raise _offline_error(name, err) from err
+            _replace_head(model, num_classes, name)
+        else:
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if small_input:
+        _small_input_stem(model, name)
+    return Normalize(model, mean, std) if normalize else model
+
+
+def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
+    for attr in ("fc", "classifier", "head", "heads"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Linear(head.in_features, num_classes))
+            return
+        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+            head[-1] = nn.Linear(head[-1].in_features, num_classes)
+            return
+    raise ValueError(f"do not know how to replace the classifier head of {name!r}")

@@ -1,0 +1,42 @@
+"""Self-contained HTML reports (every figure inlined as a PNG data URI)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from consistcam.utils import atomic_write
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th:first-child,td:first-child{text-align:left}img{max-width:100%}h2{margin-top:1.6em}
+.note{color:#555;font-size:90%}"""
+
+
+def metrics_table(results: dict[str, dict[str, float]], digits: int = 3) -> str:
+    """Runs side by side: one column per run, one row per metric."""
+    names = list(results)
+    keys = [k for k in dict.fromkeys(k for r in results.values() for k in r)]
+    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+    rows = []
+    for k in keys:
+        cells = []
+        for n in names:
+            v = results[n].get(k)
+            cells.append(f"<td>{v:.{digits}f}</td>" if isinstance(v, float) else f"<td>{'' if v is None else v}</td>")
+        rows.append(f"<tr><td>{html.escape(k)}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_report(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
+    """``sections``: (heading, HTML body) pairs; bodies may hold <img src='data:...'> figures."""
+    body = "".join(f"<h2>{html.escape(h)}</h2>\n{content}\n" for h, content in sections)
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>")
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(doc, encoding="utf-8"))
+    return path
+
+
+def img(uri: str, alt: str = "") -> str:
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
