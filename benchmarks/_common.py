@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -33,3 +34,20 @@ def report(title: str, medians: dict[str, float], ours: str, items: int) -> None
     for name, t in sorted(medians.items(), key=lambda kv: kv[1]):
         ratio = t / medians[ours]
         print(f"| {name} | {t:.3f} | {items / t:.1f} | {ratio:.2f} |")
+
+
+def resnet50_setup(description: str):
+    """Shared arguments and inputs: a random-weight torchvision resnet50 in eval mode, a batch of
+    images in [0, 1] and random targets."""
+    import torchvision
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    targets = torch.randint(0, 1000, (args.batch,))
+    return args, model, x, targets

@@ -7,25 +7,14 @@ Run: .venv/bin/python benchmarks/bench_attack.py
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-import torchvision
 
-from _common import bench, report
+from _common import bench, report, resnet50_setup
 from consistcam.attack import masked_pgd
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
-    x = torch.rand(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 1000, (args.batch,))
+    args, model, x, y = resnet50_setup(__doc__)
     fg = torch.zeros(args.batch, 1, args.size, args.size)
     fg[..., : args.size // 2, :] = 1
 

@@ -6,27 +6,16 @@ upsampled (N, H, W) maps for given target classes. Run: .venv/bin/python benchma
 
 from __future__ import annotations
 
-import argparse
 import copy
 
-import torch
 import torch.nn.functional as F
-import torchvision
 
-from _common import bench, report
+from _common import bench, report, resnet50_setup
 from consistcam.explain import explain
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
-    x = torch.rand(args.batch, 3, args.size, args.size)
-    targets = torch.randint(0, 1000, (args.batch,))
+    args, model, x, targets = resnet50_setup(__doc__)
 
     from captum.attr import LayerAttribution, LayerGradCam
     from pytorch_grad_cam import GradCAM

@@ -81,7 +81,7 @@ def explanation_consistency(
 
     Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
     no parameter gradients. Returns per-sample tensors E, S, P, pred, pred_adv, flipped,
-    fg_area (and heatmap, heatmap_adv, foreground, adversarial with ``return_images``).
+    fg_area (and heatmap, heatmap_adv, foreground, adversarial, logits with ``return_images``).
     """
     cfg = config or ConsistencyConfig()
     opts = dict(cfg.explainer_options)
@@ -116,7 +116,7 @@ def explanation_consistency(
     out = {"E": e, "S": s, "P": pc, "pred": pred, "pred_adv": pred_adv, "flipped": pred != pred_adv,
            "fg_area": fg.flatten(1).mean(1)}
     if return_images:
-        out.update(heatmap=heat, heatmap_adv=heat_adv, foreground=fg, adversarial=adv)
+        out.update(heatmap=heat, heatmap_adv=heat_adv, foreground=fg, adversarial=adv, logits=logits)
     return out
 
 

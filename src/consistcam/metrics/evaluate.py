@@ -51,7 +51,7 @@ def evaluate_model(
         images, labels, _, boxes, masks = unpack_batch(batch, device)
         out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks, generator=generator,
                                       return_images=True)
-        logits = model(images)
+        logits = out["logits"]  # the clean forward of the consistency pass, not a second one
         top1.update(logits, labels)
         top5.update(logits, labels)
         mean_e.update(out["E"])
