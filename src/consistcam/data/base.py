@@ -3,7 +3,8 @@
 A sample is a dict: ``image`` (uint8 ``tv_tensors.Image`` until the transform converts it to float
 in [0, 1]), ``label`` (int, or a multi-hot float tensor), ``id`` (stable int, unique in the data
 set), and when the data set has them ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels, x1/y1
-exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object). Transforms from
+exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object); multi-label sets add ``box_labels``
+(class of each box). Transforms from
 ``torchvision.transforms.v2`` move boxes and masks with the image.
 """
 
@@ -55,6 +56,10 @@ class LocatedDataset(Dataset):
         """(uint8 image C x H x W, label, boxes (K, 4) XYXY or None, mask H x W or None)."""
         raise NotImplementedError
 
+    def box_labels(self, index: int) -> Tensor | None:
+        """Class of each box (multi-label data sets), kept in step with the boxes by the transforms."""
+        return None
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -65,6 +70,9 @@ class LocatedDataset(Dataset):
         sample: dict = {"image": tv_tensors.Image(image), "label": label, "id": index}
         if boxes is not None:
             sample["boxes"] = tv_tensors.BoundingBoxes(boxes.reshape(-1, 4), format="XYXY", canvas_size=size)
+            box_labels = self.box_labels(index)
+            if box_labels is not None:
+                sample["box_labels"] = box_labels
         if mask is not None:
             sample["mask"] = tv_tensors.Mask(mask)
         if self.transform is not None:
@@ -86,6 +94,8 @@ def collate(samples: Sequence[dict]) -> dict:
         [int(label) for label in labels], dtype=torch.long)
     if "boxes" in first:
         out["boxes"] = [s["boxes"].as_subclass(Tensor).float() for s in samples]
+    if "box_labels" in first:
+        out["box_labels"] = [s["box_labels"] for s in samples]
     if "mask" in first:
         out["mask"] = torch.stack([s["mask"].as_subclass(Tensor) for s in samples])[:, None].float()
     return out

@@ -1,4 +1,5 @@
-"""Selecting data with one string: ``demo``, ``demo:rho=0.8,n=4000``, ``tinyimagenet:PATH``, ..."""
+"""Selecting data with one string: ``demo``, ``demo:rho=0.8,n=4000``, ``tinyimagenet:PATH``, ``cub:PATH``,
+``voc:PATH``, ``stl10:PATH``, ``imagefolder:PATH``, ``in9:PATH``."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ from pathlib import Path
 
 from consistcam._registry import Registry
 from consistcam.data.base import LocatedDataset
+from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes
+from consistcam.data.folders import ImageFolder, ImageNet9
+from consistcam.data.stl10 import STL10
 from consistcam.data.tinyimagenet import TinyImageNet
+from consistcam.data.voc import VOCDetectionLabels
 
 DATASETS: Registry = Registry("data set")
-EVAL_SPLITS = {"demo": ("test", "test_correlated"), "tinyimagenet": ("val",)}
+EVAL_SPLITS = {"demo": ("test", "test_correlated"), "tinyimagenet": ("val",), "cub": ("test",), "voc": ("val",),
+               "stl10": ("test",), "imagefolder": ("val",),
+               "in9": ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next")}
 
 
 def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
@@ -25,14 +32,21 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     return DemoShapes(split=split, transform=transform, **opts)
 
 
-def _tiny(arg: str, split: str, transform, **kw) -> LocatedDataset:
-    if not arg:
-        raise ValueError("tinyimagenet needs a path: tinyimagenet:/path/to/tiny-imagenet-200")
-    return TinyImageNet(Path(arg).expanduser(), split=split, transform=transform, **kw)
+def _path_loader(cls, kind: str, example: str):
+    def build(arg: str, split: str, transform, **kw) -> LocatedDataset:
+        if not arg:
+            raise ValueError(f"{kind} needs a path: {kind}:{example}")
+        return cls(Path(arg).expanduser(), split=split, transform=transform, **kw)
+    return build
 
 
 DATASETS.add("demo", _demo)
-DATASETS.add("tinyimagenet", _tiny, "tiny-imagenet")
+DATASETS.add("tinyimagenet", _path_loader(TinyImageNet, "tinyimagenet", "/data/tiny-imagenet-200"), "tiny-imagenet")
+DATASETS.add("cub", _path_loader(CUB200, "cub", "/data/CUB_200_2011"), "cub200")
+DATASETS.add("voc", _path_loader(VOCDetectionLabels, "voc", "/data/VOCdevkit/VOC2007"), "pascal-voc")
+DATASETS.add("stl10", _path_loader(STL10, "stl10", "/data/stl10_binary"), "stl-10")
+DATASETS.add("imagefolder", _path_loader(ImageFolder, "imagefolder", "/data/my-images"), "folder")
+DATASETS.add("in9", _path_loader(ImageNet9, "in9", "/data/bg_challenge"), "imagenet9", "bg_challenge")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -9,6 +9,30 @@ from torchvision.transforms import v2
 AUGMENTATIONS = ("none", "flip", "crop_flip", "rrc_flip")
 
 
+def box_labels_of(sample):
+    """The per-box classes that must be dropped with their boxes (not the image-level ``label``)."""
+    return sample.get("box_labels") if isinstance(sample, dict) else None
+
+
+class SanitizeBoxes(v2.Transform):
+    """Drop boxes cropped away entirely (and their ``box_labels``) but never touch the object mask:
+    torchvision's SanitizeBoundingBoxes also indexes any Mask whose first dimension happens to equal
+    the number of boxes, which would corrupt an H x W mask when H equals that number."""
+
+    def __init__(self, min_size: float = 1.0) -> None:
+        super().__init__()
+        self.inner = v2.SanitizeBoundingBoxes(labels_getter=box_labels_of, min_size=min_size)
+
+    def forward(self, sample):
+        if not isinstance(sample, dict) or "boxes" not in sample:
+            return sample
+        mask = sample.pop("mask", None)
+        out = self.inner(sample)
+        if mask is not None:
+            out["mask"] = mask
+        return out
+
+
 def build_transform(size: int | None = None, augment: str = "none") -> v2.Compose:
     """Eval (``augment='none'``) or train transform producing float images in [0, 1].
 
@@ -35,6 +59,6 @@ def build_transform(size: int | None = None, augment: str = "none") -> v2.Compos
     ops += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(labels_getter=None, min_size=1.0),
+        SanitizeBoxes(),
     ]
     return v2.Compose(ops)

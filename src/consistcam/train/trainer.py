@@ -50,6 +50,9 @@ class Trainer:
         seed_everything(config.seed)
         cfg = config
         self.train_set = build_dataset(cfg.data, "train", build_transform(cfg.image_size, cfg.augment))
+        if self.train_set.multilabel:
+            raise ValueError(f"{cfg.data}: multi-label data sets can be evaluated (mAP) but training them is not "
+                             "supported yet (the strategies use a single-label cross-entropy)")
         self.classes = self.train_set.classes
         self.num_ids = len(self.train_set)
         indices = list(range(min(cfg.subset, self.num_ids))) if cfg.subset else list(range(self.num_ids))
