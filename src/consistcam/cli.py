@@ -60,35 +60,79 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(path: str) -> Path:
+    return Path(path) if Path(path).is_dir() else Path(path).parent
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from consistcam.consistency import ConsistencyConfig
     from consistcam.data import build_dataset, build_transform, collate, eval_splits
-    from consistcam.metrics import evaluate_model
+    from consistcam.metrics import PROTOCOLS, background_reliance, evaluate_model
+    from consistcam.report import evaluation_report
     from consistcam.train import load_model
 
     model, info = load_model(args.run, args.device)
+    run_dir = _run_dir(args.run)
     data = args.data
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     if data is None and (run_dir / "config.yaml").is_file():
         data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     if data is None:
         raise SystemExit("error: --data is required (no config.yaml beside the checkpoint)")
-    results = {}
+    protocols = PROTOCOLS if args.protocols == "all" else tuple(p for p in args.protocols.split(",") if p)
+    explainers = args.explainer or ["gradcam"]
+    out_dir = Path(args.out) if args.out else run_dir / "eval"
+    cfg = ConsistencyConfig(explainer=explainers[0], seed=args.seed)
+    transform = build_transform(info.get("image_size"), "none")
+    results, per_sample, datasets = {}, {}, {}
     for split in args.split or eval_splits(data):
-        ds = build_dataset(data, split, build_transform(info.get("image_size"), "none"))
+        ds = build_dataset(data, split, transform)
         if ds.num_classes != len(info["classes"]):
             raise SystemExit(f"error: {data} has {ds.num_classes} classes, the model {len(info['classes'])}")
-        if args.subset:
-            ds = Subset(ds, range(min(args.subset, len(ds))))
-        loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate)
-        results[split] = evaluate_model(model, loader, len(info["classes"]), consistency=ConsistencyConfig(
-            explainer=args.explainer), progress=not args.quiet)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+        view = Subset(ds, range(min(args.subset, len(ds)))) if args.subset else ds
+        loader = DataLoader(view, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+        res = evaluate_model(model, loader, len(info["classes"]), explainer=explainers, consistency=cfg,
+                             protocols=protocols, faithfulness_steps=args.faithfulness_steps,
+                             progress=not args.quiet, per_sample=True)
+        per_sample[split] = res.pop("per_sample", {})
+        if args.background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
+            res.update(background_reliance(model, ds, transform, seed=args.seed, batch_size=args.batch_size,
+                                           subset=args.subset, progress=not args.quiet,
+                                           num_workers=args.workers))
+        results[split], datasets[split] = res, ds
+    meta = {"checkpoint": str(args.run), "data": data, "explainers": explainers, "protocols": list(protocols),
+            "subset": args.subset, "seed": args.seed, "command": "consistcam " + " ".join(sys.argv[1:])}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"meta": meta, "splits": results}, indent=2)
+    (out_dir / "metrics.json").write_text(text)
+    if not args.quiet:
+        print(json.dumps(results, indent=2))
+    if not args.no_report:
+        report = evaluation_report(out_dir / "report.html", f"consistcam evaluation: {run_dir.name}", results,
+                                   model=model, datasets=datasets, per_sample=per_sample, cfg=cfg,
+                                   run_dirs={run_dir.name: run_dir}, notes=meta["command"])
+        print(f"report: {report}")
+    print(f"metrics: {out_dir / 'metrics.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from consistcam.report import evaluation_report
+
+    results, run_dirs = {}, {}
+    for item in args.runs:
+        path = Path(item)
+        metrics = path if path.is_file() else path / "eval" / "metrics.json"
+        if not metrics.is_file():
+            raise FileNotFoundError(f"{metrics}: no metrics.json (run `consistcam evaluate {item}` first)")
+        doc = json.loads(metrics.read_text())
+        run = metrics.parent.parent if metrics.parent.name == "eval" else metrics.parent
+        for split, res in doc["splits"].items():
+            results[f"{run.name}/{split}"] = res
+        run_dirs[run.name] = run
+    report = evaluation_report(args.out, args.title, results, run_dirs=run_dirs)
+    print(f"report: {report}")
     return 0
 
 
@@ -160,17 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="accuracy, localisation and consistency metrics of a trained model")
+    e = sub.add_parser("evaluate", help="every evaluation protocol: metrics.json and report.html")
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--data", help="data spec (default: the run's)")
     e.add_argument("--split", action="append", help="split(s) to evaluate (default: the data set's test splits)")
-    e.add_argument("--explainer", default="gradcam")
+    e.add_argument("--explainer", action="append", help="explainer(s); repeat for several (default: gradcam)")
+    e.add_argument("--protocols", default="all",
+                   help="comma-separated: localization,faithfulness,consistency,equivariance,robustness or all")
+    e.add_argument("--no-background", dest="background", action="store_false",
+                   help="skip the background-reliance variants")
+    e.add_argument("--faithfulness-steps", type=int, default=16, help="insertion/deletion steps")
     e.add_argument("--subset", type=int, help="first N images only (quick look)")
     e.add_argument("--batch-size", type=int, default=200)
+    e.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    e.add_argument("--seed", type=int, default=0, help="seed of attacks, crops and background partners")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--out", help="write metrics JSON here")
+    e.add_argument("--out", help="output folder (default: RUN/eval)")
+    e.add_argument("--no-report", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="side-by-side HTML report of evaluated runs")
+    r.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or metrics.json files")
+    r.add_argument("--out", default="report.html")
+    r.add_argument("--title", default="consistcam: runs side by side")
+    r.set_defaults(func=cmd_report)
 
     x = sub.add_parser("explain", help="heatmap overlays (PNG) for image files")
     x.add_argument("checkpoint", help="run folder or model.safetensors")

@@ -27,10 +27,15 @@ def test_pointing_game_and_iou():
     m[:, :, 1:8, 1:8] = 1
     pg = PointingGame(tolerance=0)
     pg.update(h, m)
-    assert pg.compute().item() == 0.5
+    assert pg.compute()["pointing_game"].item() == 0.5
     pg2 = PointingGame(tolerance=2)
     pg2.update(h, m)
-    assert pg2.compute().item() == 1.0
+    assert pg2.compute()["pointing_game"].item() == 1.0
+    per_class = PointingGame(tolerance=0, num_classes=3)  # class 0: 1 hit of 1; class 2: 0 of 1
+    per_class.update(torch.cat([h, h[1:]]), torch.cat([m, m[1:]]), torch.tensor([0, 2, 2]))
+    out = per_class.compute()
+    assert out["pointing_game"].item() == pytest.approx(1 / 3)
+    assert out["pointing_game_class_mean"].item() == pytest.approx(0.5)
     iou = MaskIoU(0.5)
     iou.update(m, m)
     assert iou.compute().item() == 1.0

@@ -95,9 +95,20 @@ def test_cli_train_evaluate_explain_list(tmp_path, capsys):
                  "--method", "ecl", "--ecl-warmup", "0", "--set", "consistency.steps=1", "--quiet"]) == 0
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "tb", "checkpoint.safetensors",
                                               "model.safetensors", "consistency"}
-    assert main(["evaluate", str(run), "--subset", "50", "--quiet", "--out", str(tmp_path / "m.json")]) == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"test", "test_correlated"} and "energy" in metrics["test"]
+    assert main(["evaluate", str(run), "--subset", "40", "--quiet", "--explainer", "gradcam", "--explainer",
+                 "layercam", "--faithfulness-steps", "4", "--batch-size", "20"]) == 0
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = doc["splits"]
+    assert set(metrics) == {"test", "test_correlated"} and doc["meta"]["explainers"] == ["gradcam", "layercam"]
+    m = metrics["test"]
+    for key in ("acc", "energy", "pointing_game_class_mean", "mask_iou@0.3", "insertion", "deletion",
+                "average_drop_top15", "consistency_E", "equivariance", "pgd10@4/255", "bg/mixed_rand", "bg_gap",
+                "layercam/energy", "layercam/insertion"):
+        assert key in m, key
+    assert 0 <= m["deletion"] <= 1 and 0 <= m["equivariance"] <= 1 and len(m["acc_per_class"]) == 4
+    assert m["pgd10@4/255"] <= m["acc"] + 1e-6
+    assert (run / "eval" / "report.html").stat().st_size > 10_000
+    assert main(["report", str(run), str(run / "eval" / "metrics.json"), "--out", str(tmp_path / "r.html")]) == 0
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     assert main(["explain", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "ex")]) == 0
     assert (tmp_path / "ex" / "x_gradcam.png").is_file()

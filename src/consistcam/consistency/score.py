@@ -184,10 +184,10 @@ def score_dataset(
     Memory holds only the per-sample numbers. ``previous_weights`` (by id order) feeds the EMA.
     The attack's random start is seeded from ``config.seed``, so a pass is reproducible.
     """
-    from consistcam.utils import progress_bar
+    from consistcam.utils import model_device, progress_bar
 
     cfg = config or ConsistencyConfig()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     keys = ("E", "S", "P", "pred", "pred_adv", "flipped", "fg_area")
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "ids")}

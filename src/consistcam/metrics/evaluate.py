@@ -1,15 +1,33 @@
-"""One batched pass over a loader computing accuracy, localisation and consistency metrics."""
+"""The evaluation pass: one streaming loop over a loader computing every protocol of
+docs/evaluation.md that the data allows, for one or more explainers.
+
+Keys of the result: recognition (``acc``, ``acc_top5``, ``acc_per_class``; ``mAP`` for multi-label
+data), then per explainer: localisation (``energy``, ``energy_uniform_baseline``,
+``energy_small_objects``, ``pointing_game``, ``pointing_game_class_mean``, ``mask_iou@0.3``,
+``mask_iou@0.5``), faithfulness (``insertion``, ``deletion``, ``ins_minus_del``, ``average_drop``,
+``increase_in_confidence``, ``average_drop_top15``, ``increase_in_confidence_top15``), the model's
+own explanation consistency (``consistency_E``, ``adv_flip_rate``) and ``equivariance``; then
+``fgsm@k/255`` / ``pgd10@k/255`` robustness. Keys of the first explainer carry no prefix; those of
+further explainers are prefixed ``<explainer>/``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from consistcam.attack import mask_from_boxes
 from consistcam.consistency import ConsistencyConfig, explanation_consistency, unpack_batch
-from consistcam.metrics.localization import EnergyPointingGame, MaskIoU, MeanMetric, PointingGame
-from consistcam.utils import progress_bar
+from consistcam.metrics.equivariance import heatmap_equivariance
+from consistcam.metrics.faithfulness import ConfidenceChange, InsertionDeletion
+from consistcam.metrics.localization import EnergyPointingGame, MaskIoU, MeanMetric, PointingGame, energy_inside
+from consistcam.metrics.robustness import DEFAULT_EPSILONS, AdversarialAccuracy
+from consistcam.utils import model_device, progress_bar
+
+PROTOCOLS = ("localization", "faithfulness", "consistency", "equivariance", "robustness")
 
 
 def object_masks(images, boxes, masks):
@@ -21,53 +39,145 @@ def object_masks(images, boxes, masks):
     return None
 
 
-@torch.no_grad()
+class _ExplainerMetrics:
+    """The per-explainer metric states (created lazily: localisation only once a batch has masks)."""
+
+    def __init__(self, protocols: set[str], num_classes: int, device, faithfulness_steps: int,
+                 pointing_tolerance: int | None) -> None:
+        self.protocols, self.num_classes, self.device = protocols, num_classes, device
+        self.tolerance = pointing_tolerance
+        self.energy = self.pointing = None
+        self.iou = {t: MaskIoU(t).to(device) for t in (0.3, 0.5)}
+        self.insdel = InsertionDeletion(faithfulness_steps).to(device)
+        self.conf, self.conf_top = ConfidenceChange().to(device), ConfidenceChange(top_fraction=0.15).to(device)
+        self.e, self.flips, self.equi = MeanMetric().to(device), MeanMetric().to(device), MeanMetric().to(device)
+
+    def update(self, model, images, labels, out, gt, equivariance: Tensor | None) -> None:
+        heat = out["heatmap"]
+        if "consistency" in self.protocols:
+            self.e.update(out["E"])
+            self.flips.update(out["flipped"].float())
+        if gt is not None and "localization" in self.protocols:
+            if self.energy is None:
+                tol = self.tolerance if self.tolerance is not None else round(15 * images.shape[-1] / 224)
+                self.energy = EnergyPointingGame().to(self.device)
+                self.pointing = PointingGame(tol, self.num_classes).to(self.device)
+            self.energy.update(heat, gt)
+            self.pointing.update(heat, gt, labels)
+            for metric in self.iou.values():
+                metric.update(heat, gt)
+        if "faithfulness" in self.protocols:
+            probs = out["logits"].float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+            self.insdel.update(model, images, heat, labels)
+            self.conf.update(model, images, heat, labels, clean_probs=probs)
+            self.conf_top.update(model, images, heat, labels, clean_probs=probs)
+        if equivariance is not None:
+            self.equi.update(equivariance)
+
+    def compute(self) -> dict[str, float]:
+        res: dict[str, float] = {}
+        if self.energy is not None:
+            res.update({k: v.item() for k, v in self.energy.compute().items()})
+            res.update({k: v.item() for k, v in self.pointing.compute().items()})
+            res.update({f"mask_iou@{t}": m.compute().item() for t, m in self.iou.items()})
+        if "faithfulness" in self.protocols:
+            res.update({k: v.item() for k, v in self.insdel.compute().items()})
+            res.update({k: v.item() for k, v in self.conf.compute().items()})
+            res.update({f"{k}_top15": v.item() for k, v in self.conf_top.compute().items()})
+        if "consistency" in self.protocols:
+            res.update(consistency_E=self.e.compute().item(), adv_flip_rate=self.flips.compute().item())
+        if "equivariance" in self.protocols:
+            res["equivariance"] = self.equi.compute().item()
+        return res
+
+
 def evaluate_model(
     model: nn.Module,
     loader,
     num_classes: int,
-    explainer: str = "gradcam",
+    explainer: str | list[str] = "gradcam",
     consistency: ConsistencyConfig | None = None,
+    protocols: tuple[str, ...] | None = ("localization", "consistency"),
     pointing_tolerance: int | None = None,
+    faithfulness_steps: int = 16,
+    epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
     progress: bool = False,
     device=None,
     max_batches: int | None = None,
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy; with object locations, energy inside the object, pointing game and
-    mask IoU of ground-truth-class heatmaps; and the model's own explanation consistency E (the
-    training criterion) on this data. Heatmaps come from the consistency pass (no extra forward)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    cfg = consistency or ConsistencyConfig(explainer=explainer)
+    per_sample: bool = False,
+) -> dict:
+    """Evaluate ``model`` on ``loader`` (batches from :func:`consistcam.data.collate`).
+
+    ``protocols``: any of :data:`PROTOCOLS` (``None`` = all); recognition is always computed.
+    ``explainer``: one name or a list (the first is unprefixed in the result). ``consistency``
+    sets the scorer of E (its explainer is replaced by each explainer in turn). Heatmaps are for
+    the ground-truth class and come from the consistency pass (no extra forward). With
+    ``per_sample``, ``result['per_sample']`` holds ids, E and energy of the first explainer
+    (for best/worst example grids).
+    """
+    protocols = set(PROTOCOLS if protocols is None else protocols)
+    unknown = protocols - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; known: {', '.join(PROTOCOLS)}")
+    explainers = [explainer] if isinstance(explainer, str) else list(explainer)
+    device = torch.device(device) if device is not None else model_device(model)
+    base_cfg = consistency or ConsistencyConfig(explainer=explainers[0])
+    configs = [dataclasses.replace(base_cfg, explainer=e) for e in explainers]
+    if "consistency" not in protocols:
+        configs = [dataclasses.replace(c, attack="none") for c in configs]  # heatmaps only, no attack cost
     top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
     top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
-    energy, iou, mean_e, flips = EnergyPointingGame().to(device), MaskIoU().to(device), MeanMetric().to(device), \
-        MeanMetric().to(device)
-    pointing = None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    per_class = MulticlassAccuracy(num_classes, average="none").to(device)
+    mean_ap = MultilabelAveragePrecision(num_classes, average="macro").to(device)
+    robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
+    per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
+                for _ in explainers]
+    generator = torch.Generator(device=device).manual_seed(base_cfg.seed)
+    samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": []}
+    multilabel = False
+    was_training = model.training
     model.eval()
-    for b, batch in enumerate(progress_bar(loader, desc="evaluate", enabled=progress)):
-        if max_batches is not None and b >= max_batches:
-            break
-        images, labels, _, boxes, masks = unpack_batch(batch, device)
-        out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks, generator=generator,
-                                      return_images=True)
-        logits = out["logits"]  # the clean forward of the consistency pass, not a second one
-        top1.update(logits, labels)
-        top5.update(logits, labels)
-        mean_e.update(out["E"])
-        flips.update(out["flipped"].float())
-        gt = object_masks(images, boxes, masks)
-        if gt is not None:
-            if pointing is None:
-                tol = pointing_tolerance if pointing_tolerance is not None else round(15 * images.shape[-1] / 224)
-                pointing = PointingGame(tol).to(device)
-            energy.update(out["heatmap"], gt)
-            pointing.update(out["heatmap"], gt)
-            iou.update(out["heatmap"], gt)
-    result = {"acc": top1.compute().item(), "acc_top5": top5.compute().item(), "consistency_E": mean_e.compute().item(),
-              "adv_flip_rate": flips.compute().item()}
-    if pointing is not None:
-        result.update({k: v.item() for k, v in energy.compute().items()})
-        result["pointing_game"] = pointing.compute().item()
-        result["mask_iou@0.5"] = iou.compute().item()
+    try:
+        for b, batch in enumerate(progress_bar(loader, desc="evaluate", enabled=progress)):
+            if max_batches is not None and b >= max_batches:
+                break
+            images, labels, ids, boxes, masks = unpack_batch(batch, device)
+            if labels.dim() == 2:  # multi-hot: recognition only (heatmap protocols need one class per image)
+                multilabel = True
+                with torch.no_grad():
+                    mean_ap.update(model(images), labels.long())
+                continue
+            gt = object_masks(images, boxes, masks)
+            for k, (cfg, metrics) in enumerate(zip(configs, per_expl)):
+                with torch.no_grad():
+                    out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks,
+                                                  generator=generator, return_images=True)
+                if k == 0:
+                    logits = out["logits"]
+                    top1.update(logits, labels)
+                    top5.update(logits, labels)
+                    per_class.update(logits, labels)
+                    if per_sample:
+                        samples["id"].append(ids)
+                        samples["E"].append(out["E"])
+                        if gt is not None:
+                            samples["energy"].append(energy_inside(out["heatmap"], gt).float())
+                equi = heatmap_equivariance(model, images, labels, cfg.explainer, cfg.layer, generator=generator,
+                                            **cfg.explainer_options) if "equivariance" in protocols else None
+                metrics.update(model, images, labels, out, gt, equi)
+            if robust is not None:
+                robust.update(model, images, labels, generator)
+    finally:
+        model.train(was_training)
+    if multilabel:
+        return {"mAP": mean_ap.compute().item()}
+    result: dict = {"acc": top1.compute().item(), "acc_top5": top5.compute().item(),
+                    "acc_per_class": [round(v, 4) for v in per_class.compute().tolist()]}
+    for name, metrics in zip(explainers, per_expl):
+        prefix = "" if name == explainers[0] else f"{name}/"
+        result.update({prefix + k: v for k, v in metrics.compute().items()})
+    if robust is not None:
+        result.update({k: v.item() for k, v in robust.compute().items()})
+    if per_sample:
+        result["per_sample"] = {k: torch.cat(v).tolist() for k, v in samples.items() if v}
     return result

@@ -8,6 +8,14 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+def energy_inside(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Per-image share of heatmap energy inside the mask; an all-zero heatmap counts as uniform."""
+    h = heatmaps.flatten(1).double()
+    m = masks.flatten(1).double()
+    total = h.sum(1)
+    return torch.where(total > 0, (h * m).sum(1) / total.clamp_min(1e-12), m.mean(1))
+
+
 class EnergyPointingGame(Metric):
     """Share of heatmap energy inside the object (Σ_{p∈B} h(p) / Σ_p h(p)), mean over images, in [0, 1].
 
@@ -23,11 +31,8 @@ class EnergyPointingGame(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
-        h = heatmaps.flatten(1).double()
-        m = masks.flatten(1).double()
-        total = h.sum(1)
-        inside = torch.where(total > 0, (h * m).sum(1) / total.clamp_min(1e-12), m.mean(1))
-        area = m.mean(1)
+        inside = energy_inside(heatmaps, masks)
+        area = masks.flatten(1).double().mean(1)
         small = area < self.small_area
         self.energy += inside.sum()
         self.baseline += area.sum()
@@ -43,27 +48,38 @@ class EnergyPointingGame(Metric):
 
 class PointingGame(Metric):
     """Hit if the heatmap's maximum lies within ``tolerance`` pixels of the object mask (15 px at
-    224 px in the protocol; pass the value scaled to your input size)."""
+    224 px in the protocol; pass the value scaled to your input size). With ``num_classes`` and
+    labels it also reports the mean over classes of the per-class hit rate."""
 
     full_state_update = False
 
-    def __init__(self, tolerance: int = 0, **kw) -> None:
+    def __init__(self, tolerance: int = 0, num_classes: int | None = None, **kw) -> None:
         super().__init__(**kw)
-        self.tolerance = tolerance
-        self.add_state("hits", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.tolerance, self.num_classes = tolerance, num_classes
+        self.add_state("hits", default=torch.zeros(num_classes or 1, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_classes or 1, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, heatmaps: Tensor, masks: Tensor) -> None:
+    def update(self, heatmaps: Tensor, masks: Tensor, labels: Tensor | None = None) -> None:
         from consistcam.attack import dilate
 
         m = dilate(masks.float(), self.tolerance) if self.tolerance > 0 else masks.float()
         idx = heatmaps.flatten(1).argmax(1)
-        hit = m.flatten(1).gather(1, idx[:, None]).squeeze(1) > 0.5
-        self.hits += hit.sum()
-        self.count += len(hit)
+        hit = (m.flatten(1).gather(1, idx[:, None]).squeeze(1) > 0.5).double()
+        if self.num_classes is None or labels is None:
+            if self.num_classes is not None:
+                raise ValueError("PointingGame(num_classes=...) needs the labels in update()")
+            self.hits += hit.sum()
+            self.count += len(hit)
+        else:
+            self.hits.index_add_(0, labels, hit)
+            self.count.index_add_(0, labels, torch.ones_like(hit))
 
-    def compute(self) -> Tensor:
-        return self.hits / self.count
+    def compute(self) -> dict[str, Tensor]:
+        out = {"pointing_game": self.hits.sum() / self.count.sum()}
+        if self.num_classes is not None:
+            seen = self.count > 0
+            out["pointing_game_class_mean"] = (self.hits[seen] / self.count[seen]).mean()
+        return out
 
 
 class MaskIoU(Metric):

@@ -88,3 +88,13 @@ def weight_histograms(run_dir: Path) -> str | None:
         axes[1, j].set_title(f"v, {f.stem}", fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def histograms(values: dict[str, list[float]], bins: int = 40) -> str:
+    """One panel per named set of values (e.g. the model's E on a test split)."""
+    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 2.6), squeeze=False)
+    for ax, (name, vals) in zip(axes[0], values.items()):
+        ax.hist(vals, bins=bins, color="tab:blue")
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    return to_data_uri(fig)
