@@ -252,3 +252,22 @@ def test_background_reliance_of_a_shortcut_model():
     assert res["bg/original"] > 0.85 and abs(res["bg/mixed_same"] - res["bg/original"]) < 0.05
     assert res["bg/no_fg"] == res["bg/original"] and res["bg/mixed_next"] < 0.1
     assert res["bg_gap"] == pytest.approx(res["bg/mixed_same"] - res["bg/mixed_rand"]) and res["bg_gap"] > 0.4
+
+
+def test_multilabel_map_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    from consistcam.metrics import evaluate_model
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 3, 8, 8, generator=g)
+    labels = (torch.rand(40, 5, generator=g) > 0.6).float()
+    labels[0] = 1  # every class has a positive
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
+    loader = [{"image": images[i:i + 16], "label": labels[i:i + 16], "id": torch.arange(i, min(i + 16, 40))}
+              for i in range(0, 40, 16)]
+    res = evaluate_model(model, loader, 5)
+    with torch.no_grad():
+        scores = model(images)
+    assert res["mAP"] == pytest.approx(average_precision_score(labels.numpy(), scores.numpy(), average="macro"),
+                                       abs=1e-5)
