@@ -111,7 +111,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.no_report:
         report = evaluation_report(out_dir / "report.html", f"consistcam evaluation: {run_dir.name}", results,
                                    model=model, datasets=datasets, per_sample=per_sample, cfg=cfg,
-                                   run_dirs={run_dir.name: run_dir}, notes=meta["command"])
+                                   run_dirs={run_dir.name: run_dir}, notes=meta["command"],
+                                   classes=info["classes"])
         print(f"report: {report}")
     print(f"metrics: {out_dir / 'metrics.json'}")
     return 0

@@ -132,7 +132,10 @@ def evaluate_model(
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
     per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
                 for _ in explainers]
+    # one stream per protocol, so a protocol's random draws do not depend on which others run
     generator = torch.Generator(device=device).manual_seed(base_cfg.seed)
+    equi_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 1)
+    attack_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 2)
     samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": []}
     multilabel = False
     was_training = model.training
@@ -162,11 +165,13 @@ def evaluate_model(
                         samples["E"].append(out["E"])
                         if gt is not None:
                             samples["energy"].append(energy_inside(out["heatmap"], gt).float())
-                equi = heatmap_equivariance(model, images, labels, cfg.explainer, cfg.layer, generator=generator,
-                                            **cfg.explainer_options) if "equivariance" in protocols else None
+                equi = None
+                if "equivariance" in protocols:
+                    equi = heatmap_equivariance(model, images, labels, cfg.explainer, cfg.layer,
+                                                generator=equi_generator, **cfg.explainer_options)
                 metrics.update(model, images, labels, out, gt, equi)
             if robust is not None:
-                robust.update(model, images, labels, generator)
+                robust.update(model, images, labels, attack_generator)
     finally:
         model.train(was_training)
     if multilabel:

@@ -49,7 +49,7 @@ def example_grids(model: nn.Module, dataset, per_sample: dict[str, list], cfg: C
 def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *, model: nn.Module | None = None,
                       datasets: dict | None = None, per_sample: dict[str, dict] | None = None,
                       cfg: ConsistencyConfig | None = None, run_dirs: dict[str, Path] | None = None,
-                      notes: str = "") -> Path:
+                      notes: str = "", classes: list[str] | None = None) -> Path:
     """``results``: column name -> metrics (splits of one run, or runs side by side).
     With ``model``, ``datasets`` and ``per_sample`` (split -> ids, E, energy), adds example grids and
     E histograms; with ``run_dirs`` (name -> run folder), training curves and v histograms."""
@@ -60,7 +60,8 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
     per_class = {name: r["acc_per_class"] for name, r in results.items() if "acc_per_class" in r}
     if per_class:
         n = max(len(v) for v in per_class.values())
-        table = {name: {f"class {c}": v[c] for c in range(len(v))} for name, v in per_class.items()}
+        label = (lambda c: f"{c}: {classes[c]}") if classes and len(classes) == n else (lambda c: f"class {c}")
+        table = {name: {label(c): v[c] for c in range(len(v))} for name, v in per_class.items()}
         sections.append((f"Per-class accuracy ({n} classes)", metrics_table(table)))
     per_sample = per_sample or {}
     e_values = {f"E, {split}": s["E"] for split, s in per_sample.items() if s.get("E")}
