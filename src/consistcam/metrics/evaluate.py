@@ -132,9 +132,12 @@ def evaluate_model(
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
     per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
                 for _ in explainers]
-    # one stream per protocol, so a protocol's random draws do not depend on which others run
-    generator = torch.Generator(device=device).manual_seed(base_cfg.seed)
-    equi_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 1)
+    # one stream per protocol and explainer, so no result depends on which other protocols or
+    # explainers run (every explainer sees the same attack starts and the same crops)
+    def streams(offset: int) -> list[torch.Generator]:
+        return [torch.Generator(device=device).manual_seed(base_cfg.seed + offset) for _ in explainers]
+
+    generators, equi_generators = streams(0), streams(1)
     attack_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 2)
     samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": []}
     multilabel = False
@@ -151,7 +154,8 @@ def evaluate_model(
                     mean_ap.update(model(images), labels.long())
                 continue
             gt = object_masks(images, boxes, masks)
-            for k, (cfg, metrics) in enumerate(zip(configs, per_expl)):
+            for k, (cfg, metrics, generator, equi_generator) in enumerate(
+                    zip(configs, per_expl, generators, equi_generators)):
                 with torch.no_grad():
                     out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks,
                                                   generator=generator, return_images=True)
