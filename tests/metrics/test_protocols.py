@@ -271,3 +271,18 @@ def test_multilabel_map_matches_sklearn():
         scores = model(images)
     assert res["mAP"] == pytest.approx(average_precision_score(labels.numpy(), scores.numpy(), average="macro"),
                                        abs=1e-5)
+
+
+def test_evaluate_results_do_not_depend_on_other_explainers():
+    from consistcam.consistency import ConsistencyConfig
+    from consistcam.metrics import evaluate_model
+
+    model = trained_tiny_net()
+    images, labels, masks = square_images(16, seed=9)
+    loader = [{"image": images, "label": labels, "id": torch.arange(16), "mask": masks}]
+    cfg = ConsistencyConfig(steps=2)
+    kw = dict(consistency=cfg, protocols=("localization", "consistency", "equivariance"))
+    alone = evaluate_model(model, loader, 2, explainer="gradcam", **kw)
+    both = evaluate_model(model, loader, 2, explainer=["layercam", "gradcam"], **kw)
+    for key in ("energy", "pointing_game", "consistency_E", "equivariance"):
+        assert both[f"gradcam/{key}"] == pytest.approx(alone[key], abs=1e-6), key
