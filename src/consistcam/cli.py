@@ -176,6 +176,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_variants(args: argparse.Namespace) -> int:
+    from consistcam.data import VARIANTS, build_dataset, export_variants
+
+    variants = tuple(args.variant or VARIANTS)
+    ds = build_dataset(args.data, args.split)
+    counts = export_variants(ds, args.out, variants, split=args.split, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {sum(counts.values())} images ({', '.join(f'{k}: {v}' for k, v in counts.items())}) to {args.out}; "
+          f"read them back with --data in9:{args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from consistcam.consistency import SIMILARITIES
     from consistcam.data import DATASETS
@@ -247,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser("variants", help="export background-challenge variants in the ImageNet-9 layout")
+    v.add_argument("data", help="data spec with boxes or masks, e.g. tinyimagenet:PATH")
+    v.add_argument("--split", default="val")
+    v.add_argument("--variant", action="append", help="variant(s) to write (default: all)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the background partners")
+    v.add_argument("--out", required=True)
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_variants)
 
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "explainers", "methods", "data", "similarities"])

@@ -231,3 +231,13 @@ def test_export_roundtrip_through_imagenet9_loader(tmp_path, demo):
     with pytest.raises(DataError, match=r"mixed_next/val: not found \(variants present"):
         ImageNet9(tmp_path, "mixed_next")
     assert eval_splits(f"in9:{tmp_path}")[0] == "original"
+
+
+def test_variants_cli_exports_readable_layout(tmp_path, capsys):
+    from consistcam.cli import main
+
+    assert main(["variants", "demo:size=16", "--split", "test", "--variant", "original", "--variant", "mixed_same",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert "mixed_same: 1000" in capsys.readouterr().out
+    ds = build_dataset(f"in9:{tmp_path}", "mixed_same/test")
+    assert len(ds) == 1000 and ds.has_masks
