@@ -1,6 +1,7 @@
 """Mean +- std over seeds of every metric in RUN/eval/metrics.json, runs grouped by the name before
-``_s<seed>`` (e.g. runs/tin10/erm_s0, erm_s1 -> erm). Prints a markdown table; a difference
-between groups smaller than the larger of the two standard deviations is flagged "none".
+``_s<seed>`` (e.g. runs/tin10/erm_s0, erm_s1 -> erm). Prints a markdown table with the difference
+(other group - baseline); a difference no larger than the larger of the two sample standard
+deviations is flagged "none".
 
     .venv/bin/python scripts/summarize_runs.py runs/tin10 --split val
 """
@@ -18,6 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("root")
     ap.add_argument("--split", default="val")
+    ap.add_argument("--baseline", default="erm", help="group listed first; the difference is other - baseline")
     args = ap.parse_args()
     groups: dict[str, dict[str, list[float]]] = {}
     seeds: dict[str, list[str]] = {}
@@ -30,7 +32,7 @@ def main() -> None:
         for k, v in res.items():
             if isinstance(v, (int, float)) and not k.startswith("n_"):
                 groups.setdefault(m[1], {}).setdefault(k, []).append(float(v))
-    names = sorted(groups)
+    names = sorted(groups, key=lambda n: (n != args.baseline, n))
     print("| metric | " + " | ".join(f"{n} (seeds {','.join(seeds[n])})" for n in names) + " | difference |")
     print("|---|" + "---|" * (len(names) + 1))
     for key in groups[names[0]]:
