@@ -16,15 +16,16 @@ demo: $(STAMP)
 	$(VENV)/bin/consistcam demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_gradcam.py
 	$(PY) benchmarks/bench_attack.py
+	$(PY) benchmarks/bench_loading.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
