@@ -43,13 +43,14 @@ def test_report_is_self_contained(tmp_path):
                                                        "installs them)")
 def test_report_renders_in_headless_chromium(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
     path, _ = _report(tmp_path)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(DRIVER))
+    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
     try:
         driver.get(path.resolve().as_uri())
         images = driver.execute_script(
