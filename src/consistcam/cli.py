@@ -44,6 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["pretrained"] = True
     if args.small_input:
         overrides["small_input"] = True
+    if args.skip_bad:
+        overrides["skip_bad"] = True
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         cfg = TrainConfig.from_yaml(saved, **{**overrides, "out": args.resume})
@@ -210,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
     t.add_argument("--pretrained", action="store_true")
     t.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem for 32-64 px images")
+    t.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images and bad annotations (listed in RUN/skipped.txt) instead of failing")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any option, e.g. --set consistency.steps=3 --set momentum=0.8")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")

@@ -119,3 +119,19 @@ def test_cli_train_evaluate_explain_list(tmp_path, capsys):
     assert "integrated-gradcam" in capsys.readouterr().out
     model, info = load_model(run)
     assert info["classes"] == ["disk", "square", "triangle", "cross"]
+
+
+def test_train_skip_bad_lists_skipped_files(tmp_path, capsys):
+    from tests.data.test_data import _write_tiny
+
+    data = tmp_path / "tin"
+    data.mkdir()
+    _write_tiny(data, zero_byte=True)
+    run = tmp_path / "run"
+    args = ["train", "--data", f"tinyimagenet:{data}", "--epochs", "1", "--batch-size", "4", "--image-size", "16",
+            "--out", str(run), "--quiet"]
+    assert main(args) == 2 and "n001_0.JPEG: empty file" in capsys.readouterr().err
+    assert main(args + ["--skip-bad"]) == 0
+    lines = (run / "skipped.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train\t") and "n001_0.JPEG" in lines[0]
+    assert "skipped 1 bad file" in capsys.readouterr().err

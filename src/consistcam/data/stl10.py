@@ -19,7 +19,8 @@ _IMAGE_BYTES = 3 * 96 * 96
 
 
 class STL10(LocatedDataset):
-    def __init__(self, root: str | Path, split: str = "train", transform=None) -> None:
+    def __init__(self, root: str | Path, split: str = "train", transform=None, skip_bad: bool = False) -> None:
+        # ``skip_bad`` is accepted for a uniform interface; a binary file has no single bad image to skip
         super().__init__(transform)
         root = Path(root)
         if (root / "stl10_binary").is_dir():

@@ -38,6 +38,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     subset: int | None = None  # first N training samples (quick looks)
+    skip_bad: bool = False  # skip unreadable images / bad annotations (listed in RUN/skipped.txt) instead of failing
     out: str = "runs/run"
     # ecl
     ecl_warmup: int = 2  # epochs trained with v = 1 before the first scoring pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -49,19 +50,23 @@ class Trainer:
         self.run_dir = Path(config.out)
         seed_everything(config.seed)
         cfg = config
-        self.train_set = build_dataset(cfg.data, "train", build_transform(cfg.image_size, cfg.augment))
+        data_kw = {"skip_bad": True} if cfg.skip_bad else {}
+        self.train_set = build_dataset(cfg.data, "train", build_transform(cfg.image_size, cfg.augment), **data_kw)
         if self.train_set.multilabel:
             raise ValueError(f"{cfg.data}: multi-label data sets can be evaluated (mAP) but training them is not "
                              "supported yet (the strategies use a single-label cross-entropy)")
+        self.train_set.keep_locations = False  # the loss never reads them; dropping them triples loading speed
         self.classes = self.train_set.classes
         self.num_ids = len(self.train_set)
         indices = list(range(min(cfg.subset, self.num_ids))) if cfg.subset else list(range(self.num_ids))
         self.train_ids = torch.tensor(indices, device=self.device)
         self._train_view = Subset(self.train_set, indices) if cfg.subset else self.train_set
         eval_tf = build_transform(cfg.image_size, "none")
-        scoring = build_dataset(cfg.data, "train", eval_tf)
+        scoring = build_dataset(cfg.data, "train", eval_tf, **data_kw)
+        scoring.keep_locations = cfg.consistency_config().mask not in ("heatmap", "none")
         self._scoring_view = Subset(scoring, indices) if cfg.subset else scoring
-        self.eval_sets = {split: build_dataset(cfg.data, split, eval_tf) for split in eval_splits(cfg.data)}
+        self.eval_sets = {split: build_dataset(cfg.data, split, eval_tf, **data_kw) for split in eval_splits(cfg.data)}
+        self._record_skipped()
         self.model = create(cfg.arch, len(self.classes), cfg.pretrained, cfg.small_input).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -80,6 +85,17 @@ class Trainer:
         self._writer = None
 
     # -- data ---------------------------------------------------------------------------------
+    def _record_skipped(self) -> None:
+        """List every file skipped under ``skip_bad`` in RUN/skipped.txt (split, file, reason)."""
+        rows = [(split, where, why) for split, ds in (("train", self.train_set), *self.eval_sets.items())
+                for where, why in ds.skipped.items]
+        if rows:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = "".join(f"{split}\t{where}\t{why}\n" for split, where, why in rows)
+            (self.run_dir / "skipped.txt").write_text(text)
+            print(f"warning: skipped {len(rows)} bad file(s); listed in {self.run_dir / 'skipped.txt'}",
+                  file=sys.stderr)
+
     def _loader(self, dataset, batch_size: int, shuffle: bool, seed: int | None = None) -> DataLoader:
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g,
