@@ -35,7 +35,7 @@ def test_report_is_self_contained(tmp_path):
     text = path.read_text()
     assert "src='http" not in text and "src=\"http" not in text  # every figure inlined
     assert text.count("data:image/png;base64,") == 1 + 4  # E histogram + best/worst by energy and by E
-    worst = min(per_sample["test"]["energy"])
+    worst = min(per_sample["test"]["energy_gain"])
     assert f"({worst:.3f})" in text  # the worst example's energy is named in its grid's title
 
 

@@ -112,8 +112,8 @@ def evaluate_model(
     ``explainer``: one name or a list (the first is unprefixed in the result). ``consistency``
     sets the scorer of E (its explainer is replaced by each explainer in turn). Heatmaps are for
     the ground-truth class and come from the consistency pass (no extra forward). With
-    ``per_sample``, ``result['per_sample']`` holds ids, E and energy of the first explainer
-    (for best/worst example grids).
+    ``per_sample``, ``result['per_sample']`` holds ids, E, energy and energy gain (energy minus the
+    object's area fraction, the uniform heatmap's score) of the first explainer (for example grids).
     """
     protocols = set(PROTOCOLS if protocols is None else protocols)
     unknown = protocols - set(PROTOCOLS)
@@ -139,7 +139,7 @@ def evaluate_model(
 
     generators, equi_generators = streams(0), streams(1)
     attack_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 2)
-    samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": []}
+    samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": [], "energy_gain": []}
     multilabel = False
     was_training = model.training
     model.eval()
@@ -168,7 +168,9 @@ def evaluate_model(
                         samples["id"].append(ids)
                         samples["E"].append(out["E"])
                         if gt is not None:
-                            samples["energy"].append(energy_inside(out["heatmap"], gt).float())
+                            energy = energy_inside(out["heatmap"], gt).float()
+                            samples["energy"].append(energy)
+                            samples["energy_gain"].append(energy - gt.flatten(1).mean(1))
                 equi = None
                 if "equivariance" in protocols:
                     equi = heatmap_equivariance(model, images, labels, cfg.explainer, cfg.layer,

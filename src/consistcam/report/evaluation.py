@@ -21,13 +21,15 @@ def _scalars(results: dict) -> dict[str, float]:
 
 def example_grids(model: nn.Module, dataset, per_sample: dict[str, list], cfg: ConsistencyConfig,
                   k: int = 4) -> list[tuple[str, str]]:
-    """Grids of the ``k`` best and worst test examples by energy inside the object and by E.
+    """Grids of the ``k`` best and worst test examples by energy gain inside the object and by E.
 
     ``dataset[id]`` must give the sample with that id (ids are indices of the evaluated data set)."""
     device = model_device(model)
     ids = torch.tensor(per_sample["id"])
     sections = []
-    for key, label in (("energy", "energy inside the object"), ("E", "explanation consistency E")):
+    # energy gain, not raw energy: an object filling the image scores 1 with any heatmap
+    for key, label in (("energy_gain", "energy inside the object above the uniform baseline"),
+                       ("E", "explanation consistency E")):
         if key not in per_sample:
             continue
         order = torch.argsort(torch.tensor(per_sample[key]), stable=True)
