@@ -286,3 +286,26 @@ def test_evaluate_results_do_not_depend_on_other_explainers():
     both = evaluate_model(model, loader, 2, explainer=["layercam", "gradcam"], **kw)
     for key in ("energy", "pointing_game", "consistency_E", "equivariance"):
         assert both[f"gradcam/{key}"] == pytest.approx(alone[key], abs=1e-6), key
+
+
+def test_multilabel_localisation_per_image_and_class():
+    from consistcam.attack import mask_from_boxes
+    from consistcam.explain import explain
+    from consistcam.metrics import energy_inside, evaluate_model
+
+    torch.manual_seed(0)
+    model = PointwiseNet()
+    model.fc = nn.Linear(8, 3)
+    images = torch.rand(3, 3, 8, 8)
+    labels = torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 1, 0]])  # image 1 has no positive class
+    boxes = [torch.tensor([[0.0, 0, 4, 4], [4, 4, 8, 8], [0, 4, 2, 8]]), torch.zeros(0, 4),
+             torch.tensor([[2.0, 2, 6, 6]])]
+    box_labels = [torch.tensor([0, 2, 0]), torch.zeros(0, dtype=torch.long), torch.tensor([1])]
+    loader = [{"image": images, "label": labels, "id": torch.arange(3), "boxes": boxes, "box_labels": box_labels}]
+    res = evaluate_model(model, loader, 3, protocols=("localization",), pointing_tolerance=0)
+    ref = []
+    for i, c in [(0, 0), (0, 2), (2, 1)]:
+        h = explain(model, images[i:i + 1], torch.tensor([c]))
+        ref.append(energy_inside(h, mask_from_boxes([boxes[i][box_labels[i] == c]], (8, 8))).item())
+    assert res["energy"] == pytest.approx(sum(ref) / 3, abs=1e-6)
+    assert 0 <= res["pointing_game"] <= 1 and "mAP" in res

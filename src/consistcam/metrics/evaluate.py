@@ -7,8 +7,9 @@ data), then per explainer: localisation (``energy``, ``energy_uniform_baseline``
 ``mask_iou@0.5``), faithfulness (``insertion``, ``deletion``, ``ins_minus_del``, ``average_drop``,
 ``increase_in_confidence``, ``average_drop_top15``, ``increase_in_confidence_top15``), the model's
 own explanation consistency (``consistency_E``, ``adv_flip_rate``) and ``equivariance``; then
-``fgsm@k/255`` / ``pgd10@k/255`` robustness. Keys of the first explainer carry no prefix; those of
-further explainers are prefixed ``<explainer>/``.
+``fgsm@k/255`` / ``pgd10@k/255`` robustness. Multi-label data gets ``mAP`` and localisation with one
+heatmap per image and positive class, scored against that class's boxes. Keys of the first
+explainer carry no prefix; those of further explainers are prefixed ``<explainer>/``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 
 from consistcam.attack import mask_from_boxes
 from consistcam.consistency import ConsistencyConfig, explanation_consistency, unpack_batch
+from consistcam.explain import explain
 from consistcam.metrics.equivariance import heatmap_equivariance
 from consistcam.metrics.faithfulness import ConfidenceChange, InsertionDeletion
 from consistcam.metrics.localization import EnergyPointingGame, MaskIoU, MeanMetric, PointingGame, energy_inside
@@ -52,20 +54,25 @@ class _ExplainerMetrics:
         self.conf, self.conf_top = ConfidenceChange().to(device), ConfidenceChange(top_fraction=0.15).to(device)
         self.e, self.flips, self.equi = MeanMetric().to(device), MeanMetric().to(device), MeanMetric().to(device)
 
+    def update_localization(self, heat: Tensor, gt: Tensor, classes: Tensor) -> None:
+        """Heatmaps (P, 1, H, W) against object masks of their classes (one row per image, or per
+        image and class for multi-label data)."""
+        if self.energy is None:
+            tol = self.tolerance if self.tolerance is not None else round(15 * heat.shape[-1] / 224)
+            self.energy = EnergyPointingGame().to(self.device)
+            self.pointing = PointingGame(tol, self.num_classes).to(self.device)
+        self.energy.update(heat, gt)
+        self.pointing.update(heat, gt, classes)
+        for metric in self.iou.values():
+            metric.update(heat, gt)
+
     def update(self, model, images, labels, out, gt, equivariance: Tensor | None) -> None:
         heat = out["heatmap"]
         if "consistency" in self.protocols:
             self.e.update(out["E"])
             self.flips.update(out["flipped"].float())
         if gt is not None and "localization" in self.protocols:
-            if self.energy is None:
-                tol = self.tolerance if self.tolerance is not None else round(15 * images.shape[-1] / 224)
-                self.energy = EnergyPointingGame().to(self.device)
-                self.pointing = PointingGame(tol, self.num_classes).to(self.device)
-            self.energy.update(heat, gt)
-            self.pointing.update(heat, gt, labels)
-            for metric in self.iou.values():
-                metric.update(heat, gt)
+            self.update_localization(heat, gt, labels)
         if "faithfulness" in self.protocols:
             probs = out["logits"].float().softmax(1).gather(1, labels[:, None]).squeeze(1)
             self.insdel.update(model, images, heat, labels)
@@ -74,12 +81,16 @@ class _ExplainerMetrics:
         if equivariance is not None:
             self.equi.update(equivariance)
 
+    def compute_localization(self) -> dict[str, float]:
+        if self.energy is None:
+            return {}
+        res = {k: v.item() for k, v in self.energy.compute().items()}
+        res.update({k: v.item() for k, v in self.pointing.compute().items()})
+        res.update({f"mask_iou@{t}": m.compute().item() for t, m in self.iou.items()})
+        return res
+
     def compute(self) -> dict[str, float]:
-        res: dict[str, float] = {}
-        if self.energy is not None:
-            res.update({k: v.item() for k, v in self.energy.compute().items()})
-            res.update({k: v.item() for k, v in self.pointing.compute().items()})
-            res.update({f"mask_iou@{t}": m.compute().item() for t, m in self.iou.items()})
+        res = self.compute_localization()
         if "faithfulness" in self.protocols:
             res.update({k: v.item() for k, v in self.insdel.compute().items()})
             res.update({k: v.item() for k, v in self.conf.compute().items()})
@@ -89,6 +100,21 @@ class _ExplainerMetrics:
         if "equivariance" in self.protocols:
             res["equivariance"] = self.equi.compute().item()
         return res
+
+
+def _multilabel_maps(model, images, labels, boxes, box_labels, configs):
+    """One heatmap per (image, positive class), against the union of that class's boxes."""
+    targets = [torch.nonzero(row).flatten().tolist() for row in labels]
+    pairs = [(i, c) for i, cs in enumerate(targets) for c in cs]
+    if not pairs:
+        return [torch.zeros(0, 1, *images.shape[-2:], device=images.device)] * len(configs), \
+            torch.zeros(0, 1, *images.shape[-2:], device=images.device), torch.zeros(0, dtype=torch.long)
+    class_boxes = [boxes[i][torch.as_tensor(box_labels[i]) == c] for i, c in pairs]
+    gt = mask_from_boxes(class_boxes, images.shape[-2:], images.device)
+    classes = torch.tensor([c for _, c in pairs], device=images.device)
+    heat = [torch.cat(explain(model, images, targets, method=cfg.explainer, layer=cfg.layer,
+                              **cfg.explainer_options)) for cfg in configs]
+    return heat, gt, classes
 
 
 def evaluate_model(
@@ -148,10 +174,14 @@ def evaluate_model(
             if max_batches is not None and b >= max_batches:
                 break
             images, labels, ids, boxes, masks = unpack_batch(batch, device)
-            if labels.dim() == 2:  # multi-hot: recognition only (heatmap protocols need one class per image)
+            if labels.dim() == 2:  # multi-hot: mAP, and localisation per (image, positive class)
                 multilabel = True
                 with torch.no_grad():
                     mean_ap.update(model(images), labels.long())
+                if "localization" in protocols and boxes is not None and batch.get("box_labels") is not None:
+                    heat, gt, classes = _multilabel_maps(model, images, labels, boxes, batch["box_labels"], configs)
+                    for maps, metrics in zip(heat, per_expl):
+                        metrics.update_localization(maps, gt, classes)
                 continue
             gt = object_masks(images, boxes, masks)
             for k, (cfg, metrics, generator, equi_generator) in enumerate(
@@ -181,7 +211,11 @@ def evaluate_model(
     finally:
         model.train(was_training)
     if multilabel:
-        return {"mAP": mean_ap.compute().item()}
+        result = {"mAP": mean_ap.compute().item()}
+        for name, metrics in zip(explainers, per_expl):
+            prefix = "" if name == explainers[0] else f"{name}/"
+            result.update({prefix + k: v for k, v in metrics.compute_localization().items()})
+        return result
     result: dict = {"acc": top1.compute().item(), "acc_top5": top5.compute().item(),
                     "acc_per_class": [round(v, 4) for v in per_class.compute().tolist()]}
     for name, metrics in zip(explainers, per_expl):
