@@ -104,8 +104,11 @@ def explanation_consistency(
             adv = masked_attack(model, images, labels, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
                                 random_start=start, objective=cfg.objective, explainer=cfg.explainer,
                                 layer=cfg.layer, reference_maps=heat, generator=generator)
-        heat_adv, logits_adv = explain(model, adv, classes, method=cfg.explainer, layer=cfg.layer,
-                                       return_logits=True, **opts)
+        if adv is images:  # no attack: the second explained forward would repeat the first exactly
+            heat_adv, logits_adv = heat, logits
+        else:
+            heat_adv, logits_adv = explain(model, adv, classes, method=cfg.explainer, layer=cfg.layer,
+                                           return_logits=True, **opts)
     finally:
         model.train(was_training)
     p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
