@@ -11,8 +11,9 @@ exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object); multi-lab
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -38,6 +39,19 @@ class SkipLog:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def annotation_lines(path: Path, fields: int, expected: str, maxsplit: int = -1) -> Iterator[tuple[str, list[str]]]:
+    """(``file:line``, fields) for every non-blank line of a whitespace-separated annotation file;
+    a line with the wrong number of fields is a DataError naming the file, the line and ``expected``."""
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=maxsplit)
+        where = f"{path}:{n}"
+        if len(parts) != fields:
+            raise DataError(f"{where}: expected {expected}, got {line!r}")
+        yield where, parts
 
 
 class LocatedDataset(Dataset):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from consistcam.data.base import DataError, LocatedDataset
+from consistcam.data.base import DataError, LocatedDataset, annotation_lines
 from consistcam.data.images import read_rgb
 
 
@@ -21,18 +21,14 @@ def read_table(path: Path, columns: int) -> dict[int, list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: not found; is this a CUB-200-2011 folder?")
     out: dict[int, list[str]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=columns - 1) if columns == 2 else line.split()
+    maxsplit = 1 if columns == 2 else -1  # two-column files end in a free-form value (a path or name)
+    for where, parts in annotation_lines(path, columns, f"{columns} fields", maxsplit):
         try:
             key = int(parts[0])
-        except (ValueError, IndexError):
-            raise DataError(f"{path}:{n}: expected an integer id first, got {line!r}") from None
-        if len(parts) != columns:
-            raise DataError(f"{path}:{n}: expected {columns} fields, got {line!r}")
+        except ValueError:
+            raise DataError(f"{where}: expected an integer id first, got {' '.join(parts)!r}") from None
         if key in out:
-            raise DataError(f"{path}:{n}: id {key} appears twice")
+            raise DataError(f"{where}: id {key} appears twice")
         out[key] = parts[1:]
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from consistcam.data.base import DataError, LocatedDataset
+from consistcam.data.base import DataError, LocatedDataset, annotation_lines
 from consistcam.data.images import read_rgb
 
 
@@ -80,29 +80,16 @@ class TinyImageNet(LocatedDataset):
             box_file = folder / f"{wnid}_boxes.txt"
             if not box_file.is_file():
                 raise DataError(f"{box_file}: not found (class {wnid} listed in wnids.txt)")
-            lines = box_file.read_text().splitlines()
-            if not lines:
+            if not box_file.read_text().strip():
                 raise DataError(f"{box_file}: empty; class {wnid} has no images")
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                where = f"{box_file}:{n}"
-                if len(parts) != 5:
-                    raise DataError(f"{where}: expected 'file x0 y0 x1 y1', got {line!r}")
+            for where, parts in annotation_lines(box_file, 5, "'file x0 y0 x1 y1'"):
                 yield folder / "images" / parts[0], index[wnid], self._parse_box(parts[1:], where), where
 
     def _val_entries(self, index: dict[str, int]):
         ann = self.root / "val" / "val_annotations.txt"
         if not ann.is_file():
             raise DataError(f"{ann}: not found")
-        for n, line in enumerate(ann.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            where = f"{ann}:{n}"
-            if len(parts) != 6:
-                raise DataError(f"{where}: expected 'file wnid x0 y0 x1 y1', got {line!r}")
+        for where, parts in annotation_lines(ann, 6, "'file wnid x0 y0 x1 y1'"):
             if parts[1] not in index:
                 raise DataError(f"{where}: class id {parts[1]!r} is not in wnids.txt")
             yield self.root / "val" / "images" / parts[0], index[parts[1]], self._parse_box(parts[2:], where), where
