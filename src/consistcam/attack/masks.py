@@ -8,17 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from consistcam.data.masks import dilate, mask_from_boxes, mask_from_pixels
+
 MASK_SOURCES = ("heatmap", "boxes", "mask", "gt", "none")
-
-
-def dilate(mask: Tensor, pixels: int) -> Tensor:
-    """Grow the foreground by ``pixels`` in every direction (square structuring element)."""
-    if pixels <= 0:
-        return mask
-    return F.max_pool2d(mask, kernel_size=2 * pixels + 1, stride=1, padding=pixels)
+__all__ = ["MASK_SOURCES", "dilate", "foreground_mask", "mask_from_boxes", "mask_from_heatmap", "mask_from_pixels"]
 
 
 def mask_from_heatmap(heatmaps: Tensor, tau: float = 0.5, top_q: float | None = None, dilation: int = 0) -> Tensor:
@@ -38,41 +33,6 @@ def mask_from_heatmap(heatmaps: Tensor, tau: float = 0.5, top_q: float | None = 
         idx = flat.topk(k, dim=1).indices
         mask = torch.zeros_like(flat).scatter_(1, idx, 1.0).view_as(heatmaps)
     return dilate(mask, dilation)
-
-
-def mask_from_boxes(boxes: Sequence[Tensor] | Tensor, size: tuple[int, int], device=None) -> Tensor:
-    """Union of each image's boxes (x0, y0, x1, y1 in pixels, x1/y1 exclusive) as a mask.
-
-    ``boxes`` is a list of (K_i, 4) tensors, or a padded (N, K, 4) tensor whose padding rows are NaN.
-    Note the axis order: x indexes columns (width), y rows (height).
-    """
-    h, w = size
-    if isinstance(boxes, Tensor):
-        if boxes.dim() != 3 or boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be (N, K, 4) or a list of (K, 4), got {tuple(boxes.shape)}")
-        padded = boxes.float()
-    else:
-        n_max = max((len(b) for b in boxes), default=0)
-        dev = device if device is not None else (boxes[0].device if len(boxes) else None)
-        padded = torch.full((len(boxes), max(n_max, 1), 4), float("nan"), device=dev)
-        for i, b in enumerate(boxes):
-            b = torch.as_tensor(b, dtype=torch.float32, device=dev).reshape(-1, 4)
-            padded[i, : len(b)] = b
-    dev = padded.device
-    ys = torch.arange(h, device=dev, dtype=torch.float32)[None, None, :, None] + 0.5
-    xs = torch.arange(w, device=dev, dtype=torch.float32)[None, None, None, :] + 0.5
-    x0, y0, x1, y1 = (padded[..., i][..., None, None] for i in range(4))
-    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)  # NaN rows compare False
-    return inside.any(1, keepdim=True).float()
-
-
-def mask_from_pixels(mask: Tensor) -> Tensor:
-    """Binarise a pixel mask given as (N, H, W) or (N, 1, H, W), bool or {0, 1}/[0, 1] values."""
-    if mask.dim() == 3:
-        mask = mask[:, None]
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be (N, H, W) or (N, 1, H, W), got {tuple(mask.shape)}")
-    return (mask > 0.5).float() if mask.dtype.is_floating_point else (mask != 0).float()
 
 
 def foreground_mask(

@@ -5,6 +5,7 @@ from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes, make_demo_split
 from consistcam.data.folders import ImageFolder, ImageNet9
 from consistcam.data.images import read_rgb
+from consistcam.data.masks import dilate, mask_from_boxes, mask_from_pixels, object_mask
 from consistcam.data.registry import DATASETS, build_dataset, eval_splits, parse_spec
 from consistcam.data.stl10 import STL10
 from consistcam.data.tinyimagenet import TinyImageNet
@@ -29,9 +30,13 @@ __all__ = [
     "build_dataset",
     "build_transform",
     "collate",
+    "dilate",
     "eval_splits",
     "export_variants",
     "make_demo_split",
+    "mask_from_boxes",
+    "mask_from_pixels",
+    "object_mask",
     "parse_spec",
     "read_rgb",
 ]

@@ -19,19 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from consistcam.data.base import DataError, LocatedDataset
+from consistcam.data.masks import object_mask
 
 VARIANTS = ("original", "only_fg", "no_fg", "mixed_same", "mixed_rand", "mixed_next")
 
 
 def _foreground(image: Tensor, boxes: Tensor | None, mask: Tensor | None) -> Tensor:
-    """H x W bool: the pixel mask, else the union of the (XYXY, exclusive) boxes."""
-    h, w = image.shape[-2:]
-    if mask is not None:
-        return mask.reshape(h, w) > 0
-    fg = torch.zeros(h, w, dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes.reshape(-1, 4).round().long().tolist():
-        fg[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    return fg
+    return object_mask(tuple(image.shape[-2:]), boxes, mask)
 
 
 def _labels_of(base: LocatedDataset) -> list[int]:

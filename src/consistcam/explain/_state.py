@@ -1,9 +1,4 @@
-"""Context managers that make explaining and attacking side-effect free.
-
-Explaining must not change the model: hooks are removed even when the body raises, train/eval
-flags and ``requires_grad`` flags are restored, and BatchNorm running statistics touched by a
-forward pass in train mode are put back.
-"""
+"""Activation capture for explainers: a forward hook that is always removed."""
 
 from __future__ import annotations
 
@@ -11,46 +6,8 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-@contextlib.contextmanager
-def preserved_state(
-    model: nn.Module, *, freeze_params: bool = False, eval_mode: bool = False
-) -> Iterator[nn.Module]:
-    """Restore modes, ``requires_grad`` flags and BatchNorm buffers on exit.
-
-    ``freeze_params`` turns off parameter gradients inside the block, so autograd computes only
-    the gradients that are asked for (activations or inputs) and never fills ``.grad``.
-    ``eval_mode`` switches the model to eval mode inside the block.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    # Saved BN buffers are re-bound on exit, not copied back: an in-place copy would bump the
-    # version of tensors that a differentiable caller's autograd graph still holds.
-    bn_buffers: list[tuple[nn.Module, str, Tensor]] = []
-    if not eval_mode:
-        for m in model.modules():
-            if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
-                bn_buffers.extend(
-                    (m, name, getattr(m, name).detach().clone())
-                    for name in ("running_mean", "running_var", "num_batches_tracked")
-                    if getattr(m, name) is not None
-                )
-    try:
-        if eval_mode:
-            model.eval()
-        if freeze_params:
-            for p, _ in flags:
-                p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, name, saved in bn_buffers:
-            setattr(m, name, saved)
+from consistcam.models.state import preserved_state  # noqa: F401  (re-exported for compatibility)
 
 
 class ActivationCapture:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from consistcam.explain._state import capture, preserved_state
+from consistcam.explain._state import capture
 from consistcam.explain.layers import resolve_layer
 from consistcam.explain.methods import METHODS, CAMContext, target_gradients
+from consistcam.models.state import preserved_state
 
 Targets = Tensor | Sequence[int] | Sequence[Sequence[int]] | None
 

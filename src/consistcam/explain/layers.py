@@ -7,7 +7,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from consistcam.explain._state import preserved_state
+from consistcam.models.state import preserved_state
 
 _SKIP = (
     nn.AdaptiveAvgPool2d,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from consistcam.explain._state import preserved_state
+from consistcam.models.state import preserved_state
 
 
 def _probabilities(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:

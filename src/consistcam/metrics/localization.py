@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from consistcam.data.masks import dilate
+
 
 def energy_inside(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """Per-image share of heatmap energy inside the mask; an all-zero heatmap counts as uniform."""
@@ -60,8 +62,6 @@ class PointingGame(Metric):
         self.add_state("count", default=torch.zeros(num_classes or 1, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, heatmaps: Tensor, masks: Tensor, labels: Tensor | None = None) -> None:
-        from consistcam.attack import dilate
-
         m = dilate(masks.float(), self.tolerance) if self.tolerance > 0 else masks.float()
         idx = heatmaps.flatten(1).argmax(1)
         hit = (m.flatten(1).gather(1, idx[:, None]).squeeze(1) > 0.5).double()

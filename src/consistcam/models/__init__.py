@@ -1,5 +1,7 @@
 """Model factory: ``create(name, num_classes, pretrained=False, small_input=False)``."""
 
 from consistcam.models.factory import IMAGENET_MEAN, IMAGENET_STD, MODELS, Normalize, SmallResNet, create, list_models
+from consistcam.models.state import preserved_state
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "Normalize", "SmallResNet", "create", "list_models"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "Normalize", "SmallResNet", "create", "list_models",
+           "preserved_state"]
