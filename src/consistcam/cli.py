@@ -9,54 +9,52 @@ from pathlib import Path
 
 import yaml
 
-TRAIN_FLAGS = {
-    "data": str, "arch": str, "method": str, "epochs": int, "out": str, "lr": float, "batch_size": int,
-    "seed": int, "image_size": int, "optimizer": str, "schedule": str, "augment": str, "device": str,
-    "workers": int, "subset": int, "weight_decay": float, "warmup_epochs": float, "label_smoothing": float,
-    "ecl_warmup": int, "update_every": int,
-}
 
-
-def _parse_set(items: list[str]) -> dict:
-    """``--set key=value`` (YAML values); ``consistency.steps=3`` goes into the consistency dict."""
+def _parse_set(items: list[str] | None) -> dict:
+    """``--set key=value`` (values parsed as YAML); dotted keys nest: ``ecl.consistency.steps=3``."""
     out: dict = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise SystemExit(f"error: --set expects key=value, got {item!r}")
-        value = yaml.safe_load(value)
-        if key.startswith("consistency."):
-            out.setdefault("consistency", {})[key.split(".", 1)[1]] = value
-        else:
-            out[key] = value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"error: --set {item!r} conflicts with an earlier --set of {part!r}")
+        node[leaf] = parsed
     return out
+
+
+def _train_fields() -> list:
+    import dataclasses
+
+    from consistcam.train import TrainConfig
+
+    return [f for f in dataclasses.fields(TrainConfig) if f.name != "strategy"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from consistcam.train import TrainConfig, Trainer
+    from consistcam.train.config import merge
 
-    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
-    sets = _parse_set(args.set)
-    if "consistency" in sets:
-        overrides["consistency"] = sets.pop("consistency")
-    overrides.update(sets)
-    if args.pretrained:
-        overrides["pretrained"] = True
-    if args.small_input:
-        overrides["small_input"] = True
-    if args.skip_bad:
-        overrides["skip_bad"] = True
+    overrides = {f.name: getattr(args, f.name) for f in _train_fields() if getattr(args, f.name, None) is not None}
+    overrides = merge(overrides, _parse_set(args.set))
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
-        cfg = TrainConfig.from_yaml(saved, **{**overrides, "out": args.resume})
+        if not saved.is_file():
+            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder?)")
+        cfg = TrainConfig.from_yaml(saved, {**overrides, "out": args.resume})
     elif args.config:
-        base = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
-        if base is not None and "consistency" in overrides:
-            overrides["consistency"] = {**base.get("consistency", {}), **overrides["consistency"]}
-        cfg = TrainConfig.from_yaml(args.config, **overrides)
+        cfg = TrainConfig.from_yaml(args.config, overrides)
     else:
         cfg = TrainConfig.from_dict(overrides)
-    trainer = Trainer(cfg, progress=not args.quiet, resume=bool(args.resume))
+    trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume))
     trainer.fit()
     print(f"run folder: {trainer.run_dir}")
     return 0
@@ -202,25 +200,91 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default (unless its help already does); epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _yaml_value(text: str):
+    """Flag values are parsed like YAML values (``1e-3`` is a number, ``null`` is None); the config
+    then checks the type and range and names the option on error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low`` (``--subset -1`` is an error, not an empty evaluation)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _method_options_help() -> str:
+    import dataclasses
+
+    from consistcam.config import option_help
+    from consistcam.train import STRATEGIES
+
+    lines = ["method options (in a config file under the method's name, or --set METHOD.KEY=VALUE):"]
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        fields = dataclasses.fields(cls.Config)
+        lines.append(f"  {name}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        for f in fields:
+            if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+                sub = f.default_factory
+                lines.append(f"    {name}.{f.name}.*: {f.metadata.get('help', '')}")
+                for g in dataclasses.fields(sub):
+                    lines.append(f"      {name}.{f.name}.{g.name}: {option_help(sub, g.name)}")
+            else:
+                lines.append(f"    {name}.{f.name}: {option_help(cls.Config, f.name)}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="consistcam", description="Classifiers whose explanations can be trusted.")
+    from consistcam.config import option_help
+    from consistcam.train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="consistcam", description="Classifiers whose explanations can be trusted.",
+                                formatter_class=_Formatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (erm, ecl, ...)")
-    t.add_argument("--config", help="YAML file of training options; flags override it")
-    for flag, typ in TRAIN_FLAGS.items():
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
-    t.add_argument("--pretrained", action="store_true")
-    t.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem for 32-64 px images")
-    t.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable images and bad annotations (listed in RUN/skipped.txt) instead of failing")
+    t = sub.add_parser("train", help="train a model (erm, ecl, ...)", formatter_class=_Formatter,
+                       epilog=_method_options_help())
+    t.add_argument("--config", help="YAML file of training options; flags and --set override it")
+    for f in _train_fields():
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            t.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=option_help(TrainConfig, f.name))
+        else:
+            t.add_argument(flag, dest=f.name, type=_yaml_value, default=None, metavar=f.name.upper(),
+                           help=option_help(TrainConfig, f.name))
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any option, e.g. --set consistency.steps=3 --set momentum=0.8")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    t.add_argument("--quiet", action="store_true")
+                   help="any option, dotted for a method's options: --set ecl.consistency.steps=3 --set momentum=0.8")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (its config.yaml is used)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="every evaluation protocol: metrics.json and report.html")
+    e = sub.add_parser("evaluate", help="every evaluation protocol: metrics.json and report.html",
+                       formatter_class=_Formatter)
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--data", help="data spec (default: the run's)")
     e.add_argument("--split", action="append", help="split(s) to evaluate (default: the data set's test splits)")
@@ -228,52 +292,55 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocols", default="all",
                    help="comma-separated: localization,faithfulness,consistency,equivariance,robustness or all")
     e.add_argument("--no-background", dest="background", action="store_false",
-                   help="skip the background-reliance variants")
-    e.add_argument("--faithfulness-steps", type=int, default=16, help="insertion/deletion steps")
-    e.add_argument("--subset", type=int, help="first N images only (quick look)")
-    e.add_argument("--batch-size", type=int, default=200)
-    e.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+                   help="skip the background-reliance variants (default: computed when the data has boxes/masks)")
+    e.add_argument("--faithfulness-steps", type=_int_at_least(1), default=16, help="insertion/deletion steps")
+    e.add_argument("--subset", type=_int_at_least(1), help="first N images of each split only (quick look)")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=200, help="evaluation batch size")
+    e.add_argument("--workers", type=_int_at_least(0), default=0, help="data loader worker processes")
     e.add_argument("--seed", type=int, default=0, help="seed of attacks, crops and background partners")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     e.add_argument("--out", help="output folder (default: RUN/eval)")
-    e.add_argument("--no-report", action="store_true")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
+    e.add_argument("--quiet", action="store_true", help="no progress bars, no metrics on stdout")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("report", help="side-by-side HTML report of evaluated runs")
+    r = sub.add_parser("report", help="side-by-side HTML report of evaluated runs", formatter_class=_Formatter)
     r.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or metrics.json files")
-    r.add_argument("--out", default="report.html")
-    r.add_argument("--title", default="consistcam: runs side by side")
+    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument("--title", default="consistcam: runs side by side", help="title of the report")
     r.set_defaults(func=cmd_report)
 
-    x = sub.add_parser("explain", help="heatmap overlays (PNG) for image files")
+    x = sub.add_parser("explain", help="heatmap overlays (PNG) for image files", formatter_class=_Formatter)
     x.add_argument("checkpoint", help="run folder or model.safetensors")
-    x.add_argument("images", nargs="+")
-    x.add_argument("--method", default="gradcam")
-    x.add_argument("--target", type=int, help="class to explain (default: the prediction)")
-    x.add_argument("--size", type=int, help="resize images to this size (default: the training size)")
-    x.add_argument("--out", default="explanations")
-    x.add_argument("--device", default="cpu")
+    x.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    x.add_argument("--method", default="gradcam", help="explainer (consistcam list explainers)")
+    x.add_argument("--target", type=_int_at_least(0), help="class to explain (default: the prediction)")
+    x.add_argument("--size", type=_int_at_least(1), help="resize images to this size (default: the training size)")
+    x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
+    x.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     x.set_defaults(func=cmd_explain)
 
-    d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--epochs", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report",
+                       formatter_class=_Formatter)
+    d.add_argument("--out", default="runs/demo", help="output folder (one run folder per method, report.html)")
+    d.add_argument("--epochs", type=_int_at_least(1), default=8, help="epochs per method")
+    d.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of data order, initialisation, attacks")
+    d.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     d.set_defaults(func=cmd_demo)
 
-    v = sub.add_parser("variants", help="export background-challenge variants in the ImageNet-9 layout")
+    v = sub.add_parser("variants", help="export background-challenge variants in the ImageNet-9 layout",
+                       formatter_class=_Formatter)
     v.add_argument("data", help="data spec with boxes or masks, e.g. tinyimagenet:PATH")
-    v.add_argument("--split", default="val")
+    v.add_argument("--split", default="val", help="split to export")
     v.add_argument("--variant", action="append", help="variant(s) to write (default: all)")
     v.add_argument("--seed", type=int, default=0, help="seed of the background partners")
-    v.add_argument("--out", required=True)
-    v.add_argument("--quiet", action="store_true")
+    v.add_argument("--out", required=True, help="output folder (read back with --data in9:OUT)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_variants)
 
-    ls = sub.add_parser("list", help="list registered names")
-    ls.add_argument("what", choices=["models", "explainers", "methods", "data", "similarities"])
+    ls = sub.add_parser("list", help="list registered names", formatter_class=_Formatter)
+    ls.add_argument("what", choices=["models", "explainers", "methods", "data", "similarities"],
+                    help="what to list")
     ls.set_defaults(func=cmd_list)
     return p
 
@@ -282,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        if getattr(args, "debug", False):
+    except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError are ValueErrors
+        if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}\n(consistcam --debug {args.command} ... shows the traceback)", file=sys.stderr)
         return 2
 
 

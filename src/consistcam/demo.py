@@ -21,14 +21,15 @@ DEMO_CONSISTENCY = {"steps": 3, "weight_power": 0.5, "weight_floor": 0.5}
 
 
 def demo_config(method: str, out: Path, epochs: int, seed: int, data: str) -> TrainConfig:
-    return TrainConfig(data=data, arch="cc_resnet10", method=method, epochs=epochs, batch_size=128, lr=0.05,
-                       seed=seed, out=str(out / method), ecl_warmup=2, update_every=2,
-                       consistency=DEMO_CONSISTENCY if method == "ecl" else {})
+    return TrainConfig.from_dict({
+        "data": data, "arch": "cc_resnet10", "method": method, "epochs": epochs, "batch_size": 128, "lr": 0.05,
+        "seed": seed, "out": str(out / method),
+        "ecl": {"warmup": 2, "update_every": 2, "consistency": DEMO_CONSISTENCY}})
 
 
 def _train_or_resume(cfg: TrainConfig, progress: bool) -> Trainer:
     resume = (Path(cfg.out) / "checkpoint.safetensors").is_file()
-    trainer = Trainer(cfg, progress=progress, resume=resume)
+    trainer = Trainer.from_config(cfg, progress=progress, resume=resume)
     trainer.fit()
     return trainer
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -10,10 +11,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from consistcam.cli import main
-from consistcam.train import TrainConfig, Trainer, learning_rate, load_model, weighted_cross_entropy
+from consistcam.config import ConfigError
+from consistcam.train import Schedule, Task, TrainConfig, Trainer, load_model, weighted_cross_entropy
 
-TINY = dict(data="demo:n=96,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05,
-            score_batch_size=48, consistency={"steps": 1})
+TINY = dict(data="demo:n=96,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05)
+ECL = {"warmup": 1, "update_every": 1, "score_batch_size": 48, "consistency": {"steps": 1}}
+
+
+def tiny(tmp_path, method="erm", epochs=1, ecl=None, **kw) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, "method": method, "epochs": epochs, "out": str(tmp_path),
+                                  "ecl": {**ECL, **(ecl or {})}, **kw})
 
 
 def test_weighted_loss_matches_manual():
@@ -23,18 +30,26 @@ def test_weighted_loss_matches_manual():
     manual = sum(w[i] * -torch.log_softmax(logits[i], 0)[labels[i]] for i in range(5)) / 5
     assert torch.allclose(weighted_cross_entropy(logits, labels, w), manual)
     assert torch.allclose(weighted_cross_entropy(logits, labels), F.cross_entropy(logits, labels))
+    assert torch.allclose(Task().loss(logits, labels, w), manual)
+
+
+def test_multilabel_task_uses_bce():
+    logits, labels = torch.randn(4, 3), torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]]).float()
+    ref = F.binary_cross_entropy_with_logits(logits, labels)
+    assert torch.allclose(Task(multilabel=True).loss(logits, labels), ref)
+    assert Task(multilabel=True).correct(labels * 20 - 10, labels) == 4
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(lr=1.0, epochs=10, warmup_epochs=1)
-    assert learning_rate(cfg, 0, 10) == pytest.approx(0.1)
-    assert learning_rate(cfg, 10, 10) == pytest.approx(1.0)
-    assert learning_rate(cfg, 100, 10) == pytest.approx(0.0, abs=1e-9)
+    s = Schedule(lr=1.0, epochs=10, warmup_epochs=1)
+    assert s(0, 10) == pytest.approx(0.1)
+    assert s(10, 10) == pytest.approx(1.0)
+    assert s(100, 10) == pytest.approx(0.0, abs=1e-9)
+    assert Schedule(lr=1.0, epochs=10, kind="step", step_size=3, gamma=0.5)(35, 5) == pytest.approx(0.25)
 
 
 def test_ecl_loss_uses_the_scored_weights_by_id(tmp_path):
-    trainer = Trainer(TrainConfig(**TINY, method="ecl", epochs=1, ecl_warmup=0, update_every=1, out=str(tmp_path)),
-                      progress=False)
+    trainer = Trainer.from_config(tiny(tmp_path, "ecl", ecl={"warmup": 0}), progress=False)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     trainer.strategy.on_epoch_start(0)
     saved = load_file(str(tmp_path / "consistency" / "epoch_000.safetensors"))
@@ -57,42 +72,155 @@ def test_ecl_loss_uses_the_scored_weights_by_id(tmp_path):
     assert len(set(weights.tolist())) > 10  # really re-weighted
 
 
-def test_resume_is_bit_identical(tmp_path):
-    cfg = dict(**TINY, method="ecl", ecl_warmup=1, update_every=1)
-    full = Trainer(TrainConfig(**cfg, epochs=3, out=str(tmp_path / "full")), progress=False)
+def _resume_matches(tmp_path, **kw):
+    full = Trainer.from_config(tiny(tmp_path / "full", epochs=3, **kw), progress=False)
     full.fit()
-    part = Trainer(TrainConfig(**cfg, epochs=3, out=str(tmp_path / "part")), progress=False)
+    part = Trainer.from_config(tiny(tmp_path / "part", epochs=3, **kw), progress=False)
     part.fit(stop_after=2)  # interrupted after epoch 1
-    resumed = Trainer(TrainConfig(**cfg, epochs=3, out=str(tmp_path / "part")), progress=False, resume=True)
+    resumed = Trainer.from_config(tiny(tmp_path / "part", epochs=3, **kw), progress=False, resume=True)
     assert resumed.start_epoch == 2
     resumed.fit()
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    return full, resumed
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full, resumed = _resume_matches(tmp_path, method="ecl")
+    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
+
+
+def test_resume_is_bit_identical_with_workers_and_weight_ema(tmp_path):
+    full, resumed = _resume_matches(tmp_path, method="ecl", workers=2, ecl={"consistency": {"steps": 1,
+                                                                                          "weight_ema": 0.5}})
+    assert full.strategy.rounds == resumed.strategy.rounds == 2
+    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
+    first = load_file(str(tmp_path / "full" / "consistency" / "epoch_001.safetensors"))["weights"]
+    assert not torch.equal(first, full.strategy.weights)  # the EMA state really carried over
 
 
 def test_resume_rejects_a_changed_config(tmp_path):
-    Trainer(TrainConfig(**TINY, epochs=1, out=str(tmp_path)), progress=False).fit()
+    Trainer.from_config(tiny(tmp_path), progress=False).fit()
     with pytest.raises(ValueError, match=r"config differs .*lr"):
-        Trainer(TrainConfig(**{**TINY, "lr": 0.2}, epochs=2, out=str(tmp_path)), progress=False, resume=True)
+        Trainer.from_config(tiny(tmp_path, epochs=2, lr=0.2), progress=False, resume=True)
 
 
-def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown training option"):
-        TrainConfig.from_dict({"epoch": 3})
+def test_training_set_is_read_once(tmp_path, monkeypatch):
+    import consistcam.train.data as train_data
+
+    calls = []
+    original = train_data.build_dataset
+
+    def counting(spec, split="train", *a, **k):
+        calls.append(split)
+        return original(spec, split, *a, **k)
+
+    monkeypatch.setattr(train_data, "build_dataset", counting)
+    Trainer.from_config(tiny(tmp_path, "ecl"), progress=False).fit()
+    assert calls.count("train") == 1
+
+
+def test_a_new_strategy_plugs_in_without_touching_the_trainer(tmp_path):
+    from dataclasses import dataclass
+
+    from consistcam.config import option
+    from consistcam.train import STRATEGIES, StepOutput, Strategy, register_strategy
+
+    @dataclass
+    class HalfConfig:
+        factor: float = option(0.5, "loss multiplier", gt=0)
+
+    @register_strategy("test_half")
+    class Half(Strategy):
+        Config = HalfConfig
+
+        def loss(self, batch):
+            logits = self.ctx.model(batch["image"])
+            return StepOutput(self.config.factor * self.ctx.task.loss(logits, batch["label"]), logits,
+                              {"factor": self.config.factor})
+
+    try:
+        cfg = TrainConfig.from_dict({**TINY, "method": "test_half", "out": str(tmp_path), "test_half": {"factor": 2}})
+        assert cfg.strategy == HalfConfig(2.0)
+        hist = Trainer.from_config(cfg, progress=False).fit()
+        assert hist[0]["train/factor"] == pytest.approx(2.0)
+        with pytest.raises(ConfigError, match="test_half.factor: must be > 0"):
+            TrainConfig.from_dict({**TINY, "method": "test_half", "test_half": {"factor": 0}})
+    finally:
+        STRATEGIES._items.pop("test_half")
+        STRATEGIES._canonical.pop("test_half")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"epoch": 3}, "unknown option 'epoch'; did you mean epochs"),
+    ({"lr": float("nan")}, "lr: must be a finite number"),
+    ({"lr": "1e-3x"}, "lr: expected a number"),
+    ({"epochs": 2.5}, "epochs: expected an integer"),
+    ({"label_smoothing": 2}, "label_smoothing: must be < 1.0"),
+    ({"image_size": 0}, "image_size: must be >= 1"),
+    ({"device": "foo"}, "device: expected auto, cpu"),
+    ({"data": "nope"}, "data: unknown data set"),
+    ({"method": "ecll"}, "method: unknown training method .*did you mean ecl"),
+    ({"method": "ecl", "ecl": {"consistency": {"eps": -0.1}}}, "ecl.consistency.eps: must be >= 0"),
+    ({"ecl": {"warmpu": 1}}, "unknown option 'ecl.warmpu'; did you mean warmup"),
+    ({"ecl": {"consistency": {"steps": 0}}}, "ecl.consistency.steps: must be >= 1"),
+    ({"ecl": {"consistency": {"attack": "pdg"}}}, "ecl.consistency.attack: 'pdg' is not one of .*did you mean pgd"),
+])
+def test_config_errors_name_the_option(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(options)
+
+
+def test_yaml_config_errors_and_coercion(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("consistency: {lambda: 2}\n")
-    with pytest.raises(ValueError, match="bad.yaml: unknown consistency option"):
+    bad.write_text("ecl: {consistency: {lambda: 2}}\n")
+    with pytest.raises(ConfigError, match="bad.yaml: unknown option 'ecl.consistency.lambda'; did you mean lam"):
         TrainConfig.from_yaml(bad)
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        TrainConfig.from_yaml(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 1e-3\nmethod: ecl\necl: {consistency: {eps: 4e-3}}\n")  # YAML 1.1 reads 1e-3 as text
+    cfg = TrainConfig.from_yaml(good, {"ecl": {"warmup": 0}})
+    assert cfg.lr == 0.001 and cfg.strategy.consistency.eps == 0.004 and cfg.strategy.warmup == 0
+
+
+def test_old_flat_ecl_options_still_load(tmp_path):
+    with pytest.warns(DeprecationWarning, match="ecl_warmup -> ecl.warmup"):
+        cfg = TrainConfig.from_dict({"method": "ecl", "ecl_warmup": 3, "consistency": {"steps": 2}})
+    assert cfg.strategy.warmup == 3 and cfg.strategy.consistency.steps == 2
+
+
+def test_bad_config_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import consistcam.train.data as train_data
+
+    monkeypatch.setattr(train_data, "build_dataset", lambda *a, **k: pytest.fail("data was read"))
+    args = ["train", "--out", str(tmp_path / "r"), "--quiet", "--method", "ecl", "--epochs", "3"]
+    assert main(args + ["--set", "ecl.consistency.eps=-0.1"]) == 2
+    assert "ecl.consistency.eps: must be >= 0" in capsys.readouterr().err
+    assert main(args + ["--device", "cuda:7"]) == 2
+    assert "device" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_cli_option_documents_itself():
+    from consistcam.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"consistcam {name} {action.option_strings or action.dest} has no help"
 
 
 def test_cli_train_evaluate_explain_list(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", "demo:n=64,size=16", "--epochs", "1", "--batch-size", "32", "--out", str(run),
-                 "--method", "ecl", "--ecl-warmup", "0", "--set", "consistency.steps=1", "--quiet"]) == 0
+                 "--method", "ecl", "--set", "ecl.warmup=0", "--set", "ecl.consistency.steps=1", "--quiet"]) == 0
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "tb", "checkpoint.safetensors",
                                               "model.safetensors", "consistency"}
     assert main(["evaluate", str(run), "--subset", "40", "--quiet", "--explainer", "gradcam", "--explainer",
@@ -114,7 +242,7 @@ def test_cli_train_evaluate_explain_list(tmp_path, capsys):
     assert (tmp_path / "ex" / "x_gradcam.png").is_file()
     assert main(["explain", str(run), str(tmp_path / "missing.png")]) != 0
     assert main(["train", "--data", "nope", "--out", str(tmp_path / "r2"), "--quiet"]) == 2
-    assert "unknown data set 'nope'" in capsys.readouterr().err
+    assert "data: unknown data set" in capsys.readouterr().err
     main(["list", "explainers"])
     assert "integrated-gradcam" in capsys.readouterr().out
     model, info = load_model(run)

@@ -2,59 +2,51 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from consistcam.config import from_dict, option, registered, validate
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
 from consistcam.explain import METHODS
 
 ATTACKS = ("pgd", "fgsm", "noise", "none")
+MASKS = ("heatmap", "gt", "boxes", "mask", "none")
 
 
 @dataclass
 class ConsistencyConfig:
-    """Every choice of the scoring pass; defaults are those of docs/method.md."""
+    """Every choice of the scoring pass; defaults are those of docs/method.md (see its table)."""
 
-    explainer: str = "gradcam"
-    layer: str | None = None
-    target: str = "label"  # or "prediction"
-    mask: str = "heatmap"  # heatmap | gt | boxes | mask | none
-    tau: float = 0.5
-    top_q: float | None = None
-    dilation: int = 0
-    attack: str = "pgd"  # pgd | fgsm | noise | none
-    norm: str = "linf"
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 5
-    random_start: bool = True
-    objective: str = "ce"  # or "explanation"
-    similarity: str = "cosine"
-    prediction: str = "js"
-    lam: float = 0.5
-    weight_floor: float = 0.0
-    weight_power: float = 1.0
-    weight_ema: float = 0.0
-    seed: int = 0
-    explainer_options: dict = field(default_factory=dict)
+    explainer: str = option("gradcam", "explainer of h and h_adv", check=registered(METHODS))
+    layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
+    target: str = option("label", "class explained (and attacked): the label or the prediction",
+                         choices=("label", "prediction"))
+    mask: str = option("heatmap", "source of the foreground the attack must not touch", choices=MASKS)
+    tau: float = option(0.5, "foreground = heatmap >= tau", ge=0.0, le=1.0)
+    top_q: float | None = option(None, "foreground = the top_q fraction of heatmap pixels (instead of tau)",
+                                 gt=0.0, le=1.0)
+    dilation: int = option(0, "grow the foreground by this many pixels", ge=0)
+    attack: str = option("pgd", "background perturbation", choices=ATTACKS)
+    norm: str = option("linf", "attack norm", choices=("linf", "l2"))
+    eps: float = option(8 / 255, "attack budget (pixels in [0, 1])", ge=0.0)
+    alpha: float = option(2 / 255, "PGD step size", gt=0.0)
+    steps: int = option(5, "PGD steps", ge=1)
+    random_start: bool = option(True, "PGD starts at a random point of the eps-ball")
+    objective: str = option("ce", "attack objective: cross-entropy or explanation shift (1 - cos)",
+                            choices=("ce", "explanation"))
+    similarity: str = option("cosine", "heatmap similarity S", check=registered(SIMILARITIES))
+    prediction: str = option("js", "prediction consistency P", check=registered(PREDICTION_CONSISTENCIES))
+    lam: float = option(0.5, "E = lam * S + (1 - lam) * P", ge=0.0, le=1.0)
+    weight_floor: float = option(0.0, "v = floor + (1 - floor) * v", ge=0.0, lt=1.0)
+    weight_power: float = option(1.0, "v proportional to (1 - E) ** power", ge=0.0)
+    weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
+    seed: int = option(0, "seed of the attack's random start")
+    explainer_options: dict = option(help="extra options of the explainer (e.g. steps, batch_size)",
+                                     default_factory=dict)
 
     def __post_init__(self) -> None:
-        METHODS.get(self.explainer)
-        SIMILARITIES.get(self.similarity)
-        PREDICTION_CONSISTENCIES.get(self.prediction)
-        if self.target not in ("label", "prediction"):
-            raise ValueError(f"consistency target must be 'label' or 'prediction', got {self.target!r}")
-        if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; known: {', '.join(ATTACKS)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        validate(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> ConsistencyConfig:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown consistency option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping | None, where: str = "consistency") -> ConsistencyConfig:
+        return from_dict(cls, d, where)

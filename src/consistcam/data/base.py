@@ -10,6 +10,7 @@ exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object); multi-lab
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,16 @@ class LocatedDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def view(self, transform: Callable | None, keep_locations: bool | None = None) -> LocatedDataset:
+        """The same samples under another transform, without re-reading or re-parsing anything
+        (a shallow copy shares the loaded images and annotations): the trainer builds the data set
+        once and takes an augmented view for training and a plain one for scoring."""
+        other = copy.copy(self)
+        other.transform = transform
+        if keep_locations is not None:
+            other.keep_locations = keep_locations
+        return other
 
     def __getitem__(self, index: int) -> dict:
         image, label, boxes, mask = self.load(index)

@@ -26,7 +26,17 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
         key, sep, value = item.partition("=")
         if not sep or key not in ("n", "num_classes", "size", "rho", "seed"):
             raise ValueError(f"bad demo option {item!r}; use e.g. demo:rho=0.9,n=2000,num_classes=4,size=32,seed=0")
-        opts[key] = float(value) if key == "rho" else int(value)
+        try:
+            opts[key] = float(value) if key == "rho" else int(value)
+        except ValueError:
+            raise ValueError(f"demo option {key}: expected {'a number' if key == 'rho' else 'an integer'}, "
+                             f"got {value!r}") from None
+    rho = opts.get("rho", 0.0)
+    if not 0.0 <= rho <= 1.0:  # also rejects nan
+        raise ValueError(f"demo option rho must be in [0, 1], got {rho}")
+    for key in ("n", "num_classes", "size"):
+        if key in opts and opts[key] < (2 if key == "num_classes" else 1):
+            raise ValueError(f"demo option {key} must be >= {2 if key == 'num_classes' else 1}, got {opts[key]}")
     if split != "train":
         opts.pop("n", None)
     return DemoShapes(split=split, transform=transform, **opts)

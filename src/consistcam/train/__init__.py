@@ -1,21 +1,47 @@
-"""Trainer and strategies (erm, ecl)."""
+"""Trainer, strategies (erm, ecl, ...), callbacks and checkpoints."""
 
+from consistcam.train.callbacks import Callback, Checkpointer, ConsolePrinter, JsonlLogger, TensorBoardLogger
 from consistcam.train.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from consistcam.train.config import TrainConfig
-from consistcam.train.strategies import ECL, ERM, STRATEGIES, Strategy, build_strategy, weighted_cross_entropy
-from consistcam.train.trainer import Trainer, learning_rate, train
+from consistcam.train.data import TrainData
+from consistcam.train.strategies import (
+    ECL,
+    ERM,
+    STRATEGIES,
+    ECLConfig,
+    StepOutput,
+    Strategy,
+    StrategyContext,
+    build_strategy,
+    register_strategy,
+)
+from consistcam.train.task import Task, weighted_cross_entropy
+from consistcam.train.trainer import Schedule, Trainer, build_optimizer, resolve_device, train
 
 __all__ = [
     "ECL",
     "ERM",
     "STRATEGIES",
+    "Callback",
+    "Checkpointer",
+    "ConsolePrinter",
+    "ECLConfig",
+    "JsonlLogger",
+    "Schedule",
+    "StepOutput",
     "Strategy",
+    "StrategyContext",
+    "Task",
+    "TensorBoardLogger",
     "TrainConfig",
+    "TrainData",
     "Trainer",
+    "build_optimizer",
     "build_strategy",
-    "learning_rate",
     "load_checkpoint",
     "load_model",
+    "register_strategy",
+    "resolve_device",
     "save_checkpoint",
     "save_model",
     "train",

@@ -1,92 +1,158 @@
-"""Training configuration: a dataclass, loadable from YAML and overridable from flags."""
+"""Training configuration: typed options shared by every method, plus the method's own section.
+
+In YAML (and in ``--set``), a method's options live under its name::
+
+    method: ecl
+    epochs: 6
+    ecl:
+      warmup: 2
+      consistency: {steps: 3, weight_power: 0.5}
+
+Everything is validated when the config is built (:mod:`consistcam.config`): unknown keys name
+their near matches, wrong types and out-of-range values name the option, before any data is read.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from consistcam.consistency import ConsistencyConfig
+from consistcam.config import ConfigError, from_dict, option, registered, to_dict, validate
+from consistcam.data.transforms import AUGMENTATIONS
+from consistcam.train.strategies import STRATEGIES, strategy_config
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# options that moved into the ``ecl`` section (configs and run folders written before 0.2 still load)
+MOVED = {"ecl_warmup": "warmup", "update_every": "update_every", "score_batch_size": "score_batch_size",
+         "consistency": "consistency"}
+
+
+def _data_check(value: str) -> str | None:
+    from consistcam.data import DATASETS
+
+    kind = value.partition(":")[0]
+    return None if kind in DATASETS else registered(DATASETS)(kind)
+
+
+def _device_check(value: str) -> str | None:
+    return None if _DEVICE.match(value) else "expected auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
 class TrainConfig:
-    data: str = "demo"
-    arch: str = "cc_resnet10"
-    pretrained: bool = False
-    small_input: bool = False
-    image_size: int | None = None
-    augment: str = "flip"
-    method: str = "erm"
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_epochs: float = 0.0
-    step_size: int = 30
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    amp: bool = False  # CUDA only
-    channels_last: bool = False
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    subset: int | None = None  # first N training samples (quick looks)
-    skip_bad: bool = False  # skip unreadable images / bad annotations (listed in RUN/skipped.txt) instead of failing
-    out: str = "runs/run"
-    # ecl
-    ecl_warmup: int = 2  # epochs trained with v = 1 before the first scoring pass
-    update_every: int = 2  # epochs between scoring passes
-    score_batch_size: int = 250
-    consistency: dict = field(default_factory=dict)
+    data: str = option("demo", "data spec: demo[:opts], tinyimagenet:PATH, cub:PATH, imagefolder:PATH, ...",
+                       check=_data_check)
+    arch: str = option("cc_resnet10", "model name: ours (consistcam list models), torchvision, or timm:NAME")
+    pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
+    small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
+    image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1)
+    augment: str = option("flip", "training augmentation", choices=AUGMENTATIONS)
+    method: str = option("erm", "training method (consistcam list methods)", check=registered(STRATEGIES))
+    epochs: int = option(10, "number of epochs", ge=1)
+    batch_size: int = option(128, "training batch size", ge=1)
+    eval_batch_size: int = option(256, "batch size of the per-epoch evaluation", ge=1)
+    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adamw"))
+    lr: float = option(0.05, "peak learning rate", gt=0.0)
+    momentum: float = option(0.9, "SGD momentum (Nesterov when > 0)", ge=0.0, lt=1.0)
+    weight_decay: float = option(5e-4, "weight decay", ge=0.0)
+    schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=("cosine", "step", "constant"))
+    warmup_epochs: float = option(0.0, "linear learning-rate warm-up (epochs, may be fractional)", ge=0.0)
+    step_size: int = option(30, "epochs between decays of the step schedule", ge=1)
+    gamma: float = option(0.1, "decay factor of the step schedule", gt=0.0)
+    label_smoothing: float = option(0.0, "label smoothing of the base loss", ge=0.0, lt=1.0)
+    amp: bool = option(False, "bfloat16 autocast (CUDA only)")
+    channels_last: bool = option(False, "channels-last memory format")
+    seed: int = option(0, "seed of initialisation, shuffling, augmentation and attacks", ge=0)
+    workers: int = option(0, "data loader worker processes", ge=0)
+    device: str = option("auto", "device: auto, cpu, cuda, cuda:N or mps", check=_device_check)
+    subset: int | None = option(None, "train on the first N samples only (quick looks)", ge=1)
+    skip_bad: bool = option(False, "skip unreadable images and bad annotations (listed in RUN/skipped.txt)")
+    out: str = option("runs/run", "run folder")
+    # the method's own options (a dataclass instance, e.g. ECLConfig); a mapping is validated into one
+    strategy: Any = field(default=None, metadata={"help": "options of the chosen method"})
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "update_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        ConsistencyConfig.from_dict(self.consistency)  # validate early, with a clear message
-
-    def consistency_config(self, **overrides) -> ConsistencyConfig:
-        return ConsistencyConfig.from_dict({**self.consistency, **overrides})
+        validate(self)
+        try:
+            self.strategy = strategy_config(self.method, self.strategy)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{self.method}: {err}") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = to_dict(self)
+        d.pop("strategy")
+        d[STRATEGIES.canonical(self.method)] = to_dict(self.strategy)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping, where: str = "") -> TrainConfig:
+        """Build from a flat mapping whose method sections sit under the methods' names.
+
+        Sections of other methods are validated too (a typo there is still a typo) and dropped."""
+        d = _upgrade(dict(d))
+        method = d.get("method", "erm")
+        sections = {k: d.pop(k) for k in list(d) if k in STRATEGIES and k not in ("method",)}
+        for name, section in sections.items():
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"{name}: expected a mapping of options, got {section!r}")
+            strategy_config(name, section)
+        chosen = None
+        if isinstance(method, str) and method in STRATEGIES:
+            chosen = sections.get(STRATEGIES.canonical(method))
+        if "strategy" in d:
+            raise ConfigError(f"unknown option 'strategy'; put the method's options under its name ({method}:)")
+        cfg = from_dict(cls, d, where)
+        if chosen:
+            cfg.strategy = strategy_config(cfg.method, chosen)
+        return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+    def from_yaml(cls, path: str | Path, overrides: Mapping | None = None) -> TrainConfig:
+        """Load a YAML file; ``overrides`` (flags, ``--set``) are merged in, method sections deeply."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {path} not found") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
         try:
-            return cls.from_dict({**data, **overrides})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            return cls.from_dict(merge(_upgrade(data), dict(overrides or {})))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     def save_yaml(self, path: str | Path) -> None:
         from consistcam.utils import atomic_write
 
         atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False)))
+
+
+def merge(base: dict, overrides: Mapping) -> dict:
+    """Deep merge of nested mappings (overrides win)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _upgrade(d: dict) -> dict:
+    """Move pre-0.2 flat ECL options into the ``ecl`` section, with a warning naming the new key."""
+    moved = {k: d.pop(k) for k in list(d) if k in MOVED}
+    if moved:
+        where = ", ".join(f"{k} -> ecl.{MOVED[k]}" for k in moved)
+        warnings.warn(f"options moved into the 'ecl' section: {where}", DeprecationWarning, stacklevel=3)
+        section = dict(d.get("ecl") or {})
+        for k, v in moved.items():
+            section.setdefault(MOVED[k], v)
+        d["ecl"] = section
+    return d

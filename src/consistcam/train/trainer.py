@@ -1,145 +1,189 @@
-"""The training loop: plain PyTorch, strategies plug in, runs resume exactly."""
+"""The training loop: plain PyTorch; methods plug in as strategies, side jobs as callbacks.
+
+``Trainer(model, data, strategy, optimizer, schedule, callbacks)`` for full control, or
+``Trainer.from_config(cfg)`` to build everything from a validated :class:`TrainConfig`. Runs resume
+exactly: the schedule is stateless, augmentation and shuffling are functions of (seed, epoch), and
+the strategy's state travels in the checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch import nn
 
-from consistcam.consistency import ConsistencyScores
-from consistcam.data import build_dataset, build_transform, collate, eval_splits
+from consistcam.config import ConfigError
 from consistcam.models import create
-from consistcam.train.checkpoint import load_checkpoint, save_checkpoint, save_model
+from consistcam.models.state import preserved_state
+from consistcam.train.callbacks import Callback, default_callbacks
+from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
-from consistcam.train.strategies import build_strategy
+from consistcam.train.data import TrainData
+from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
+from consistcam.train.task import Task
 from consistcam.utils import progress_bar, seed_everything
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable device is a clear error, not a deep traceback."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but no CUDA GPU is available (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps' requested but MPS is not available")
+    return device
 
 
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Stateless schedule (linear warm-up, then cosine/step/constant): resuming needs no state."""
-    epoch = step / steps_per_epoch
-    if config.warmup_epochs > 0 and epoch < config.warmup_epochs:
-        return config.lr * (step + 1) / (config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "cosine":
-        total = max(config.epochs - config.warmup_epochs, 1e-8)
-        progress = min(1.0, (epoch - config.warmup_epochs) / total)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    if config.schedule == "step":
-        return config.lr * config.gamma ** int(epoch // config.step_size)
-    return config.lr
+@dataclass(frozen=True)
+class Schedule:
+    """Stateless learning rate: linear warm-up, then cosine, step or constant (resume needs no state)."""
+
+    lr: float
+    epochs: int
+    kind: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    gamma: float = 0.1
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Schedule:
+        return cls(cfg.lr, cfg.epochs, cfg.schedule, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
+
+    def __call__(self, step: int, steps_per_epoch: int) -> float:
+        epoch = step / steps_per_epoch
+        if self.warmup_epochs > 0 and epoch < self.warmup_epochs:
+            return self.lr * (step + 1) / (self.warmup_epochs * steps_per_epoch)
+        if self.kind == "cosine":
+            total = max(self.epochs - self.warmup_epochs, 1e-8)
+            progress = min(1.0, (epoch - self.warmup_epochs) / total)
+            return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            return self.lr * self.gamma ** int(epoch // self.step_size)
+        return self.lr
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class Trainer:
-    """Train ``config.method`` on ``config.data``; everything lands in ``config.out``."""
+    """Train ``model`` on ``data`` with ``strategy``.
 
-    def __init__(self, config: TrainConfig, progress: bool = True, resume: bool = False) -> None:
-        self.config = config
-        self.progress = progress
-        self.device = resolve_device(config.device)
-        self.run_dir = Path(config.out)
-        seed_everything(config.seed)
-        cfg = config
-        data_kw = {"skip_bad": True} if cfg.skip_bad else {}
-        self.train_set = build_dataset(cfg.data, "train", build_transform(cfg.image_size, cfg.augment), **data_kw)
-        if self.train_set.multilabel:
-            raise ValueError(f"{cfg.data}: multi-label data sets can be evaluated (mAP) but training them is not "
-                             "supported yet (the strategies use a single-label cross-entropy)")
-        self.train_set.keep_locations = False  # the loss never reads them; dropping them triples loading speed
-        self.classes = self.train_set.classes
-        self.num_ids = len(self.train_set)
-        indices = list(range(min(cfg.subset, self.num_ids))) if cfg.subset else list(range(self.num_ids))
-        self.train_ids = torch.tensor(indices, device=self.device)
-        self._train_view = Subset(self.train_set, indices) if cfg.subset else self.train_set
-        eval_tf = build_transform(cfg.image_size, "none")
-        scoring = build_dataset(cfg.data, "train", eval_tf, **data_kw)
-        scoring.keep_locations = cfg.consistency_config().mask not in ("heatmap", "none")
-        self._scoring_view = Subset(scoring, indices) if cfg.subset else scoring
-        self.eval_sets = {split: build_dataset(cfg.data, split, eval_tf, **data_kw) for split in eval_splits(cfg.data)}
-        self._record_skipped()
-        self.model = create(cfg.arch, len(self.classes), cfg.pretrained, cfg.small_input).to(self.device)
-        if cfg.channels_last:
+    Args:
+        model: a classifier taking images in [0, 1] (normalisation inside, see consistcam.models).
+        data: the :class:`TrainData` (built once).
+        strategy: the method (``build_strategy("ecl", {...})``).
+        optimizer: any torch optimizer over the model's parameters.
+        schedule: ``schedule(step, steps_per_epoch) -> lr`` (stateless), e.g. :class:`Schedule`.
+        callbacks: logging, checkpoints, console (default: all of :func:`default_callbacks`).
+        epochs, batch_size, eval_batch_size, device, seed, amp, channels_last, progress: as named.
+        run_dir: where callbacks and the strategy write (None: nothing is written).
+        config: the :class:`TrainConfig` this trainer was built from (stored in checkpoints).
+    """
+
+    def __init__(self, model: nn.Module, data: TrainData, strategy: Strategy, optimizer: torch.optim.Optimizer,
+                 schedule, callbacks: Sequence[Callback] | None = None, *, epochs: int, batch_size: int = 128,
+                 eval_batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
+                 label_smoothing: float = 0.0, amp: bool = False, channels_last: bool = False,
+                 progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        params = self.model.parameters()
-        if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                             nesterov=cfg.momentum > 0)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.strategy = build_strategy(cfg.method)
-        self.strategy.setup(self)
+        self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
+        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
+        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.config = config
+        self.is_main = True
+        self.task = Task(multilabel=data.multilabel, label_smoothing=label_smoothing)
+        if self.task.multilabel:
+            raise ValueError("multi-label data sets can be evaluated (mAP) but training them is not supported yet")
+        self.ctx = StrategyContext(
+            model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
+            train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress,
+            run_dir=self.run_dir, is_main=self.is_main, scoring_loader_fn=data.scoring_loader)
+        self.strategy.setup(self.ctx)
         self.start_epoch = 0
         self.history: list[dict] = []
+
+    # -- construction from a config ---------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: TrainConfig, progress: bool = True, resume: bool = False,
+                    callbacks: Sequence[Callback] | None = None) -> Trainer:
+        """Build data (once), model, optimizer, strategy and callbacks from ``config``; with
+        ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends."""
+        device = resolve_device(config.device)  # fail before any data is read
+        run_dir = Path(config.out)
+        if resume and not (run_dir / "checkpoint.safetensors").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
+        seed_everything(config.seed)
+        data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,
+                                   skip_bad=config.skip_bad, workers=config.workers,
+                                   pin_memory=device.type == "cuda")
+        data.record_skipped(run_dir)
+        model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
+        trainer = cls(model, data, build_strategy(config.method, config.strategy),
+                      build_optimizer(config, model), Schedule.from_config(config), callbacks,
+                      epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, amp=config.amp,
+                      channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config)
         if resume:
-            self._resume()
-        self._writer = None
+            trainer.resume()
+        return trainer
 
-    # -- data ---------------------------------------------------------------------------------
-    def _record_skipped(self) -> None:
-        """List every file skipped under ``skip_bad`` in RUN/skipped.txt (split, file, reason)."""
-        rows = [(split, where, why) for split, ds in (("train", self.train_set), *self.eval_sets.items())
-                for where, why in ds.skipped.items]
-        if rows:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            text = "".join(f"{split}\t{where}\t{why}\n" for split, where, why in rows)
-            (self.run_dir / "skipped.txt").write_text(text)
-            print(f"warning: skipped {len(rows)} bad file(s); listed in {self.run_dir / 'skipped.txt'}",
-                  file=sys.stderr)
-
-    def _loader(self, dataset, batch_size: int, shuffle: bool, seed: int | None = None) -> DataLoader:
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g,
-                          num_workers=self.config.workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
-
-    def scoring_loader(self) -> DataLoader:
-        """The training images without augmentation, for the consistency pass."""
-        return self._loader(self._scoring_view, self.config.score_batch_size, shuffle=False)
-
-    def eval_loader(self, split: str) -> DataLoader:
-        return self._loader(self.eval_sets[split], self.config.eval_batch_size, shuffle=False)
-
-    # -- run directory --------------------------------------------------------------------------
     @property
-    def writer(self):
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def config_dict(self) -> dict:
+        return self.config.to_dict() if self.config is not None else {}
 
-            self._writer = SummaryWriter(str(self.run_dir / "tb"))
-        return self._writer
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
 
-    def save_scores(self, scores: ConsistencyScores, epoch: int) -> None:
-        scores.save(self.run_dir / "consistency" / f"epoch_{epoch:03d}.safetensors")
+    @property
+    def eval_sets(self) -> dict:
+        return self.data.eval_sets
 
-    def _log(self, record: dict) -> None:
-        self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and k != "epoch":
-                self.writer.add_scalar(k, v, record["epoch"])
-        self.writer.flush()
+    def eval_loader(self, split: str):
+        return self.data.eval_loader(split, self.eval_batch_size)
 
-    def _resume(self) -> None:
+    # -- resume -------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore model, optimizer and strategy from RUN/checkpoint.safetensors; the config must match
+        the checkpoint's except for epochs, out, workers and device."""
         path = self.run_dir / "checkpoint.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: {path} not found")
         state = load_checkpoint(path, self.model, self.optimizer)
-        saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "out", "workers", "device")}
-        mine = {k: v for k, v in self.config.to_dict().items() if k in saved}
-        if saved != mine:
-            diff = sorted(k for k in saved if saved[k] != mine.get(k))
-            raise ValueError(f"cannot resume {self.run_dir}: config differs from the checkpoint's in {diff}")
+        if self.config is not None:
+            from consistcam.train.config import _upgrade
+
+            ignore = ("epochs", "out", "workers", "device")
+            saved = {k: v for k, v in _upgrade(dict(state["config"])).items() if k not in ignore}
+            saved = TrainConfig.from_dict({**saved, "out": "x"}).to_dict()  # old layouts, defaults filled in
+            mine = self.config.to_dict()
+            diff = sorted(k for k in saved if k not in ignore and saved[k] != mine.get(k))
+            if diff:
+                raise ValueError(f"cannot resume {self.run_dir}: config differs from the checkpoint's in {diff}")
         self.strategy.load_state_dict(state["strategy"])
         self.start_epoch = state["epoch"] + 1
         log = self.run_dir / "metrics.jsonl"
@@ -148,78 +192,97 @@ class Trainer:
             self.history = [r for r in lines if r.get("epoch", -1) < self.start_epoch]
             log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
-    # -- loop -----------------------------------------------------------------------------------
+    # -- loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
-        """Train up to ``config.epochs``; ``stop_after`` ends this call after that many epochs (as an
+        """Train up to ``epochs``; ``stop_after`` ends this call after that many epochs (as an
         interruption would: the run can be resumed)."""
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save_yaml(self.run_dir / "config.yaml")
-        last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
-        for epoch in range(self.start_epoch, last):
-            t0 = time.time()
-            epoch_seed = cfg.seed * 1000 + epoch
-            torch.manual_seed(epoch_seed)  # augmentation randomness: a function of (seed, epoch) only
-            record = {"epoch": epoch, **self.strategy.on_epoch_start(epoch)}
-            record.update(self.train_epoch(epoch, epoch_seed))
-            for split in self.eval_sets:
-                record[f"{split}/acc"] = self.accuracy(self.eval_loader(split))
-            record["time_s"] = round(time.time() - t0, 2)
-            self._log(record)
-            save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model, self.optimizer,
-                            self.strategy.state_dict(), epoch, cfg.to_dict())
-            save_model(self.run_dir / "model.safetensors", self.model, cfg.arch, len(self.classes), cfg.small_input,
-                       self.classes, cfg.image_size)
-            if self.progress:
-                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
-                print(json.dumps(shown), flush=True)
-        if self._writer is not None:
-            self._writer.close()
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.config is not None:
+                self.config.save_yaml(self.run_dir / "config.yaml")
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
+        try:
+            for epoch in range(self.start_epoch, last):
+                record = self.run_epoch(epoch)
+                self.history.append(record)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
         return self.history
 
+    def run_epoch(self, epoch: int) -> dict:
+        t0 = time.time()
+        epoch_seed = self.seed * 1000 + epoch
+        torch.manual_seed(epoch_seed)  # augmentation randomness: a function of (seed, epoch) only
+        self.ctx.epoch = epoch
+        record = {"epoch": epoch, **self.strategy.on_epoch_start(epoch)}
+        record.update(self.train_epoch(epoch, epoch_seed))
+        record.update(self.strategy.on_epoch_end(epoch))
+        for split in self.data.eval_sets:
+            record[f"{split}/acc"] = self.accuracy(self.eval_loader(split))
+        record["time_s"] = round(time.time() - t0, 2)
+        return record
+
+    def _to_device(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v.to(self.device, non_blocking=True)
+            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                out[k] = [t.to(self.device, non_blocking=True) for t in v]
+            else:
+                out[k] = v
+        if self.channels_last:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
+
     def train_epoch(self, epoch: int, seed: int) -> dict:
-        cfg = self.config
         self.model.train()
-        loader = self._loader(self._train_view, cfg.batch_size, shuffle=True, seed=seed)
+        loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations)
         steps = len(loader)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
+        logs: dict[str, torch.Tensor] = {}
         seen = 0
-        use_amp = cfg.amp and self.device.type == "cuda"
+        use_amp = self.amp and self.device.type == "cuda"
+        lr = self.schedule(epoch * steps, steps)
         for i, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch}", enabled=self.progress)):
-            lr = learning_rate(cfg, epoch * steps + i, steps)
+            lr = self.schedule(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images = batch["image"].to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = batch["label"].to(self.device, non_blocking=True)
-            ids = batch["id"].to(self.device, non_blocking=True)
+            batch = self._to_device(batch)
+            n = len(batch["label"])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, logits = self.strategy.loss(self.model, images, labels, ids)
+                out = self.strategy.loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
             self.optimizer.step()
-            total_loss += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += len(labels)
-        return {"train/loss": (total_loss / seen).item(), "train/acc": (correct / seen).item(), "lr": lr}
+            total_loss += out.loss.detach() * n
+            correct += self.task.correct(out.logits.detach(), batch["label"])
+            for k, v in out.logs.items():
+                logs[k] = logs.get(k, 0) + torch.as_tensor(v, device=self.device).detach().float() * n
+            seen += n
+        record = {"train/loss": (total_loss / seen).item(), "train/acc": (correct / seen).item(), "lr": lr}
+        record.update({f"train/{k}": (v / seen).item() for k, v in logs.items()})
+        return record
 
     @torch.no_grad()
-    def accuracy(self, loader: DataLoader) -> float:
-        was = self.model.training
-        self.model.eval()
+    def accuracy(self, loader) -> float:
         correct = torch.zeros((), device=self.device)
         seen = 0
-        for batch in loader:
-            logits = self.model(batch["image"].to(self.device))
-            correct += (logits.argmax(1) == batch["label"].to(self.device)).sum()
-            seen += len(batch["label"])
-        self.model.train(was)
+        with preserved_state(self.model, eval_mode=True):
+            for batch in loader:
+                labels = batch["label"].to(self.device)
+                correct += self.task.correct(self.model(batch["image"].to(self.device)), labels)
+                seen += len(labels)
         return (correct / max(seen, 1)).item()
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Trainer:
-    trainer = Trainer(config, progress=progress, resume=resume)
+    trainer = Trainer.from_config(config, progress=progress, resume=resume)
     trainer.fit()
     return trainer

@@ -1,0 +1,87 @@
+"""The data of a training run, built once: one parse and one decode of every image.
+
+The training split is read a single time; the augmented training view and the plain scoring view
+(consistency passes, strategies that need un-augmented images) are views of that one data set.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from consistcam.data import LocatedDataset, build_dataset, build_transform, collate, eval_splits
+
+
+@dataclass
+class TrainData:
+    """Training set (un-transformed base), its eval splits, and the two transforms."""
+
+    train: LocatedDataset
+    eval_sets: dict[str, LocatedDataset]
+    train_transform: object
+    eval_transform: object
+    subset: int | None = None
+    workers: int = 0
+    pin_memory: bool = False
+    indices: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.train)
+        if n == 0:
+            raise ValueError("the training set is empty")
+        self.indices = list(range(min(self.subset, n))) if self.subset else list(range(n))
+
+    @classmethod
+    def from_spec(cls, spec: str, image_size: int | None = None, augment: str = "flip", *, subset: int | None = None,
+                  skip_bad: bool = False, workers: int = 0, pin_memory: bool = False) -> TrainData:
+        kw = {"skip_bad": True} if skip_bad else {}
+        eval_tf = build_transform(image_size, "none")
+        train = build_dataset(spec, "train", None, **kw)
+        eval_sets = {split: build_dataset(spec, split, eval_tf, **kw) for split in eval_splits(spec)}
+        return cls(train, eval_sets, build_transform(image_size, augment), eval_tf, subset, workers, pin_memory)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.train)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
+    def _view(self, transform, keep_locations: bool) -> Dataset:
+        view = self.train.view(transform, keep_locations)
+        return Subset(view, self.indices) if len(self.indices) < len(self.train) else view
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
+               sampler=None) -> DataLoader:
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          collate_fn=collate, generator=g, num_workers=self.workers, pin_memory=self.pin_memory)
+
+    def train_loader(self, batch_size: int, seed: int, keep_locations: bool = False) -> DataLoader:
+        """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x)."""
+        return self.loader(self._view(self.train_transform, keep_locations), batch_size, shuffle=True, seed=seed)
+
+    def scoring_loader(self, batch_size: int, keep_locations: bool = False) -> DataLoader:
+        """The training images without augmentation, in id order."""
+        return self.loader(self._view(self.eval_transform, keep_locations), batch_size)
+
+    def eval_loader(self, split: str, batch_size: int) -> DataLoader:
+        return self.loader(self.eval_sets[split], batch_size)
+
+    def record_skipped(self, run_dir: Path) -> None:
+        """List every file skipped under ``skip_bad`` in RUN/skipped.txt (split, file, reason)."""
+        rows = [(split, where, why) for split, ds in (("train", self.train), *self.eval_sets.items())
+                for where, why in ds.skipped.items]
+        if rows:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "skipped.txt").write_text("".join(f"{s}\t{w}\t{y}\n" for s, w, y in rows))
+            print(f"warning: skipped {len(rows)} bad file(s); listed in {run_dir / 'skipped.txt'}", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""What a training method plugs into: :class:`Strategy`, its narrow :class:`StrategyContext`, the
+registry that pairs each method's name with its class and its own config dataclass.
+
+A strategy never sees the trainer. It gets the model, the device, the task's base loss, the epoch,
+the process group (DDP) and a way to get the un-augmented training images and to save artefacts;
+it answers ``loss(batch) -> StepOutput`` and may act between epochs. Everything it needs to resume
+goes through ``state_dict``/``load_state_dict`` (tensors only: checkpoints are safetensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from consistcam._registry import Registry
+from consistcam.config import from_dict
+from consistcam.train.task import Task
+
+
+class StepOutput(NamedTuple):
+    """What ``Strategy.loss`` returns: the scalar loss to back-propagate, the logits of the batch's
+    clean images (for training accuracy) and scalar logs (averaged over the epoch)."""
+
+    loss: Tensor
+    logits: Tensor
+    logs: dict[str, Tensor | float] = {}
+
+
+@dataclass
+class StrategyContext:
+    """The narrow view of a training run a strategy gets."""
+
+    model: nn.Module
+    device: torch.device
+    task: Task
+    num_samples: int  # sample ids are 0 .. num_samples - 1
+    train_ids: Tensor  # the ids trained on (all, or a subset), on ``device``
+    seed: int = 0
+    epoch: int = 0
+    progress: bool = False
+    process_group: Any = None  # torch.distributed group under DDP, else None
+    run_dir: Path | None = None
+    is_main: bool = True  # rank 0 (or the only process): the one that writes files
+    scoring_loader_fn: Callable[[int, bool], DataLoader] | None = field(default=None, repr=False)
+
+    def scoring_loader(self, batch_size: int, keep_locations: bool = False) -> DataLoader:
+        """The training images without augmentation, in id order, with boxes/masks if asked."""
+        if self.scoring_loader_fn is None:
+            raise RuntimeError("this context has no training data attached")
+        return self.scoring_loader_fn(batch_size, keep_locations)
+
+    def save_tensors(self, relative_path: str, tensors: Mapping[str, Tensor]) -> Path | None:
+        """Write tensors atomically under the run folder (main process only; no-op without a folder)."""
+        if self.run_dir is None or not self.is_main:
+            return None
+        from consistcam.utils import atomic_save_tensors
+
+        path = self.run_dir / relative_path
+        atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
+        return path
+
+
+@dataclass
+class NoOptions:
+    """A strategy without options of its own."""
+
+
+class Strategy:
+    """Base class: plain (optionally per-sample weighted) empirical risk minimisation.
+
+    Subclasses set ``name`` and ``Config`` (a dataclass of :func:`consistcam.config.option` fields)
+    and override the hooks they need. ``needs_locations`` asks the trainer to keep boxes/masks in
+    the training batches (they cost ~3x in loading, so they are dropped otherwise).
+    """
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type] = NoOptions
+    needs_locations: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.ctx: StrategyContext | None = None
+
+    def setup(self, ctx: StrategyContext) -> None:
+        """Called once before training (and before ``load_state_dict`` on resume)."""
+        self.ctx = ctx
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        """Between epochs (before ``epoch`` trains); returns scalars to log for that epoch."""
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def sample_weights(self, ids: Tensor) -> Tensor | None:
+        """Per-sample loss weights for the batch's ids (None: all 1)."""
+        return None
+
+    def loss(self, batch: dict) -> StepOutput:
+        ctx = self.ctx
+        logits = ctx.model(batch["image"])
+        return StepOutput(ctx.task.loss(logits, batch["label"], self.sample_weights(batch["id"])), logits)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name!r} has no state to restore, got {sorted(state)}")
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("training method")
+
+
+def register_strategy(name: str, *aliases: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: ``@register_strategy("ecl")`` on a Strategy subclass with its ``Config``."""
+
+    def deco(cls: type[Strategy]) -> type[Strategy]:
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+        cls.name = name
+        STRATEGIES.add(name, cls, *aliases)
+        return cls
+
+    return deco
+
+
+def strategy_config(name: str, options: Mapping | Any | None = None) -> Any:
+    """The validated config dataclass of method ``name`` from a mapping (errors name ``name.key``)."""
+    cls = STRATEGIES.get(name)
+    if isinstance(options, cls.Config):
+        return options
+    return from_dict(cls.Config, options or {}, STRATEGIES.canonical(name))
+
+
+def build_strategy(name: str, options: Mapping | Any | None = None) -> Strategy:
+    return STRATEGIES.get(name)(strategy_config(name, options))
