@@ -42,6 +42,7 @@ def _train_fields() -> list:
 def cmd_train(args: argparse.Namespace) -> int:
     from consistcam.train import TrainConfig, Trainer
     from consistcam.train.config import merge
+    from consistcam.train.run_folder import read_status
 
     overrides = {f.name: getattr(args, f.name) for f in _train_fields() if getattr(args, f.name, None) is not None}
     overrides = merge(overrides, _parse_set(args.set))
@@ -54,7 +55,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_yaml(args.config, overrides)
     else:
         cfg = TrainConfig.from_dict(overrides)
-    trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume))
+    trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume), overwrite=args.overwrite)
+    if args.resume and trainer.start_epoch >= trainer.epochs and read_status(trainer.run_dir)["state"] == "complete":
+        print(f"{trainer.run_dir} is complete ({trainer.epochs} epochs); nothing to do (--epochs N extends it)")
+        return 0
     trainer.fit()
     print(f"run folder: {trainer.run_dir}")
     return 0
@@ -280,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any option, dotted for a method's options: --set ecl.consistency.steps=3 --set momentum=0.8")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (its config.yaml is used)")
+    t.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds (else refused)")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(func=cmd_train)
 

@@ -21,6 +21,7 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        fault_point(f"write:{path.name}")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
@@ -67,3 +68,22 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the crash tests: ``CONSISTCAM_KILL_AT=name[#k]`` kills this process with
+    SIGKILL the k-th time (default 1st) execution passes the point ``name``. Unset: a dict lookup."""
+    target = os.environ.get("CONSISTCAM_KILL_AT")
+    if not target:
+        return
+    point, _, count = target.partition("#")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(count or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -263,3 +263,51 @@ def test_train_skip_bad_lists_skipped_files(tmp_path, capsys):
     lines = (run / "skipped.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train\t") and "n001_0.JPEG" in lines[0]
     assert "skipped 1 bad file" in capsys.readouterr().err
+
+
+def test_run_folder_life_cycle(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", "demo:n=64,size=16", "--epochs", "1", "--batch-size", "32", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "complete" and status["epochs"] == 1
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(args) == 2  # an existing run is never overwritten by accident
+    assert f"{run} already holds a complete run; use --resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "is complete (1 epochs); nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0  # an explicit extension
+    status = json.loads((run / "status.json").read_text())
+    assert status == {**status, "state": "complete", "epochs": 2, "extended_from": 1}
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((run / "status.json").read_text())["epochs"] == 1
+
+
+def test_interrupted_run_is_running_and_resume_drops_a_torn_line_and_stale_temporaries(tmp_path):
+    cfg = tiny(tmp_path, epochs=2)
+    Trainer.from_config(cfg, progress=False).fit(stop_after=1)
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "running"
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "train/lo')  # a kill in the middle of a write
+    (tmp_path / ".checkpoint.safetensors.abc.tmp").write_bytes(b"half")
+    with pytest.warns(RuntimeWarning, match=r"metrics.jsonl:2: dropping a torn last line"):
+        trainer = Trainer.from_config(cfg, progress=False, resume=True)
+    trainer.fit()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "complete"
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer.from_config(tiny(tmp_path, epochs=2), progress=False)
+    trainer.fit(stop_after=1)
+    saved = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"epoch 1, step 0: the loss is not finite"):
+        trainer.fit()
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == saved
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "running"

@@ -25,9 +25,20 @@ from consistcam.train.callbacks import Callback, default_callbacks
 from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
+from consistcam.train.run_folder import (
+    prepare_new_run,
+    read_metrics,
+    read_status,
+    remove_stale_temporaries,
+    write_status,
+)
 from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
 from consistcam.train.task import Task
-from consistcam.utils import progress_bar, seed_everything
+from consistcam.utils import atomic_write, fault_point, progress_bar, seed_everything
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss."""
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -126,18 +137,23 @@ class Trainer:
             run_dir=self.run_dir, is_main=self.is_main, scoring_loader_fn=data.scoring_loader)
         self.strategy.setup(self.ctx)
         self.start_epoch = 0
+        self.extended_from: int | None = None
         self.history: list[dict] = []
 
     # -- construction from a config ---------------------------------------------------------------
     @classmethod
     def from_config(cls, config: TrainConfig, progress: bool = True, resume: bool = False,
-                    callbacks: Sequence[Callback] | None = None) -> Trainer:
+                    callbacks: Sequence[Callback] | None = None, overwrite: bool = False) -> Trainer:
         """Build data (once), model, optimizer, strategy and callbacks from ``config``; with
-        ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends."""
+        ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends. A folder
+        that already holds a run is refused without ``resume`` (``overwrite`` replaces it)."""
         device = resolve_device(config.device)  # fail before any data is read
         run_dir = Path(config.out)
-        if resume and not (run_dir / "checkpoint.safetensors").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
+        if resume:
+            if not (run_dir / "checkpoint.safetensors").is_file():
+                raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
+        else:
+            prepare_new_run(run_dir, overwrite)
         seed_everything(config.seed)
         data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,
                                    skip_bad=config.skip_bad, workers=config.workers,
@@ -173,6 +189,7 @@ class Trainer:
         """Restore model, optimizer and strategy from RUN/checkpoint.safetensors; the config must match
         the checkpoint's except for epochs, out, workers and device."""
         path = self.run_dir / "checkpoint.safetensors"
+        status = read_status(self.run_dir)
         state = load_checkpoint(path, self.model, self.optimizer)
         if self.config is not None:
             from consistcam.train.config import _upgrade
@@ -186,32 +203,46 @@ class Trainer:
                 raise ValueError(f"cannot resume {self.run_dir}: config differs from the checkpoint's in {diff}")
         self.strategy.load_state_dict(state["strategy"])
         self.start_epoch = state["epoch"] + 1
+        done = status.get("epochs", state["epoch"] + 1)
+        if status["state"] == "complete" and self.epochs > done:
+            self.extended_from = done  # an explicit --epochs extension, recorded in status.json
         log = self.run_dir / "metrics.jsonl"
         if log.is_file():  # drop records of epochs after the checkpoint (a crash mid-epoch)
-            lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            self.history = [r for r in lines if r.get("epoch", -1) < self.start_epoch]
-            log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            self.history = [r for r in read_metrics(log) if r.get("epoch", -1) < self.start_epoch]
+            atomic_write(log, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in self.history)))
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train up to ``epochs``; ``stop_after`` ends this call after that many epochs (as an
         interruption would: the run can be resumed)."""
-        if self.run_dir is not None and self.is_main:
+        writes = self.run_dir is not None and self.is_main
+        if writes and self.start_epoch >= self.epochs and read_status(self.run_dir)["state"] == "complete":
+            return self.history  # nothing to do: a complete run
+        if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)
             if self.config is not None:
                 self.config.save_yaml(self.run_dir / "config.yaml")
+            info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
+            write_status(self.run_dir, "running", epochs=self.epochs, **info)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
         try:
             for epoch in range(self.start_epoch, last):
+                fault_point(f"epoch{epoch}:start")
                 record = self.run_epoch(epoch)
                 self.history.append(record)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
+                self.start_epoch = epoch + 1  # a later fit() call continues from here
+                fault_point(f"epoch{epoch}:end")
         finally:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
+        if writes and last == self.epochs:
+            info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
+            write_status(self.run_dir, "complete", epochs=self.epochs, **info)  # last, after model.safetensors
         return self.history
 
     def run_epoch(self, epoch: int) -> dict:
@@ -245,6 +276,7 @@ class Trainer:
         loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations)
         steps = len(loader)
         total_loss = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # no host sync per step
         correct = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
         seen = 0
@@ -258,6 +290,8 @@ class Trainer:
             n = len(batch["label"])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = self.strategy.loss(batch)
+            bad = ~torch.isfinite(out.loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             self.optimizer.step()
@@ -266,6 +300,10 @@ class Trainer:
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0) + torch.as_tensor(v, device=self.device).detach().float() * n
             seen += n
+        if int(first_bad) >= 0:  # the epoch's checkpoint is not written: the last good one stays
+            raise NonFiniteLossError(f"epoch {epoch}, step {int(first_bad)}: the loss is not finite (NaN or inf); "
+                                     "lower the learning rate or check the data. The run keeps its last good "
+                                     "checkpoint; after a fix, --resume continues from there")
         record = {"train/loss": (total_loss / seen).item(), "train/acc": (correct / seen).item(), "lr": lr}
         record.update({f"train/{k}": (v / seen).item() for k, v in logs.items()})
         return record

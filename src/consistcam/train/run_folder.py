@@ -1,0 +1,100 @@
+"""The life cycle of a run folder: ``running`` until the last epoch's files are on disk, then
+``complete`` — a marker written last and atomically, so a kill at any moment leaves a folder that
+``--resume`` completes and that ``evaluate`` can tell apart from a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from consistcam.utils import atomic_write
+
+STATUS_FILE = "status.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder in a state the command cannot work with; the message says what to do."""
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """``{"state": "running" | "complete", ...}``; a folder without the marker but with a checkpoint
+    (written before 0.2) counts as running; no checkpoint either: ``{"state": "missing"}``."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATUS_FILE
+    if path.is_file():
+        try:
+            status = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunFolderError(f"{path}: corrupt run marker ({err}); delete it and resume the run") from None
+        if not isinstance(status, dict) or status.get("state") not in ("running", "complete"):
+            raise RunFolderError(f"{path}: not a consistcam run marker; delete it and resume the run")
+        return status
+    if (run_dir / "checkpoint.safetensors").is_file():
+        return {"state": "running"}
+    return {"state": "missing"}
+
+
+def write_status(run_dir: Path, state: str, **info) -> None:
+    status = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    atomic_write(run_dir / STATUS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(status, indent=2) + "\n"))
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left behind."""
+    stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that already holds something (unless ``overwrite``)."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} exists and is not a folder")
+    if not any(run_dir.iterdir()):
+        return
+    if not overwrite:
+        state = read_status(run_dir)["state"]
+        what = f"a {state} run" if state != "missing" else "files"
+        raise RunFolderError(f"{run_dir} already holds {what}; use --resume {run_dir} to continue it or "
+                             "--overwrite to replace it")
+    shutil.rmtree(run_dir)
+
+
+def require_complete(run_dir: str | Path, allow_incomplete: bool = False) -> None:
+    """For ``evaluate``/``explain``/``report``: an unfinished run is an error unless allowed."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STATUS_FILE).is_file() and not (run_dir / "checkpoint.safetensors").is_file():
+        return  # a bare model file or folder: nothing to check
+    if read_status(run_dir)["state"] != "complete" and not allow_incomplete:
+        raise RunFolderError(f"{run_dir} is not complete (training was interrupted); finish it with "
+                             f"`consistcam train --resume {run_dir}` or pass --allow-incomplete")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of metrics.jsonl. A torn last line (a kill mid-write) is dropped with a warning; a
+    bad line elsewhere is an error naming the file and line."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if n == len(lines):
+                warnings.warn(f"{path}:{n}: dropping a torn last line ({err})", RuntimeWarning, stacklevel=2)
+                break
+            raise RunFolderError(f"{path}:{n}: corrupt metrics record ({err}); fix or delete that line") from None
+        records.append(record)
+    return records
