@@ -262,7 +262,7 @@ def test_train_skip_bad_lists_skipped_files(tmp_path, capsys):
     assert main(args + ["--skip-bad"]) == 0
     lines = (run / "skipped.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train\t") and "n001_0.JPEG" in lines[0]
-    assert "skipped 1 bad file" in capsys.readouterr().err
+    assert "skipped 1 bad entries (1 image)" in capsys.readouterr().err
 
 
 def test_run_folder_life_cycle(tmp_path, capsys):

@@ -30,28 +30,67 @@ class DataError(ValueError):
 
 @dataclass
 class SkipLog:
-    """Files skipped under ``skip_bad=True``, with the reason for each."""
+    """Files and annotation lines skipped under ``skip_bad=True``, with the reason and kind of each
+    (``image``: unreadable image; ``annotation``: malformed line or unknown class; ``box``: a box
+    outside its image)."""
 
     items: list[tuple[str, str]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
 
-    def add(self, where: str, why: str) -> None:
+    def add(self, where: str, why: str, kind: str = "image") -> None:
         self.items.append((where, why))
+        self.kinds.append(kind)
         log.warning("skipped %s: %s", where, why)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind in self.kinds:
+            out[kind] = out.get(kind, 0) + 1
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
 
 
-def annotation_lines(path: Path, fields: int, expected: str, maxsplit: int = -1) -> Iterator[tuple[str, list[str]]]:
+def check_classes(ids: Sequence[str], source: str) -> None:
+    """Duplicated class ids would silently add classes (and shift every later label)."""
+    seen: dict[str, int] = {}
+    for n, cid in enumerate(ids, 1):
+        if cid in seen:
+            raise DataError(f"{source}:{n}: class id {cid!r} appears twice (first on line {seen[cid]})")
+        seen[cid] = n
+
+
+def check_no_empty_class(labels: Sequence[int], classes: Sequence[str], source: str, skipped: SkipLog) -> None:
+    """A class left without samples (missing, or emptied by skipping) is an error, not a silent gap."""
+    present = set(labels)
+    empty = [c for c in range(len(classes)) if c not in present]
+    if empty:
+        why = f" after skipping {len(skipped)} bad entries" if len(skipped) else ""
+        raise DataError(f"{source}: class {classes[empty[0]]!r} has no samples{why}"
+                        + (f" ({len(empty)} classes are empty)" if len(empty) > 1 else ""))
+
+
+def annotation_lines(path: Path, fields: int, expected: str, maxsplit: int = -1,
+                     skip: SkipLog | None = None) -> Iterator[tuple[str, list[str]]]:
     """(``file:line``, fields) for every non-blank line of a whitespace-separated annotation file;
-    a line with the wrong number of fields is a DataError naming the file, the line and ``expected``."""
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    a line with the wrong number of fields is a DataError naming the file, the line and ``expected``
+    (with ``skip``, it is logged there and left out)."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file ({err})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=maxsplit)
         where = f"{path}:{n}"
         if len(parts) != fields:
-            raise DataError(f"{where}: expected {expected}, got {line!r}")
+            msg = f"{where}: expected {expected}, got {line!r}"
+            if skip is None:
+                raise DataError(msg)
+            skip.add(where, msg, "annotation")
+            continue
         yield where, parts
 
 
@@ -115,6 +154,12 @@ def collate(samples: Sequence[dict]) -> dict:
     if not samples:
         raise ValueError("cannot collate an empty batch")
     first = samples[0]
+    sizes = {tuple(s["image"].shape[-2:]) for s in samples}
+    if len(sizes) > 1:
+        (h0, w0), (h1, w1) = sorted(sizes)[:2]
+        raise DataError(f"images of different sizes in one batch ({w0}x{h0} and {w1}x{h1}, e.g. sample id "
+                        f"{next(s['id'] for s in samples if tuple(s['image'].shape[-2:]) == (h1, w1))}); "
+                        "set --image-size (image_size) to resize them all")
     out: dict = {
         "image": torch.stack([s["image"].as_subclass(Tensor) for s in samples]),
         "id": torch.tensor([s["id"] for s in samples], dtype=torch.long),

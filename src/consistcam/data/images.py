@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from consistcam.data.base import DataError
+
+MAX_PIXELS = 64_000_000  # larger images are refused: PIL would otherwise decode them into gigabytes
 
 
 def read_rgb(path: str | Path) -> Tensor:
@@ -21,17 +24,24 @@ def read_rgb(path: str | Path) -> Tensor:
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                scale = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray((arr / scale * 255).round().clip(0, 255).astype(np.uint8))
-            rgb = img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise DataError(f"{path}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS} "
+                                    "(a decompression bomb?); raise consistcam.data.images.MAX_PIXELS to allow it")
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(img, dtype=np.float64)
+                    scale = 65535.0 if arr.max() > 255 else 255.0
+                    img = Image.fromarray((arr / scale * 255).round().clip(0, 255).astype(np.uint8))
+                rgb = img.convert("RGB")
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: unreadable or truncated image ({err})") from None
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

@@ -12,8 +12,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from consistcam.data.base import DataError, LocatedDataset, annotation_lines
+from consistcam.data.base import DataError, LocatedDataset, annotation_lines, check_classes, check_no_empty_class
 from consistcam.data.images import read_rgb
+
+
+class _BadLine(DataError):
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class TinyImageNet(LocatedDataset):
@@ -29,6 +35,8 @@ class TinyImageNet(LocatedDataset):
         if not wnids_file.is_file():
             raise DataError(f"{wnids_file}: not found; is {self.root} a Tiny ImageNet folder?")
         self.wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
+        check_classes(self.wnids, str(wnids_file))
+        self._skip = self.skipped if skip_bad else None
         names = {}
         words = self.root / "words.txt"
         if words.is_file():
@@ -38,7 +46,7 @@ class TinyImageNet(LocatedDataset):
         self.classes = [names.get(w, w) for w in self.wnids]
         index = {w: i for i, w in enumerate(self.wnids)}
         self.split = split
-        entries = self._train_entries(index) if split == "train" else self._val_entries(index)
+        entries = self._entries(self._train_entries(index) if split == "train" else self._val_entries(index))
         self.files: list[Path] = []
         self.labels: list[int] = []
         self.boxes: list[Tensor] = []
@@ -57,7 +65,7 @@ class TinyImageNet(LocatedDataset):
                     msg = f"{where}: box {box.tolist()} (exclusive x1/y1) lies outside the {w}x{h} image {path.name}"
                     if not skip_bad:
                         raise DataError(msg)
-                    self.skipped.add(where, msg)
+                    self.skipped.add(where, msg, "box")
                     continue
                 images.append(image)
             self.files.append(path)
@@ -65,13 +73,27 @@ class TinyImageNet(LocatedDataset):
             self.boxes.append(box)
         if not self.files:
             raise DataError(f"{self.root}/{split}: no images found")
+        if split == "train":  # a class without training samples cannot be learned (val may be partial)
+            check_no_empty_class(self.labels, self.classes, f"{self.root}/{split}", self.skipped)
         self.images = images if preload else None
+
+    def _entries(self, entries):
+        """The parsed lines; a malformed one is skipped (and logged) under ``skip_bad``, else an error."""
+        while True:
+            try:
+                yield next(entries)
+            except StopIteration:
+                return
+            except _BadLine as bad:
+                if self._skip is None:
+                    raise DataError(str(bad)) from None
+                self._skip.add(bad.where, str(bad), "annotation")
 
     def _parse_box(self, parts: list[str], where: str) -> Tensor:
         try:
             x0, y0, x1, y1 = (int(p) for p in parts)
         except ValueError:
-            raise DataError(f"{where}: expected four integer coordinates, got {' '.join(parts)!r}") from None
+            raise _BadLine(where, f"{where}: expected four integer coordinates, got {' '.join(parts)!r}") from None
         return torch.tensor([x0, y0, x1 + 1, y1 + 1], dtype=torch.float32)
 
     def _train_entries(self, index: dict[str, int]):
@@ -82,16 +104,16 @@ class TinyImageNet(LocatedDataset):
                 raise DataError(f"{box_file}: not found (class {wnid} listed in wnids.txt)")
             if not box_file.read_text().strip():
                 raise DataError(f"{box_file}: empty; class {wnid} has no images")
-            for where, parts in annotation_lines(box_file, 5, "'file x0 y0 x1 y1'"):
+            for where, parts in annotation_lines(box_file, 5, "'file x0 y0 x1 y1'", skip=self._skip):
                 yield folder / "images" / parts[0], index[wnid], self._parse_box(parts[1:], where), where
 
     def _val_entries(self, index: dict[str, int]):
         ann = self.root / "val" / "val_annotations.txt"
         if not ann.is_file():
             raise DataError(f"{ann}: not found")
-        for where, parts in annotation_lines(ann, 6, "'file wnid x0 y0 x1 y1'"):
+        for where, parts in annotation_lines(ann, 6, "'file wnid x0 y0 x1 y1'", skip=self._skip):
             if parts[1] not in index:
-                raise DataError(f"{where}: class id {parts[1]!r} is not in wnids.txt")
+                raise _BadLine(where, f"{where}: class id {parts[1]!r} is not in wnids.txt")
             yield self.root / "val" / "images" / parts[0], index[parts[1]], self._parse_box(parts[2:], where), where
 
     def __len__(self) -> int:

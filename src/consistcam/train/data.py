@@ -79,9 +79,14 @@ class TrainData:
 
     def record_skipped(self, run_dir: Path) -> None:
         """List every file skipped under ``skip_bad`` in RUN/skipped.txt (split, file, reason)."""
-        rows = [(split, where, why) for split, ds in (("train", self.train), *self.eval_sets.items())
-                for where, why in ds.skipped.items]
+        rows = [(split, kind, where, why) for split, ds in (("train", self.train), *self.eval_sets.items())
+                for kind, (where, why) in zip(ds.skipped.kinds, ds.skipped.items)]
         if rows:
+            counts: dict[str, int] = {}
+            for _, kind, _, _ in rows:
+                counts[kind] = counts.get(kind, 0) + 1
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "skipped.txt").write_text("".join(f"{s}\t{w}\t{y}\n" for s, w, y in rows))
-            print(f"warning: skipped {len(rows)} bad file(s); listed in {run_dir / 'skipped.txt'}", file=sys.stderr)
+            (run_dir / "skipped.txt").write_text("".join("\t".join(row) + "\n" for row in rows))
+            summary = ", ".join(f"{n} {kind}" + ("s" if n > 1 else "") for kind, n in sorted(counts.items()))
+            print(f"warning: skipped {len(rows)} bad entries ({summary}); listed in {run_dir / 'skipped.txt'}",
+                  file=sys.stderr)
