@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import consistcam.attack.pgd as pgd
 from consistcam.attack import (
     background_noise,
     foreground_mask,
@@ -104,3 +106,74 @@ def test_mask_builders():
     assert foreground_mask("none", images).sum() == 0
     with pytest.raises(ValueError, match="needs ground-truth boxes"):
         foreground_mask("boxes", images)
+
+
+def _images_touching_0_and_1(images: torch.Tensor) -> torch.Tensor:
+    u = torch.rand(images.shape, generator=torch.Generator().manual_seed(5))
+    return torch.where(u < 0.2, 0.0, torch.where(u > 0.8, 1.0, images))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 3.0)])
+@pytest.mark.parametrize("kind", ["pgd", "noise"])
+def test_foreground_exactly_unchanged_at_the_range_limits(data, norm, eps, kind):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:16] for t in data)
+    images = _images_touching_0_and_1(images)
+    g = torch.Generator().manual_seed(0)
+    if kind == "pgd":
+        adv = masked_pgd(model, images, labels, masks, eps=eps, alpha=eps / 2, steps=3, norm=norm, generator=g)
+    else:
+        adv = background_noise(images, masks, eps, norm, generator=g)
+    fg = masks.expand_as(images) > 0.5
+    assert torch.equal(adv[fg], images[fg])
+    assert not torch.equal(adv[~fg], images[~fg])
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+class _CountHostSyncs(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.syncs += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_range_check_is_one_host_sync_per_call(data):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:4] for t in data)
+    with _CountHostSyncs() as counter:
+        masked_pgd(model, images, labels, masks, steps=3, generator=torch.Generator().manual_seed(0))
+    assert counter.syncs == 1  # the [0, 1] check; none per step
+    with _CountHostSyncs() as counter:
+        background_noise(images, masks)
+    assert counter.syncs == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_range_is_checked_on_gpu(data):
+    model = trained_tiny_net().cuda()
+    images, labels, masks = (t[:4].cuda() for t in data)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        masked_pgd(model, images * 2, labels, masks)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        background_noise(images - 0.5, masks)
+
+
+def test_explanation_objective_explains_the_attacked_classes_with_the_options(data, monkeypatch):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:4] for t in data)
+    calls = []
+
+    def spy(model, x, targets, **kwargs):
+        calls.append((targets, kwargs))
+        return real(model, x, targets, **kwargs)
+
+    real = pgd.explain
+    monkeypatch.setattr(pgd, "explain", spy)
+    masked_pgd(model, images, labels, masks, steps=2, objective="explanation", explainer="integrated-gradcam",
+               explainer_options={"steps": 2})
+    assert len(calls) == 3  # the reference maps, then one differentiable map per step
+    assert all(torch.equal(t, labels) and kw["steps"] == 2 for t, kw in calls)
+    assert [kw.get("differentiable", False) for _, kw in calls] == [False, True, True]

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+import consistcam.attack.pgd as pgd
+import consistcam.consistency.score as score
 from consistcam.consistency import (
     PREDICTION_CONSISTENCIES,
     SIMILARITIES,
@@ -13,6 +15,7 @@ from consistcam.consistency import (
     explanation_consistency,
     score_dataset,
 )
+from consistcam.explain import find_target_layer
 from tests.helpers import square_images, trained_tiny_net
 
 
@@ -65,11 +68,25 @@ def test_weights_mean_one_and_inverse_order():
     assert torch.allclose(powered, (1 - e) ** 2 / ((1 - e) ** 2).mean())
 
 
-def test_consistency_is_one_without_perturbation():
+@pytest.mark.parametrize("attack,forwards", [("pgd", 1 + 2 + 1), ("noise", 1 + 1)])
+def test_consistency_is_one_for_a_zero_perturbation(attack, forwards):
+    # eps = 0: the attacked image is a new tensor equal to the clean one, so the second explained
+    # forward really runs (unlike attack="none", which reuses the clean heatmap and logits).
     model = trained_tiny_net()
     images, labels, _ = square_images(16, seed=3)
-    out = explanation_consistency(model, images, labels, ConsistencyConfig(attack="none"))
-    assert torch.allclose(out["E"], torch.ones(16), atol=1e-5)
+    find_target_layer(model, images)  # cached: its dry forward is not counted below
+    inputs = []
+    handle = model.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+    try:
+        out = explanation_consistency(model, images, labels, ConsistencyConfig(attack=attack, eps=0.0, steps=2),
+                                      generator=torch.Generator().manual_seed(0), return_images=True)
+    finally:
+        handle.remove()
+    assert len(inputs) == forwards
+    assert inputs[-1] is out["adversarial"] and out["adversarial"] is not images
+    assert torch.equal(out["adversarial"], images)
+    for key in ("E", "S", "P"):
+        assert torch.allclose(out[key], torch.ones(16), atol=1e-5), key
     assert not out["flipped"].any()
 
 
@@ -108,5 +125,80 @@ def test_score_dataset_is_ordered_by_id_and_independent_of_batching():
 def test_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="known"):
         ConsistencyConfig(similarity="euclid")
-    with pytest.raises(ValueError, match="unknown consistency option"):
+    with pytest.raises(ValueError, match="lambda"):
         ConsistencyConfig.from_dict({"lambda": 0.3})
+
+
+def _wrong_labels(n: int, seed: int):
+    """Images the trained net classifies well, with the labels swapped: prediction != label."""
+    images, labels, masks = square_images(n, seed=seed)
+    return images, 1 - labels, masks
+
+
+def test_prediction_target_attacks_the_explained_class(monkeypatch):
+    model = trained_tiny_net()
+    images, labels, _ = _wrong_labels(16, 6)
+    attacked = []
+
+    def spy(model, images, classes, *args, **kwargs):
+        attacked.append(classes)
+        return real(model, images, classes, *args, **kwargs)
+
+    real = score.masked_attack
+    monkeypatch.setattr(score, "masked_attack", spy)
+    for objective in ("ce", "explanation"):
+        out = explanation_consistency(model, images, labels, ConsistencyConfig(target="prediction", steps=1,
+                                                                               objective=objective))
+        assert (out["pred"] != labels).sum() >= 8
+        assert torch.equal(attacked[-1], out["pred"])
+    explanation_consistency(model, images, labels, ConsistencyConfig(steps=1))
+    assert torch.equal(attacked[-1], labels)
+
+
+@pytest.mark.parametrize("objective", ["ce", "explanation"])
+def test_score_dataset_with_prediction_target_does_not_depend_on_labels(objective):
+    # Everything (explained class, attacked class, explanation-shift reference) is the prediction, so
+    # the labels must not matter at all; attacking the labels instead would change the adversarials.
+    model = trained_tiny_net()
+    images, labels, masks = _wrong_labels(24, 6)
+    ids = torch.arange(24)
+    cfg = ConsistencyConfig(target="prediction", objective=objective, steps=2, eps=16 / 255, alpha=8 / 255)
+    wrong = score_dataset(model, list(_loader(images, labels, masks, ids, 12)), cfg)
+    right = score_dataset(model, list(_loader(images, 1 - labels, masks, ids, 12)), cfg)
+    assert (wrong.pred != labels).float().mean() > 0.5
+    for key, value in wrong.to_dict().items():
+        assert torch.equal(value, getattr(right, key)), key
+    as_label = score_dataset(model, list(_loader(images, right.pred, masks, ids, 12)),
+                             ConsistencyConfig(target="label", objective=objective, steps=2, eps=16 / 255,
+                                               alpha=8 / 255))
+    assert torch.allclose(as_label.E, right.E, atol=1e-6)
+
+
+def test_per_module_modes_survive_scoring():
+    model = trained_tiny_net().train()
+    model.features[1].eval()  # e.g. a frozen BatchNorm while the rest trains
+    modes = [m.training for m in model.modules()]
+    images, labels, masks = square_images(8, seed=2)
+    explanation_consistency(model, images, labels, ConsistencyConfig(steps=1))
+    assert [m.training for m in model.modules()] == modes
+    score_dataset(model, list(_loader(images, labels, masks, torch.arange(8), 4)), ConsistencyConfig(steps=1))
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_explanation_objective_from_config_uses_the_differentiable_explainer(monkeypatch):
+    model = trained_tiny_net()
+    images, labels, _ = square_images(16, seed=8)
+    differentiable = []
+
+    def spy(*args, **kwargs):
+        differentiable.append(kwargs.get("differentiable", False))
+        return real(*args, **kwargs)
+
+    real = pgd.explain
+    monkeypatch.setattr(pgd, "explain", spy)
+    kw = dict(steps=2, eps=16 / 255, alpha=8 / 255)
+    e_ce = explanation_consistency(model, images, labels, ConsistencyConfig(**kw))["E"]
+    assert differentiable == []
+    e_expl = explanation_consistency(model, images, labels, ConsistencyConfig(objective="explanation", **kw))["E"]
+    assert differentiable == [True, True]  # one per step; the reference maps are the clean heatmaps
+    assert not torch.allclose(e_ce, e_expl, atol=1e-3)

@@ -61,3 +61,26 @@ def test_works_under_no_grad():
     with torch.no_grad():
         maps = explain(model, torch.rand(2, 3, 32, 32))
     assert maps.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_batchnorm_buffers_restored_in_place(differentiable):
+    # Restored into the very tensors the module holds (DDP and optimisers keep references), and without
+    # bumping their autograd versions: a differentiable map must still back-propagate after the context.
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    objects = [[getattr(m, n) for n in names] for m in bns]
+    values = [[t.clone() for t in ts] for ts in objects]
+    maps = explain(model, torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2]), method="gradcam",
+                   differentiable=differentiable)
+    for m, ts, vs in zip(bns, objects, values):
+        for n, t, v in zip(names, ts, vs):
+            assert getattr(m, n) is t, n
+            assert torch.equal(t, v), n
+    assert model.training and all(m.training for m in model.modules())
+    if differentiable:
+        maps.sum().backward()
+        assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
+        assert all(torch.equal(t, v) for ts, vs in zip(objects, values) for t, v in zip(ts, vs))

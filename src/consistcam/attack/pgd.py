@@ -7,6 +7,8 @@ gradients off, one forward and one ``autograd.grad`` per step, and restores the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +24,8 @@ def _check_inputs(images: Tensor, foreground: Tensor | None, norm: str) -> Tenso
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-    if images.device.type == "cpu" and (images.min() < 0 or images.max() > 1):
+    lo, hi = images.aminmax()
+    if bool((lo < 0) | (hi > 1)):  # on every device, one host sync per call
         raise ValueError("images must lie in [0, 1]; put normalisation inside the model (consistcam.models.Normalize)")
     if foreground is None:
         return torch.ones_like(images[:, :1])
@@ -38,13 +41,13 @@ def _per_sample_norm(t: Tensor) -> Tensor:
 
 
 def _project(delta: Tensor, images: Tensor, background: Tensor, eps: float, norm: str) -> Tensor:
-    """Into the eps-ball, onto the background, and inside the valid image range."""
+    """Into the eps-ball, inside the valid image range, and onto the background. The mask comes last
+    so nothing (not the clamp, not rounding) can move a foreground pixel."""
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
         delta = delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
-    delta = delta * background
-    return (images + delta).clamp(0, 1) - images
+    return ((images + delta).clamp(0, 1) - images) * background
 
 
 def background_noise(
@@ -79,13 +82,16 @@ def masked_attack(
     layer: nn.Module | str | None = None,
     reference_maps: Tensor | None = None,
     generator: torch.Generator | None = None,
+    explainer_options: Mapping | None = None,
 ) -> Tensor:
     """PGD restricted to the background (``foreground`` = 1 is never changed).
 
-    Objectives: ``ce`` maximises the cross-entropy of ``labels``; ``explanation`` maximises
-    ``1 - cosine(H(x_adv), H(x))`` through the differentiable explainer (``reference_maps`` = H(x),
-    computed here when not given). Returns x_adv in [0, 1], exactly equal to ``images`` on the
-    foreground, with ``||x_adv - x|| <= eps`` in the chosen norm.
+    ``labels`` are the classes attacked *and* explained: ``ce`` maximises their cross-entropy;
+    ``explanation`` maximises ``1 - cosine(H_c(x_adv), H_c(x))`` for c = ``labels`` through the
+    differentiable explainer (``reference_maps`` = H_c(x) for the same classes, computed here when
+    not given; ``explainer_options`` go to :func:`consistcam.explain.explain`, e.g. ``steps``,
+    ``reshape_transform``). Returns x_adv in [0, 1], exactly equal to ``images`` on the foreground,
+    with ``||x_adv - x|| <= eps`` in the chosen norm.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown attack objective {objective!r}; known: {', '.join(OBJECTIVES)}")
@@ -94,9 +100,10 @@ def masked_attack(
     background = _check_inputs(images, foreground, norm)
     images = images.detach()
     labels = labels.to(images.device)
+    opts = dict(explainer_options or {})
     with preserved_state(model, freeze_params=True, eval_mode=True):
         if objective == "explanation" and reference_maps is None:
-            reference_maps = explain(model, images, labels, method=explainer, layer=layer)
+            reference_maps = explain(model, images, labels, method=explainer, layer=layer, **opts)
         if random_start:  # uniform in the L-inf box / uniform radius in the L2 ball, on the background
             shape, dev = images.shape, images.device
             noise = torch.rand(shape, generator=generator, device=dev, dtype=images.dtype)
@@ -116,7 +123,7 @@ def masked_attack(
                 if objective == "ce":
                     loss = F.cross_entropy(model(x), labels, reduction="sum")
                 else:
-                    maps = explain(model, x, labels, method=explainer, layer=layer, differentiable=True)
+                    maps = explain(model, x, labels, method=explainer, layer=layer, differentiable=True, **opts)
                     loss = (1 - F.cosine_similarity(maps.flatten(1), reference_maps.flatten(1), dim=1)).sum()
                 (grad,) = torch.autograd.grad(loss, delta)
             delta = delta.detach()

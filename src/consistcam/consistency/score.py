@@ -15,6 +15,7 @@ from consistcam.consistency.config import ConsistencyConfig
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
 from consistcam.consistency.weights import consistency_weights
 from consistcam.explain import explain
+from consistcam.models.state import preserved_state
 
 
 def explanation_consistency(
@@ -30,19 +31,19 @@ def explanation_consistency(
 ) -> dict[str, Tensor]:
     """E = lam · S(h, h_adv) + (1 - lam) · P(p, p_adv) for one batch, on the model's device.
 
-    Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
+    One class per image is explained *and* attacked: the label, or with ``target="prediction"`` the
+    clean prediction. Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
     no parameter gradients. Returns per-sample tensors E, S, P, pred, pred_adv, flipped,
     fg_area (and heatmap, heatmap_adv, foreground, adversarial, logits with ``return_images``).
     """
     cfg = config or ConsistencyConfig()
     opts = dict(cfg.explainer_options)
-    was_training = model.training
-    model.eval()
-    try:
+    # Eval mode inside; on exit every sub-module gets back its own train/eval flag.
+    with preserved_state(model, eval_mode=True):
         heat, logits = explain(model, images, None if cfg.target == "prediction" else labels,
                                method=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
         pred = logits.argmax(1)
-        classes = pred if cfg.target == "prediction" else labels
+        classes = pred if cfg.target == "prediction" else labels.to(pred.device)  # explained and attacked
         fg = foreground_mask(cfg.mask, images, heatmaps=heat, boxes=boxes, masks=masks,
                              tau=cfg.tau, top_q=cfg.top_q, dilation=cfg.dilation)
         if cfg.attack == "none":
@@ -52,16 +53,14 @@ def explanation_consistency(
         else:
             steps, alpha, start = (1, cfg.eps, False) if cfg.attack == "fgsm" else (cfg.steps, cfg.alpha,
                                                                                   cfg.random_start)
-            adv = masked_attack(model, images, labels, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
+            adv = masked_attack(model, images, classes, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
                                 random_start=start, objective=cfg.objective, explainer=cfg.explainer,
-                                layer=cfg.layer, reference_maps=heat, generator=generator)
+                                layer=cfg.layer, reference_maps=heat, generator=generator, explainer_options=opts)
         if adv is images:  # no attack: the second explained forward would repeat the first exactly
             heat_adv, logits_adv = heat, logits
         else:
             heat_adv, logits_adv = explain(model, adv, classes, method=cfg.explainer, layer=cfg.layer,
                                            return_logits=True, **opts)
-    finally:
-        model.train(was_training)
     p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
     s = SIMILARITIES.get(cfg.similarity)(heat, heat_adv)
     pc = PREDICTION_CONSISTENCIES.get(cfg.prediction)(p, p_adv, classes)

@@ -10,10 +10,9 @@ from torch import Tensor, nn
 
 from consistcam.explain._state import capture
 from consistcam.explain.layers import resolve_layer
-from consistcam.explain.methods import METHODS, CAMContext, target_gradients
+from consistcam.explain.methods import METHODS, CAMContext, Reshape, no_reshape, target_gradients
+from consistcam.explain.targets import Targets, resolve_targets
 from consistcam.models.state import preserved_state
-
-Targets = Tensor | Sequence[int] | Sequence[Sequence[int]] | None
 
 
 def normalize_maps(maps: Tensor, eps: float = 1e-7) -> Tensor:
@@ -33,24 +32,14 @@ def _check_images(images: Tensor) -> None:
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
 
 
-def _as_label_tensor(targets: Tensor | Sequence[int], n: int, num_classes: int, device) -> Tensor:
-    t = torch.as_tensor(targets, device=device)
-    if t.dim() == 0:
-        t = t.expand(n)
-    if t.dim() != 1 or t.numel() != n or t.dtype.is_floating_point:
-        raise ValueError(f"targets must be {n} integer class ids (one per image), got shape {tuple(t.shape)}")
-    t = t.long()
-    if t.numel() and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"targets must lie in [0, {num_classes}), got min {t.min()} max {t.max()}")
-    return t
-
-
 def _is_multilabel(targets: Targets) -> bool:
+    """A sequence of N sequences of class ids (one map per image and class); not a list of callables."""
     return (
-        targets is not None
-        and not isinstance(targets, Tensor)
+        isinstance(targets, Sequence)
+        and not isinstance(targets, str)
         and len(targets) > 0
-        and all(isinstance(t, (Sequence, Tensor)) and not isinstance(t, str) for t in targets)
+        and all((isinstance(t, Sequence) and not isinstance(t, str)) or (isinstance(t, Tensor) and t.dim() == 1)
+                for t in targets)
     )
 
 
@@ -63,6 +52,7 @@ def explain(
     differentiable: bool = False,
     normalize: bool = True,
     return_logits: bool = False,
+    reshape_transform: Reshape | None = None,
     **options,
 ) -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
     """Class-activation heatmaps for a batch, on the model's device.
@@ -70,9 +60,11 @@ def explain(
     Args:
         model: a classifier returning logits (N, C); normalisation belongs inside it.
         images: (N, C, H, W) inputs.
-        targets: ``None`` explains the predicted class; a tensor/sequence of N labels explains
-            those; a sequence of N sequences (multi-label) gives one map per image and class and
-            returns a list of (K_i, 1, H, W) tensors.
+        targets: ``None`` explains the predicted class; an int, or a tensor/sequence of N class ids,
+            explains those; a callable maps the (N, C) logits to the (N,) scores to explain; a list of
+            N callables maps each image's (C,) logits to its scalar score (pytorch-grad-cam's
+            ``ClassifierOutputTarget`` works as is); a sequence of N sequences of class ids
+            (multi-label) gives one map per image and class and returns a list of (K_i, 1, H, W) tensors.
         method: one of :func:`list_explainers` (``gradcam``, ``gradcam++``, ``xgradcam``,
             ``layercam``, ``hirescam``, ``scorecam``, ``integrated-gradcam``).
         layer: module or dotted name; default: the last spatial feature stage, found automatically.
@@ -83,6 +75,8 @@ def explain(
             returns the raw ReLU'd maps at input size.
         return_logits: also return the logits of the explained forward pass (free: the
             consistency scorer uses them instead of a second forward).
+        reshape_transform: maps the layer's output to (N, K, h, w) and is applied identically to its
+            gradient, for layers that emit tokens (see :func:`vit_reshape_transform`); needs ``layer``.
         **options: method options (``batch_size`` for scorecam, ``steps``/``baseline`` for
             integrated-gradcam).
 
@@ -103,29 +97,34 @@ def explain(
                                         torch.tensor(counts, device=images.device))
         flat = [int(c) for t in targets for c in t]
         maps = explain(model, images[index], torch.tensor(flat, device=images.device), method, layer,
-                       differentiable, normalize, **options)
+                       differentiable, normalize, reshape_transform=reshape_transform, **options)
         return list(maps.split(counts))
 
+    if reshape_transform is not None and layer is None:
+        raise ValueError("reshape_transform needs layer= (a module or dotted name, e.g. 'blocks.11.norm1' of a timm "
+                         "ViT): the automatic layer finder only looks for (N, C, h, w) outputs")
+    reshape = reshape_transform or no_reshape
     layer_module = resolve_layer(model, layer, images)
     with preserved_state(model, freeze_params=not differentiable), torch.enable_grad():
         with capture(layer_module) as cap:
             logits = model(images)
-        acts = cap.activation
         if logits.dim() != 2:
             raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
-        if acts is None or acts.dim() != 4:
-            raise ValueError(f"layer {type(layer_module).__name__} did not produce a (N, C, h, w) map")
-        if targets is None:
-            target_ids = logits.detach().argmax(1)
-        else:
-            target_ids = _as_label_tensor(targets, images.shape[0], logits.shape[1], images.device)
-        grads = (
-            target_gradients(logits, target_ids, acts, differentiable) if cam_method.needs_gradients else None
-        )
-        ctx = CAMContext(model, layer_module, images, target_ids,
-                         acts if differentiable else acts.detach(),
-                         grads if grads is None or differentiable else grads.detach(),
-                         differentiable, options)
+        if cap.activation is None:
+            raise ValueError(f"layer {type(layer_module).__name__} did not run in the forward pass")
+        acts = reshape(cap.activation)
+        if not isinstance(acts, Tensor) or acts.dim() != 4:
+            got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+            hint = " after reshape_transform" if reshape_transform else "; pass reshape_transform= to make it one"
+            raise ValueError(f"layer {type(layer_module).__name__} output {got} is not a (N, C, h, w) map{hint}")
+        score = resolve_targets(targets, logits)
+        grads = None
+        if cam_method.needs_gradients:
+            grads = reshape(target_gradients(logits, score, cap.activation, differentiable))
+            if not differentiable:
+                grads = grads.detach()
+        ctx = CAMContext(model, layer_module, images, score, acts if differentiable else acts.detach(), grads,
+                         differentiable, options, reshape)
         raw = cam_method.fn(ctx)
     maps = F.interpolate(F.relu(raw)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
     if normalize:

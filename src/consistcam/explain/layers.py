@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -87,3 +88,27 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None, example: Tens
             raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}")
         return layer
     raise TypeError(f"layer must be a module, a dotted name or None, not {type(layer).__name__}")
+
+
+def vit_reshape_transform(tokens: Tensor, grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1) -> Tensor:
+    """Vision-transformer tokens (N, P + h·w, D) -> a (N, D, h, w) map, the P prefix tokens (class,
+    registers) dropped, so CAM methods can weigh token channels like conv channels.
+
+    ``grid`` = (h, w) of the patch grid; default: the square grid the token count implies.
+    Pass it to :func:`consistcam.explain.explain` as ``reshape_transform`` together with ``layer=``
+    (e.g. ``functools.partial(vit_reshape_transform, num_prefix_tokens=model.num_prefix_tokens)``).
+    """
+    if tokens.dim() != 3:
+        raise ValueError(f"vit_reshape_transform expects tokens (N, L, D), got {tuple(tokens.shape)}")
+    n, length, dim = tokens.shape
+    patches = length - num_prefix_tokens
+    if grid is None:
+        side = math.isqrt(max(patches, 0))
+        if side * side != patches or patches == 0:
+            raise ValueError(f"{patches} patch tokens ({length} minus {num_prefix_tokens} prefix) do not form a square "
+                             "grid; pass grid=(h, w) or the right num_prefix_tokens")
+        grid = (side, side)
+    h, w = grid
+    if h * w != patches:
+        raise ValueError(f"grid {h}x{w} does not match {patches} patch tokens ({length} minus {num_prefix_tokens})")
+    return tokens[:, num_prefix_tokens:].reshape(n, h, w, dim).permute(0, 3, 1, 2)

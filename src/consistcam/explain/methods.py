@@ -16,6 +16,14 @@ from torch import Tensor, nn
 
 from consistcam._registry import Registry
 from consistcam.explain._state import capture
+from consistcam.explain.targets import TargetScore
+
+Reshape = Callable[[Tensor], Tensor]
+
+
+def no_reshape(t: Tensor) -> Tensor:
+    """The default reshape_transform: CNN layers already emit (N, K, h, w) maps."""
+    return t
 
 
 @dataclass
@@ -23,11 +31,12 @@ class CAMContext:
     model: nn.Module
     layer: nn.Module
     images: Tensor
-    targets: Tensor  # (N,) long
-    activations: Tensor  # (N, K, h, w)
-    gradients: Tensor | None  # d(target logit)/d(activations), (N, K, h, w)
+    score: TargetScore  # the scalar each image's map explains, from the logits
+    activations: Tensor  # (N, K, h, w), after ``reshape``
+    gradients: Tensor | None  # d(score)/d(activations), (N, K, h, w), after ``reshape``
     create_graph: bool
     options: dict
+    reshape: Reshape = no_reshape  # layer output -> (N, K, h, w); applied alike to activations and gradients
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,10 @@ def _weighted(weights: Tensor, acts: Tensor) -> Tensor:
     return (weights[:, :, None, None] * acts).sum(1)
 
 
-def target_gradients(logits: Tensor, targets: Tensor, acts: Tensor, create_graph: bool) -> Tensor:
-    """Gradient of each image's target logit w.r.t. the activations (one autograd call, batched)."""
-    score = logits.gather(1, targets[:, None]).sum()
-    (grads,) = torch.autograd.grad(score, acts, create_graph=create_graph, retain_graph=create_graph)
+def target_gradients(logits: Tensor, score: Callable[[Tensor], Tensor], acts: Tensor, create_graph: bool) -> Tensor:
+    """Gradient of each image's target score w.r.t. the activations (one autograd call, batched: the
+    images are independent, so the gradient of the summed scores is every image's own gradient)."""
+    (grads,) = torch.autograd.grad(score(logits).sum(), acts, create_graph=create_graph, retain_graph=create_graph)
     return grads
 
 
@@ -94,7 +103,7 @@ def layercam(ctx: CAMContext) -> Tensor:
 
 @_method("scorecam", "score-cam", needs_gradients=False)
 def scorecam(ctx: CAMContext) -> Tensor:
-    """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target logits of
+    """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target scores of
     the N·K masked images (one batched stream, ``batch_size`` at a time) are soft-maxed over
     channels into weights. Upsampling uses ``align_corners=True`` as pytorch-grad-cam does."""
     acts, images = ctx.activations, ctx.images
@@ -105,14 +114,15 @@ def scorecam(ctx: CAMContext) -> Tensor:
         lo = up.amin((2, 3), keepdim=True)
         hi = up.amax((2, 3), keepdim=True)
         up = (up - lo) / (hi - lo + 1e-8)
-        scores = torch.empty(n * k, device=images.device, dtype=images.dtype)
-        flat_targets = ctx.targets.repeat_interleave(k)
+        flat_score = ctx.score.repeat_interleave(k)
+        flat_up = up.flatten(0, 1)
+        scores = []
         for start in range(0, n * k, batch_size):
-            idx = torch.arange(start, min(start + batch_size, n * k), device=images.device)
-            masked = images[idx // k] * up.flatten(0, 1)[idx][:, None]
-            logits = ctx.model(masked)
-            scores[idx] = logits.gather(1, flat_targets[idx][:, None]).squeeze(1)
-        weights = scores.view(n, k).softmax(dim=1)
+            stop = min(start + batch_size, n * k)
+            idx = torch.arange(start, stop, device=images.device)
+            masked = images[idx // k] * flat_up[start:stop, None]
+            scores.append(flat_score(ctx.model(masked), start))
+        weights = torch.cat(scores).view(n, k).to(acts.dtype).softmax(dim=1)
     return _weighted(weights, acts)
 
 
@@ -142,9 +152,9 @@ def integrated_gradcam(ctx: CAMContext) -> Tensor:
             with capture(ctx.layer) as cap:
                 logits = ctx.model(point)
             if i == steps:
-                base_act = cap.activation
+                base_act = ctx.reshape(cap.activation)
                 break
-            grads = target_gradients(logits, ctx.targets, cap.activation, ctx.create_graph)
+            grads = ctx.reshape(target_gradients(logits, ctx.score, cap.activation, ctx.create_graph))
             alpha = alpha + grads.mean((2, 3)) / steps
     if not ctx.create_graph:
         base_act = base_act.detach()

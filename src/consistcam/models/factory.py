@@ -3,8 +3,6 @@ all taking images in [0, 1] with normalisation inside the model."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from collections.abc import Sequence
 
 import torch
@@ -81,16 +79,6 @@ MODELS.add("cc_resnet18", lambda num_classes: SmallResNet(num_classes, blocks=(2
 MODELS.add("cc_resnet10_wide", lambda num_classes: SmallResNet(num_classes, widths=(64, 128, 256, 512)))
 
 
-@contextlib.contextmanager
-def _network_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _offline_error(name: str, err: Exception) -> RuntimeError:
     return RuntimeError(
         f"could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). Offline? Put the weights "
@@ -118,15 +106,16 @@ def create(
     pretrained: bool = False,
     small_input: bool = False,
     normalize: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    download_timeout: float = 20.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build a classifier by name, wrapped in :class:`Normalize` (inputs in [0, 1]).
 
     ``name``: one of :func:`list_models`, a torchvision model name (``resnet50``), or
-    ``timm:<name>``. ``pretrained`` loads weights through torchvision's/timm's own mechanisms and
-    fails within ``download_timeout`` seconds with a clear message when offline.
+    ``timm:<name>``. ``mean``/``std`` default to the statistics the weights were trained with: a timm
+    model's ``pretrained_cfg`` (e.g. 0.5 for ViTs and Inception), ImageNet's otherwise.
+    ``pretrained`` loads weights through torchvision's/timm's own mechanisms and fails with a clear
+    message when offline (network timeouts are left to the process: a library must not change them).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -140,8 +129,7 @@ def create(
         except ImportError as err:
             raise ImportError("timm models need `pip install consistcam[timm]`") from err
         try:
-            with _network_timeout(download_timeout):
-                model = timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes)
+            model = timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes)
         except RuntimeError as err:
             if not pretrained or "Unknown model" in str(err):
                 raise ValueError(f"unknown timm model {name[5:]!r}") from err
@@ -157,8 +145,7 @@ def create(
                              f"{len(known)} (e.g. resnet18, resnet50, vgg16); timm models need the 'timm:' prefix")
         if pretrained:
             try:
-                with _network_timeout(download_timeout):
-                    model = torchvision.models.get_model(name, weights="DEFAULT")
+                model = torchvision.models.get_model(name, weights="DEFAULT")
             except (OSError, RuntimeError) as err:
                 raise _offline_error(name, err) from err
             _replace_head(model, num_classes, name)
@@ -166,7 +153,12 @@ def create(
             model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if small_input:
         _small_input_stem(model, name)
-    return Normalize(model, mean, std) if normalize else model
+    if not normalize:
+        return model
+    cfg = getattr(model, "pretrained_cfg", None) or {}  # timm: the statistics its weights expect
+    mean = cfg.get("mean", IMAGENET_MEAN) if mean is None else mean
+    std = cfg.get("std", IMAGENET_STD) if std is None else std
+    return Normalize(model, mean, std)
 
 
 def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
