@@ -46,6 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in _train_fields() if getattr(args, f.name, None) is not None}
     overrides = merge(overrides, _parse_set(args.set))
+    run_dir = Path(args.resume) if args.resume else None
+    if run_dir is not None and not (run_dir / "config.yaml").is_file() and (args.config or overrides):
+        # killed before its config was written: nothing to resume, start the run the flags describe
+        if any(not p.name.endswith(".tmp") for p in run_dir.iterdir()) if run_dir.is_dir() else False:
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found")
+        overrides["out"], args.resume = str(run_dir), None
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
@@ -64,96 +70,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dir(path: str) -> Path:
-    return Path(path) if Path(path).is_dir() else Path(path).parent
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader, Subset
+    from consistcam.evaluation import evaluate_run
+    from consistcam.report import read_evaluation
 
-    from consistcam.consistency import ConsistencyConfig
-    from consistcam.data import build_dataset, build_transform, collate, eval_splits
-    from consistcam.metrics import PROTOCOLS, background_reliance, evaluate_model
-    from consistcam.report import evaluation_report
-    from consistcam.train import load_model
-
-    model, info = load_model(args.run, args.device)
-    run_dir = _run_dir(args.run)
-    data = args.data
-    if data is None and (run_dir / "config.yaml").is_file():
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
-    if data is None:
-        raise SystemExit("error: --data is required (no config.yaml beside the checkpoint)")
-    protocols = PROTOCOLS if args.protocols == "all" else tuple(p for p in args.protocols.split(",") if p)
-    explainers = args.explainer or ["gradcam"]
-    out_dir = Path(args.out) if args.out else run_dir / "eval"
-    cfg = ConsistencyConfig(explainer=explainers[0], seed=args.seed)
-    transform = build_transform(info.get("image_size"), "none")
-    results, per_sample, datasets = {}, {}, {}
-    for split in args.split or eval_splits(data):
-        ds = build_dataset(data, split, transform)
-        if ds.num_classes != len(info["classes"]):
-            raise SystemExit(f"error: {data} has {ds.num_classes} classes, the model {len(info['classes'])}")
-        view = Subset(ds, range(min(args.subset, len(ds)))) if args.subset else ds
-        loader = DataLoader(view, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
-        res = evaluate_model(model, loader, len(info["classes"]), explainer=explainers, consistency=cfg,
-                             protocols=protocols, faithfulness_steps=args.faithfulness_steps,
-                             progress=not args.quiet, per_sample=True)
-        per_sample[split] = res.pop("per_sample", {})
-        if args.background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
-            res.update(background_reliance(model, ds, transform, seed=args.seed, batch_size=args.batch_size,
-                                           subset=args.subset, progress=not args.quiet,
-                                           num_workers=args.workers))
-        results[split], datasets[split] = res, ds
-    meta = {"checkpoint": str(args.run), "data": data, "explainers": explainers, "protocols": list(protocols),
-            "subset": args.subset, "seed": args.seed, "command": "consistcam " + " ".join(sys.argv[1:])}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"meta": meta, "splits": results}, indent=2)
-    (out_dir / "metrics.json").write_text(text)
+    out = evaluate_run(args.run, data=args.data, splits=args.split, explainers=args.explainer or ("gradcam",),
+                       protocols=None if args.protocols == "all" else [p for p in args.protocols.split(",") if p],
+                       background=args.background, faithfulness_steps=args.faithfulness_steps, subset=args.subset,
+                       batch_size=args.batch_size, workers=args.workers, seed=args.seed, device=args.device,
+                       out=args.out, report=not args.no_report, progress=not args.quiet,
+                       command="consistcam " + " ".join(sys.argv[1:]), skip_bad=args.skip_bad,
+                       allow_incomplete=args.allow_incomplete)
     if not args.quiet:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(read_evaluation(out).splits, indent=2))
     if not args.no_report:
-        report = evaluation_report(out_dir / "report.html", f"consistcam evaluation: {run_dir.name}", results,
-                                   model=model, datasets=datasets, per_sample=per_sample, cfg=cfg,
-                                   run_dirs={run_dir.name: run_dir}, notes=meta["command"],
-                                   classes=info["classes"])
-        print(f"report: {report}")
-    print(f"metrics: {out_dir / 'metrics.json'}")
+        print(f"report: {out / 'report.html'}")
+    print(f"metrics: {out / 'metrics.json'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from consistcam.report import evaluation_report
+    from consistcam.report import compare_runs
 
-    results, run_dirs = {}, {}
-    for item in args.runs:
-        path = Path(item)
-        metrics = path if path.is_file() else path / "eval" / "metrics.json"
-        if not metrics.is_file():
-            raise FileNotFoundError(f"{metrics}: no metrics.json (run `consistcam evaluate {item}` first)")
-        doc = json.loads(metrics.read_text())
-        run = metrics.parent.parent if metrics.parent.name == "eval" else metrics.parent
-        for split, res in doc["splits"].items():
-            results[f"{run.name}/{split}"] = res
-        run_dirs[run.name] = run
-    report = evaluation_report(args.out, args.title, results, run_dirs=run_dirs)
-    print(f"report: {report}")
+    print(f"report: {compare_runs(args.runs, args.out, args.title)}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
     import torch.nn.functional as F
 
     from consistcam.data import read_rgb
+    from consistcam.evaluation.run import run_folder
     from consistcam.explain import explain
-    from consistcam.report import overlay
+    from consistcam.report import save_overlay
     from consistcam.train import load_model
+    from consistcam.train.run_folder import require_complete
 
+    require_complete(run_folder(args.checkpoint), args.allow_incomplete)
     model, info = load_model(args.checkpoint, args.device)
     size = args.size or info.get("image_size")
     out = Path(args.out)
@@ -163,12 +117,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if size:
             image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         image = image.to(args.device)
+        if args.target is not None and args.target >= len(info["classes"]):
+            raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
         target = None if args.target is None else torch.tensor([args.target])
         heat, logits = explain(model, image, target, method=args.method, return_logits=True)
         cls = int(logits.argmax(1)) if args.target is None else args.target
         name = info["classes"][cls] if info["classes"] else str(cls)
-        dest = out / f"{Path(path).stem}_{args.method}.png"
-        plt.imsave(dest, overlay(image[0], heat[0]).clamp(0, 1).numpy())
+        dest = save_overlay(out / f"{Path(path).stem}_{args.method}.png", image[0], heat[0])
         print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
     return 0
 
@@ -306,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     e.add_argument("--out", help="output folder (default: RUN/eval)")
     e.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
+    e.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip unreadable images and bad annotations (default: what the run was trained with)")
+    e.add_argument("--allow-incomplete", action="store_true", help="evaluate a run whose training was interrupted")
     e.add_argument("--quiet", action="store_true", help="no progress bars, no metrics on stdout")
     e.set_defaults(func=cmd_evaluate)
 
@@ -323,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--size", type=_int_at_least(1), help="resize images to this size (default: the training size)")
     x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
     x.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
+    x.add_argument("--allow-incomplete", action="store_true", help="use a run whose training was interrupted")
     x.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report",

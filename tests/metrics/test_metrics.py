@@ -51,3 +51,46 @@ def test_metric_states_merge_like_one_pass():
     b.update(h[3:], m[3:])
     a.merge_state(b)
     assert torch.allclose(a.compute()["energy"], whole.compute()["energy"])
+
+
+def imported_modules(package: str) -> set[str]:
+    """Every module a package's source files import (absolute and relative imports resolved)."""
+    import ast
+    from pathlib import Path
+
+    import consistcam
+
+    root = Path(consistcam.__file__).parent / package
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = f"consistcam.{package}" if node.level else ""
+                found.add(f"{base}.{node.module}" if base and node.module else node.module or base)
+    return found
+
+
+def test_metrics_are_leaves():
+    """metrics/ holds torchmetrics leaves: no attack, consistency, train, report or pipeline code."""
+    forbidden = ("consistcam.attack", "consistcam.consistency", "consistcam.train", "consistcam.report",
+                 "consistcam.evaluation")
+    bad = {m for m in imported_modules("metrics") if m.startswith(forbidden)}
+    assert not bad, bad
+
+
+def test_moved_names_forward_lazily_with_a_warning():
+    """The old names still resolve (with a DeprecationWarning); the import happens on first use only,
+    which test_metrics_are_leaves checks: no import statement of consistcam.evaluation in metrics/."""
+    import consistcam.evaluation as evaluation
+    import consistcam.metrics as metrics
+
+    for name in ("evaluate_model", "background_reliance", "PROTOCOLS", "object_masks", "heatmap_equivariance",
+                 "attack_images", "random_crop_flip", "apply_crop_flip", "RELIANCE_VARIANTS"):
+        with pytest.warns(DeprecationWarning, match=f"consistcam.evaluation.{name}"):
+            assert getattr(metrics, name) is getattr(evaluation, name)
+    with pytest.warns(DeprecationWarning):
+        from consistcam.metrics import evaluate_model  # noqa: F401
+    with pytest.raises(AttributeError):
+        metrics.no_such_name  # noqa: B018

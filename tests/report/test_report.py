@@ -1,50 +1,75 @@
-"""The evaluation report renders in a real headless browser (Debian's Chromium) with every image."""
+"""The evaluation report: rendered from saved files, self-contained, in a real headless browser
+(Debian's Chromium) with every image; figures without pyplot or a backend switch."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from consistcam.consistency import ConsistencyConfig
-from consistcam.data import DemoShapes, build_transform, collate
-from consistcam.metrics import evaluate_model
-from consistcam.report import evaluation_report
-from tests.helpers import TinyNet
+from consistcam.evaluation import evaluate_run
+from consistcam.report import overlay, save_overlay
+from tests.evaluation.runs import QUICK, make_run
+from tests.metrics.test_metrics import imported_modules
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def _report(tmp_path):
-    torch.manual_seed(0)
-    model = TinyNet(classes=4).eval()
-    ds = DemoShapes("test", size=16, transform=build_transform())
-    loader = DataLoader(Subset(ds, range(24)), batch_size=12, collate_fn=collate)
-    cfg = ConsistencyConfig(steps=1)
-    res = evaluate_model(model, loader, 4, consistency=cfg, per_sample=True)
-    per_sample = {"test": res.pop("per_sample")}
-    path = evaluation_report(tmp_path / "report.html", "test report", {"test": res, "copy": dict(res)}, model=model,
-                             datasets={"test": ds}, per_sample=per_sample, cfg=cfg)
-    return path, per_sample
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = evaluate_run(make_run(tmp_path_factory.mktemp("report")), **QUICK)
+    return out / "report.html"
 
 
-def test_report_is_self_contained(tmp_path):
-    path, per_sample = _report(tmp_path)
-    text = path.read_text()
+def test_report_is_self_contained(report):
+    text = report.read_text()
     assert "src='http" not in text and "src=\"http" not in text  # every figure inlined
-    assert text.count("data:image/png;base64,") == 1 + 4  # E histogram + best/worst by energy and by E
-    worst = min(per_sample["test"]["energy_gain"])
-    assert f"({worst:.3f})" in text  # the worst example's energy is named in its grid's title
+    assert text.count("data:image/png;base64,") == 1 + 4  # E histogram + best/worst by energy gain and by E
+    assert "Per-class accuracy (4 classes)" in text and "0: disk" in text
+    assert "<title>consistcam evaluation: run</title>" in text
+
+
+def test_report_imports_no_scoring_code():
+    forbidden = ("consistcam.attack", "consistcam.consistency", "consistcam.train", "consistcam.evaluation")
+    bad = {m for m in imported_modules("report") if m.startswith(forbidden)}
+    assert not bad, bad
+
+
+def test_report_keeps_the_users_matplotlib_backend(report):
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+import torch
+import consistcam.report as r
+r.render_evaluation({str(report.parent)!r}, {str(report.parent / "again.html")!r})
+r.save_overlay({str(report.parent / "o.png")!r}, torch.rand(3, 8, 8), torch.rand(1, 8, 8))
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_save_overlay_writes_the_overlay_png(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    image, heat = torch.rand(3, 12, 10, generator=g), torch.rand(1, 12, 10, generator=g)
+    path = save_overlay(tmp_path / "sub" / "x.png", image, heat)
+    png = np.asarray(Image.open(path))
+    assert png.shape == (12, 10, 3) and png.dtype == np.uint8
+    expected = (overlay(image, heat).clamp(0, 1) * 255).round().numpy()
+    assert np.abs(png.astype(np.float64) - expected).max() <= 0.5
 
 
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run "
                                                        "installs them)")
-def test_report_renders_in_headless_chromium(tmp_path):
+def test_report_renders_in_headless_chromium(report, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
-    path, _ = _report(tmp_path)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -52,12 +77,12 @@ def test_report_renders_in_headless_chromium(tmp_path):
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
     try:
-        driver.get(path.resolve().as_uri())
+        driver.get(report.resolve().as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
         assert len(images) == 5 and all(c and w > 50 and h > 50 for c, w, h in images), images
         assert driver.execute_script("return document.querySelectorAll('table tr').length;") > 10
-        assert driver.title == "test report"
+        assert driver.title == "consistcam evaluation: run"
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
         png = tmp_path / "shot.png"

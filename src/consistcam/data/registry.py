@@ -24,8 +24,9 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     opts: dict = {}
     for item in filter(None, arg.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in ("n", "num_classes", "size", "rho", "seed"):
-            raise ValueError(f"bad demo option {item!r}; use e.g. demo:rho=0.9,n=2000,num_classes=4,size=32,seed=0")
+        if not sep or key not in ("n", "n_test", "num_classes", "size", "rho", "seed"):
+            raise ValueError(f"bad demo option {item!r}; use e.g. "
+                             "demo:rho=0.9,n=2000,n_test=1000,num_classes=4,size=32,seed=0")
         try:
             opts[key] = float(value) if key == "rho" else int(value)
         except ValueError:
@@ -34,11 +35,14 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     rho = opts.get("rho", 0.0)
     if not 0.0 <= rho <= 1.0:  # also rejects nan
         raise ValueError(f"demo option rho must be in [0, 1], got {rho}")
-    for key in ("n", "num_classes", "size"):
+    for key in ("n", "n_test", "num_classes", "size"):
         if key in opts and opts[key] < (2 if key == "num_classes" else 1):
             raise ValueError(f"demo option {key} must be >= {2 if key == 'num_classes' else 1}, got {opts[key]}")
+    n_test = opts.pop("n_test", None)
     if split != "train":
         opts.pop("n", None)
+        if n_test is not None:
+            opts["n"] = n_test
     return DemoShapes(split=split, transform=transform, **opts)
 
 

@@ -1,8 +1,12 @@
-"""Evaluation metrics (torchmetrics-style streaming states) and the evaluation pass."""
+"""Evaluation metrics as torchmetrics ``Metric`` leaves (streaming states that merge across
+processes) and their pure-tensor helpers. The pipeline that runs explainers and attacks and feeds
+these metrics is :mod:`consistcam.evaluation`."""
 
-from consistcam.metrics.background import RELIANCE_VARIANTS, background_reliance
-from consistcam.metrics.equivariance import apply_crop_flip, heatmap_equivariance, random_crop_flip
-from consistcam.metrics.evaluate import PROTOCOLS, evaluate_model, object_masks
+from __future__ import annotations
+
+import importlib
+import warnings
+
 from consistcam.metrics.faithfulness import (
     ConfidenceChange,
     InsertionDeletion,
@@ -11,13 +15,11 @@ from consistcam.metrics.faithfulness import (
     top_fraction_mask,
 )
 from consistcam.metrics.localization import EnergyPointingGame, MaskIoU, MeanMetric, PointingGame, energy_inside
-from consistcam.metrics.robustness import ATTACKS, DEFAULT_EPSILONS, AdversarialAccuracy, attack_images
+from consistcam.metrics.robustness import ATTACKS, DEFAULT_EPSILONS, AdversarialAccuracy, attack_key
 
 __all__ = [
     "ATTACKS",
     "DEFAULT_EPSILONS",
-    "PROTOCOLS",
-    "RELIANCE_VARIANTS",
     "AdversarialAccuracy",
     "ConfidenceChange",
     "EnergyPointingGame",
@@ -25,15 +27,22 @@ __all__ = [
     "MaskIoU",
     "MeanMetric",
     "PointingGame",
-    "apply_crop_flip",
-    "attack_images",
-    "background_reliance",
+    "attack_key",
     "confidence_change",
     "energy_inside",
-    "evaluate_model",
-    "heatmap_equivariance",
     "insertion_deletion",
-    "object_masks",
-    "random_crop_flip",
     "top_fraction_mask",
 ]
+
+# Names that lived here before the pipeline moved to consistcam.evaluation. Resolved on first use
+# only, so importing the metrics never imports the pipeline (and with it attack and consistency).
+_MOVED = frozenset({"evaluate_model", "background_reliance", "PROTOCOLS", "object_masks", "heatmap_equivariance",
+                    "attack_images", "random_crop_flip", "apply_crop_flip", "RELIANCE_VARIANTS"})
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(f"consistcam.metrics.{name} moved to consistcam.evaluation.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module("consistcam.evaluation"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

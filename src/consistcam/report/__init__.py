@@ -1,25 +1,35 @@
-"""Reports: figures (matplotlib, headless) and self-contained HTML."""
+"""Reports: figures (matplotlib's object API, no pyplot, no backend switch) and self-contained HTML,
+rendered from saved results only (no model, no attack, no scoring)."""
 
-from consistcam.report.evaluation import evaluation_report, example_grids
+from consistcam.report.evaluation import compare_runs, evaluation_report, example_grids, render_evaluation
 from consistcam.report.figures import (
     consistency_grid,
     histograms,
     overlay,
     read_history,
+    save_overlay,
     training_curves,
     weight_histograms,
 )
 from consistcam.report.html import img, metrics_table, write_report
+from consistcam.report.results import SavedEvaluation, examples_file, per_sample_file, read_evaluation
 
 __all__ = [
+    "SavedEvaluation",
+    "compare_runs",
     "consistency_grid",
     "evaluation_report",
     "example_grids",
+    "examples_file",
     "histograms",
     "img",
     "metrics_table",
     "overlay",
+    "per_sample_file",
+    "read_evaluation",
     "read_history",
+    "render_evaluation",
+    "save_overlay",
     "training_curves",
     "weight_histograms",
     "write_report",

@@ -1,51 +1,81 @@
-"""Figures for reports: heatmap overlays, grids, curves, histograms (matplotlib, headless)."""
+"""Figures for reports: heatmap overlays, grids, curves, histograms.
+
+Built with matplotlib's object-oriented API (``Figure`` and its own ``savefig``): no pyplot and no
+backend switch, so importing the report leaves a user's interactive backend alone. Overlay PNGs
+are written with PIL.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+
+@functools.lru_cache(maxsize=1)
+def _jet() -> Tensor:
+    return torch.tensor(matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3], dtype=torch.float32)
 
 
 def overlay(image: Tensor, heatmap: Tensor, alpha: float = 0.5) -> Tensor:
     """Blend a [0, 1] heatmap (jet colour map) over an image; (3, H, W) in, (H, W, 3) out, on CPU."""
-    cmap = torch.tensor(plt.get_cmap("jet")(torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
-    idx = (heatmap.squeeze().clamp(0, 1) * 255).long().cpu()
-    return (1 - alpha) * image.permute(1, 2, 0).cpu().float() + alpha * cmap[idx]
+    idx = (heatmap.squeeze().float().clamp(0, 1) * 255).long().cpu()
+    return (1 - alpha) * image.permute(1, 2, 0).cpu().float() + alpha * _jet()[idx]
 
 
-def to_data_uri(fig) -> str:
+def save_overlay(path: str | Path, image: Tensor, heatmap: Tensor, alpha: float = 0.5) -> Path:
+    """Write :func:`overlay` of one (3, H, W) image in [0, 1] and its heatmap as an RGB PNG (PIL)."""
+    from PIL import Image
+
+    pixels = (overlay(image, heatmap, alpha).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def to_data_uri(fig: Figure) -> str:
+    """PNG of a figure as a data URI (the HTML report inlines every figure)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def consistency_grid(rows: dict[str, Tensor], title: str = "") -> str:
-    """One row per example: image, its heatmap, background-attacked image, its heatmap; E and v."""
+def _panel_grid(rows: int, cols: int, width: float, height: float):
+    fig = Figure(figsize=(width * cols, height * rows))
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+GRID_COLUMNS = (("image", None, "image"), ("image", "heatmap", "heatmap"), ("adversarial", None, "bg-attacked"),
+                ("adversarial", "heatmap_adv", "its heatmap"))
+
+
+def consistency_grid(rows: Mapping[str, Tensor], title: str = "") -> str:
+    """One row per example: image, its heatmap, background-attacked image, its heatmap (the last two
+    where ``rows`` has them); E and v beside each row where given."""
+    columns = [c for c in GRID_COLUMNS if c[0] in rows and (c[1] is None or c[1] in rows)]
     n = len(rows["image"])
-    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.7 * n), squeeze=False)
+    fig, axes = _panel_grid(n, len(columns), 1.6, 1.7)
     for i in range(n):
-        panels = [rows["image"][i].permute(1, 2, 0), overlay(rows["image"][i], rows["heatmap"][i]),
-                  rows["adversarial"][i].permute(1, 2, 0), overlay(rows["adversarial"][i], rows["heatmap_adv"][i])]
-        for j, panel in enumerate(panels):
+        for j, (image, heat, name) in enumerate(columns):
+            picture = rows[image][i].float()
+            panel = picture.permute(1, 2, 0) if heat is None else overlay(picture, rows[heat][i])
             ax = axes[i, j]
             ax.imshow(panel.clamp(0, 1).cpu().numpy())
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(["image", "heatmap", "bg-attacked", "its heatmap"][j], fontsize=8)
-        label = f"E={rows['E'][i]:.3f}"
-        if "v" in rows:
-            label += f"\nv={rows['v'][i]:.2f}"
+                ax.set_title(name, fontsize=8)
+        label = "\n".join(f"{key}={float(rows[key][i]):.3f}" for key in ("E", "v") if key in rows)
         axes[i, 0].set_ylabel(label, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -53,6 +83,7 @@ def consistency_grid(rows: dict[str, Tensor], title: str = "") -> str:
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch records of a run folder's metrics.jsonl (empty if it has none)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -61,7 +92,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 def training_curves(histories: dict[str, list[dict]]) -> str:
     keys = sorted({k for h in histories.values() for r in h for k in r if k.endswith("/acc") or k == "train/loss"})
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+    fig, axes = _panel_grid(1, len(keys), 3.2, 2.6)
     for ax, key in zip(axes[0], keys):
         for name, hist in histories.items():
             pts = [(r["epoch"], r[key]) for r in hist if key in r]
@@ -74,12 +105,13 @@ def training_curves(histories: dict[str, list[dict]]) -> str:
 
 
 def weight_histograms(run_dir: Path) -> str | None:
+    """E and v of every ECL scoring round the trainer saved (consistency/epoch_*.safetensors)."""
     from safetensors.torch import load_file
 
     files = sorted((Path(run_dir) / "consistency").glob("epoch_*.safetensors"))
     if not files:
         return None
-    fig, axes = plt.subplots(2, len(files), figsize=(2.8 * len(files), 4.4), squeeze=False)
+    fig, axes = _panel_grid(2, len(files), 2.8, 2.2)
     for j, f in enumerate(files):
         d = load_file(str(f))
         axes[0, j].hist(d["E"].numpy(), bins=40, color="tab:blue")
@@ -90,11 +122,11 @@ def weight_histograms(run_dir: Path) -> str | None:
     return to_data_uri(fig)
 
 
-def histograms(values: dict[str, list[float]], bins: int = 40) -> str:
+def histograms(values: Mapping[str, Sequence[float] | Tensor], bins: int = 40) -> str:
     """One panel per named set of values (e.g. the model's E on a test split)."""
-    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 2.6), squeeze=False)
+    fig, axes = _panel_grid(1, len(values), 3.2, 2.6)
     for ax, (name, vals) in zip(axes[0], values.items()):
-        ax.hist(vals, bins=bins, color="tab:blue")
+        ax.hist(np.asarray(vals, dtype=np.float64), bins=bins, color="tab:blue")
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
     return to_data_uri(fig)

@@ -9,6 +9,7 @@ import json
 from typing import TYPE_CHECKING
 
 from consistcam.train.checkpoint import save_checkpoint, save_model
+from consistcam.utils import fault_point
 
 if TYPE_CHECKING:
     from consistcam.train.trainer import Trainer
@@ -30,8 +31,12 @@ class JsonlLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.is_main and trainer.run_dir is not None:
+            line = json.dumps(record) + "\n"
             with open(trainer.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line[: len(line) // 2])
+                f.flush()
+                fault_point("write:metrics.jsonl")  # a kill here leaves a torn line (the crash tests)
+                f.write(line[len(line) // 2:])
 
 
 class TensorBoardLogger(Callback):
@@ -66,11 +71,13 @@ class Checkpointer(Callback):
         if not trainer.is_main or trainer.run_dir is None:
             return
         cfg = trainer.config
-        save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.model, trainer.optimizer,
-                        trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
+        # the model first: a kill between the two writes leaves the previous checkpoint, so resume
+        # redoes the epoch and rewrites both (the other order could leave a stale model.safetensors)
         if cfg is not None:
             save_model(trainer.run_dir / "model.safetensors", trainer.model, cfg.arch, len(trainer.data.classes),
                        cfg.small_input, trainer.data.classes, cfg.image_size)
+        save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.model, trainer.optimizer,
+                        trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
 
 
 class ConsolePrinter(Callback):

@@ -57,7 +57,8 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
         return
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder")
-    if not any(run_dir.iterdir()):
+    if all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir()):
+        remove_stale_temporaries(run_dir)  # only what a killed start left behind
         return
     if not overwrite:
         state = read_status(run_dir)["state"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,10 +150,15 @@ class Trainer:
         that already holds a run is refused without ``resume`` (``overwrite`` replaces it)."""
         device = resolve_device(config.device)  # fail before any data is read
         run_dir = Path(config.out)
-        if resume:
-            if not (run_dir / "checkpoint.safetensors").is_file():
+        if resume and not (run_dir / "checkpoint.safetensors").is_file():
+            if not (run_dir / "config.yaml").is_file():
                 raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
-        else:
+            # killed before its first checkpoint: start over, dropping what the first epoch left
+            for name in ("metrics.jsonl", "consistency", "tb"):
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            resume = False
+        elif not resume:
             prepare_new_run(run_dir, overwrite)
         seed_everything(config.seed)
         data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,

@@ -10,6 +10,9 @@ own explanation consistency (``consistency_E``, ``adv_flip_rate``) and ``equivar
 ``fgsm@k/255`` / ``pgd10@k/255`` robustness. Multi-label data gets ``mAP`` and localisation with one
 heatmap per image and positive class, scored against that class's boxes. Keys of the first
 explainer carry no prefix; those of further explainers are prefixed ``<explainer>/``.
+
+Cost per batch and explainer: the clean image is explained once (by the consistency pass, whose
+logits also give the accuracy); every other protocol reuses that heatmap.
 """
 
 from __future__ import annotations
@@ -20,19 +23,38 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from consistcam.attack import mask_from_boxes
 from consistcam.consistency import ConsistencyConfig, explanation_consistency, unpack_batch
+from consistcam.data.masks import mask_from_boxes
+from consistcam.evaluation.equivariance import heatmap_equivariance
+from consistcam.evaluation.examples import RANKINGS, ExtremeExamples
+from consistcam.evaluation.robustness import attack_images
 from consistcam.explain import explain
-from consistcam.metrics.equivariance import heatmap_equivariance
-from consistcam.metrics.faithfulness import ConfidenceChange, InsertionDeletion
-from consistcam.metrics.localization import EnergyPointingGame, MaskIoU, MeanMetric, PointingGame, energy_inside
-from consistcam.metrics.robustness import DEFAULT_EPSILONS, AdversarialAccuracy
+from consistcam.metrics import (
+    DEFAULT_EPSILONS,
+    AdversarialAccuracy,
+    ConfidenceChange,
+    EnergyPointingGame,
+    InsertionDeletion,
+    MaskIoU,
+    MeanMetric,
+    PointingGame,
+    energy_inside,
+)
+from consistcam.models.state import preserved_state
 from consistcam.utils import model_device, progress_bar
 
 PROTOCOLS = ("localization", "faithfulness", "consistency", "equivariance", "robustness")
+# One random stream per protocol, seeded seed + offset, so no result depends on which other
+# protocols or explainers run (every explainer sees the same attack starts and the same crops).
+STREAM_OFFSETS = {"consistency": 0, "equivariance": 1, "robustness": 2}
 
 
-def object_masks(images, boxes, masks):
+def stream_seeds(seed: int) -> dict[str, int]:
+    """The seed of each protocol's random stream (recorded with the results)."""
+    return {name: seed + offset for name, offset in STREAM_OFFSETS.items()}
+
+
+def object_masks(images: Tensor, boxes, masks: Tensor | None) -> Tensor | None:
     """The ground-truth object mask of a batch: the pixel mask if given, else the union of boxes."""
     if masks is not None:
         return (masks > 0.5).float()
@@ -117,6 +139,43 @@ def _multilabel_maps(model, images, labels, boxes, box_labels, configs):
     return heat, gt, classes
 
 
+class _SampleRecorder:
+    """Per-sample values and the best/worst examples of the first explainer."""
+
+    def __init__(self, per_sample: bool, examples: int, protocols: set[str]) -> None:
+        self.per_sample, self.protocols = per_sample, protocols
+        self.values: dict[str, list[Tensor]] = {}
+        self.extremes = {key: ExtremeExamples(examples) for key in RANKINGS} if examples else {}
+
+    def update(self, images: Tensor, labels: Tensor, ids: Tensor, out: dict, gt: Tensor | None) -> None:
+        if not (self.per_sample or self.extremes):
+            return
+        row = {"id": ids, "label": labels, "pred": out["pred"]}
+        if "consistency" in self.protocols:
+            row.update(E=out["E"], S=out["S"], P=out["P"], flipped=out["flipped"])
+        if gt is not None:
+            energy = energy_inside(out["heatmap"], gt).float()
+            row.update(energy=energy, energy_gain=energy - gt.flatten(1).mean(1))
+        if self.per_sample:
+            for key, value in row.items():
+                self.values.setdefault(key, []).append(value.detach())
+        tensors = {"image": images, "heatmap": out["heatmap"]}
+        if "consistency" in self.protocols:
+            tensors.update(adversarial=out["adversarial"], heatmap_adv=out["heatmap_adv"])
+        tensors.update({k: row[k] for k in ("label", "pred", "E", "energy", "energy_gain") if k in row})
+        for key, collector in self.extremes.items():
+            if key in row:
+                collector.update(row[key], ids, tensors)
+
+    def results(self) -> dict[str, dict[str, Tensor]]:
+        out = {}
+        if self.per_sample:
+            out["per_sample"] = {k: torch.cat(v).cpu() for k, v in self.values.items()}
+        if self.extremes:
+            out["examples"] = {k: v for key, c in self.extremes.items() for k, v in c.tensors(key).items()}
+        return out
+
+
 def evaluate_model(
     model: nn.Module,
     loader,
@@ -131,15 +190,20 @@ def evaluate_model(
     device=None,
     max_batches: int | None = None,
     per_sample: bool = False,
+    examples: int = 0,
 ) -> dict:
     """Evaluate ``model`` on ``loader`` (batches from :func:`consistcam.data.collate`).
 
     ``protocols``: any of :data:`PROTOCOLS` (``None`` = all); recognition is always computed.
     ``explainer``: one name or a list (the first is unprefixed in the result). ``consistency``
-    sets the scorer of E (its explainer is replaced by each explainer in turn). Heatmaps are for
-    the ground-truth class and come from the consistency pass (no extra forward). With
-    ``per_sample``, ``result['per_sample']`` holds ids, E, energy and energy gain (energy minus the
-    object's area fraction, the uniform heatmap's score) of the first explainer (for example grids).
+    sets the scorer of E (its explainer is replaced by each explainer in turn; its seed seeds the
+    streams of :func:`stream_seeds`). Heatmaps are for the ground-truth class (the class the
+    scorer explains) and come from the consistency pass. Of the first explainer, ``per_sample``
+    adds ``result['per_sample']``: CPU tensors id, label, pred, (E, S, P, flipped with the
+    consistency protocol), (energy and energy gain = energy minus the object's area fraction, the
+    uniform heatmap's score, with object locations); ``examples=k`` adds ``result['examples']``,
+    the k best and worst samples by each key of :data:`RANKINGS` with their image, heatmap,
+    attacked image and its heatmap, as ``{"<key>/<best|worst>/<field>": tensor}``.
     """
     protocols = set(PROTOCOLS if protocols is None else protocols)
     unknown = protocols - set(PROTOCOLS)
@@ -158,18 +222,16 @@ def evaluate_model(
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
     per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
                 for _ in explainers]
-    # one stream per protocol and explainer, so no result depends on which other protocols or
-    # explainers run (every explainer sees the same attack starts and the same crops)
-    def streams(offset: int) -> list[torch.Generator]:
-        return [torch.Generator(device=device).manual_seed(base_cfg.seed + offset) for _ in explainers]
+    seeds = stream_seeds(base_cfg.seed)
 
-    generators, equi_generators = streams(0), streams(1)
-    attack_generator = torch.Generator(device=device).manual_seed(base_cfg.seed + 2)
-    samples: dict[str, list[Tensor]] = {"id": [], "E": [], "energy": [], "energy_gain": []}
+    def streams(name: str) -> list[torch.Generator]:
+        return [torch.Generator(device=device).manual_seed(seeds[name]) for _ in explainers]
+
+    generators, equi_generators = streams("consistency"), streams("equivariance")
+    attack_generator = torch.Generator(device=device).manual_seed(seeds["robustness"])
+    recorder = _SampleRecorder(per_sample, examples, protocols)
     multilabel = False
-    was_training = model.training
-    model.eval()
-    try:
+    with preserved_state(model, eval_mode=True):
         for b, batch in enumerate(progress_bar(loader, desc="evaluate", enabled=progress)):
             if max_batches is not None and b >= max_batches:
                 break
@@ -190,26 +252,23 @@ def evaluate_model(
                     out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks,
                                                   generator=generator, return_images=True)
                 if k == 0:
-                    logits = out["logits"]
-                    top1.update(logits, labels)
-                    top5.update(logits, labels)
-                    per_class.update(logits, labels)
-                    if per_sample:
-                        samples["id"].append(ids)
-                        samples["E"].append(out["E"])
-                        if gt is not None:
-                            energy = energy_inside(out["heatmap"], gt).float()
-                            samples["energy"].append(energy)
-                            samples["energy_gain"].append(energy - gt.flatten(1).mean(1))
+                    for metric in (top1, top5, per_class):
+                        metric.update(out["logits"], labels)
+                    recorder.update(images, labels, ids, out, gt)
                 equi = None
-                if "equivariance" in protocols:
-                    equi = heatmap_equivariance(model, images, labels, cfg.explainer, cfg.layer,
-                                                generator=equi_generator, **cfg.explainer_options)
+                if "equivariance" in protocols:  # the clean map of the consistency pass: x is explained once
+                    explained = labels if cfg.target == "label" else out["pred"]
+                    equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
+                                                generator=equi_generator, heatmaps=out["heatmap"],
+                                                **cfg.explainer_options)
                 metrics.update(model, images, labels, out, gt, equi)
             if robust is not None:
-                robust.update(model, images, labels, attack_generator)
-    finally:
-        model.train(was_training)
+                predictions = {}
+                for attack, eps in robust.keys:
+                    adv = attack_images(model, images, labels, attack, eps, attack_generator)
+                    with torch.no_grad():
+                        predictions[(attack, eps)] = model(adv).argmax(1)
+                robust.update(predictions, labels)
     if multilabel:
         result = {"mAP": mean_ap.compute().item()}
         for name, metrics in zip(explainers, per_expl):
@@ -223,6 +282,5 @@ def evaluate_model(
         result.update({prefix + k: v for k, v in metrics.compute().items()})
     if robust is not None:
         result.update({k: v.item() for k, v in robust.compute().items()})
-    if per_sample:
-        result["per_sample"] = {k: torch.cat(v).tolist() for k, v in samples.items() if v}
+    result.update(recorder.results())
     return result

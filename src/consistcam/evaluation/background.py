@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
 from consistcam.data import BackgroundVariant, LocatedDataset, collate
+from consistcam.models.state import preserved_state
 from consistcam.utils import model_device, progress_bar
 
 RELIANCE_VARIANTS = ("original", "only_fg", "no_fg", "mixed_same", "mixed_rand", "mixed_next")
@@ -23,9 +24,7 @@ def background_reliance(model: nn.Module, dataset: LocatedDataset, transform=Non
     """{"bg/<variant>": accuracy, ..., "bg_gap": acc(mixed_same) - acc(mixed_rand)}."""
     device = torch.device(device) if device is not None else model_device(model)
     result: dict[str, float] = {}
-    was_training = model.training
-    model.eval()
-    try:
+    with preserved_state(model, eval_mode=True):
         for variant in variants:
             ds = BackgroundVariant(dataset, variant, seed=seed, transform=transform)
             view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
@@ -34,8 +33,6 @@ def background_reliance(model: nn.Module, dataset: LocatedDataset, transform=Non
             for batch in progress_bar(loader, desc=f"bg {variant}", enabled=progress):
                 acc.update(model(batch["image"].to(device)), batch["label"].to(device))
             result[f"bg/{variant}"] = acc.compute().item()
-    finally:
-        model.train(was_training)
     if "mixed_same" in variants and "mixed_rand" in variants:
         result["bg_gap"] = result["bg/mixed_same"] - result["bg/mixed_rand"]
     return result

@@ -1,0 +1,26 @@
+"""Evaluation as its own step: the streaming pass that runs explainers and attacks and feeds the
+:mod:`consistcam.metrics` leaves, background reliance, equivariance, and ``evaluate_run``, which
+evaluates a run folder and saves everything its report shows."""
+
+from consistcam.evaluation.background import RELIANCE_VARIANTS, background_reliance
+from consistcam.evaluation.equivariance import apply_crop_flip, heatmap_equivariance, random_crop_flip
+from consistcam.evaluation.examples import RANKINGS, ExtremeExamples
+from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, object_masks, stream_seeds
+from consistcam.evaluation.robustness import attack_images
+from consistcam.evaluation.run import evaluate_run
+
+__all__ = [
+    "PROTOCOLS",
+    "RANKINGS",
+    "RELIANCE_VARIANTS",
+    "ExtremeExamples",
+    "apply_crop_flip",
+    "attack_images",
+    "background_reliance",
+    "evaluate_model",
+    "evaluate_run",
+    "heatmap_equivariance",
+    "object_masks",
+    "random_crop_flip",
+    "stream_seeds",
+]

@@ -1,0 +1,130 @@
+"""``evaluate_run``: evaluate a trained run folder and save everything its report shows.
+
+The command ``consistcam evaluate`` is a thin wrapper over it. What is saved (see
+:mod:`consistcam.report.results`) is all the report reads, so ``report.html`` can be rebuilt, or
+runs compared, without the model and without running an attack again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Subset
+
+from consistcam.consistency import ConsistencyConfig
+from consistcam.data import build_dataset, build_transform, collate, eval_splits
+from consistcam.evaluation.background import background_reliance
+from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, stream_seeds
+from consistcam.report.results import METRICS_FILE, examples_file, per_sample_file
+from consistcam.utils import atomic_save_tensors, atomic_write
+
+
+def run_folder(run: str | Path) -> Path:
+    """The run folder of a run folder or of a ``model.safetensors`` path."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+def run_data(run_dir: Path) -> str:
+    """The data spec the run was trained on (its config.yaml)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} not found: pass the data spec (--data) for a model without its run folder")
+    return yaml.safe_load(config.read_text())["data"]
+
+
+def run_option(run_dir: Path, key: str, default=None):
+    """An option of the run's config.yaml (``default`` without one)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return default
+    return (yaml.safe_load(config.read_text()) or {}).get(key, default)
+
+
+def _save_or_remove(tensors: dict[str, torch.Tensor], path: Path) -> str | None:
+    """Write ``tensors`` (images and heatmaps as float16: they are only drawn) or remove a stale file."""
+    if not tensors:
+        path.unlink(missing_ok=True)
+        return None
+    compact = {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v).contiguous() for k, v in tensors.items()}
+    atomic_save_tensors(compact, path)
+    return path.name
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    splits: Sequence[str] | None = None,
+    explainers: str | Sequence[str] = ("gradcam",),
+    protocols: Sequence[str] | None = None,
+    background: bool = True,
+    faithfulness_steps: int = 16,
+    subset: int | None = None,
+    batch_size: int = 200,
+    workers: int = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    out: str | Path | None = None,
+    examples: int = 4,
+    report: bool = True,
+    progress: bool = True,
+    command: str = "",
+    skip_bad: bool | None = None,
+    allow_incomplete: bool = False,
+) -> Path:
+    """Evaluate the model of ``run`` (run folder or model.safetensors) on each split of ``data``
+    (default: the run's data, its test splits) and return the evaluation folder (default RUN/eval).
+
+    Writes metrics.json (every metric per split; meta: command, data, explainers, protocols, seeds,
+    classes), per_sample_<split>.safetensors, examples_<split>.safetensors (the ``examples`` best and
+    worst samples by energy gain and by E, with the tensors that ranked them) and, with ``report``,
+    report.html rendered from those files. ``protocols``: names of :data:`PROTOCOLS`, None = all.
+    ``skip_bad`` (default: what the run was trained with) skips unreadable images and annotations;
+    an interrupted run is refused unless ``allow_incomplete``.
+    """
+    from consistcam.report import render_evaluation
+    from consistcam.train import load_model  # only for the model; evaluation never trains
+    from consistcam.train.run_folder import require_complete
+
+    run_dir = run_folder(run)
+    require_complete(run_dir, allow_incomplete)
+    model, info = load_model(run, device)
+    data = data or run_data(run_dir)
+    if skip_bad is None:
+        skip_bad = bool(run_option(run_dir, "skip_bad", False))
+    data_kw = {"skip_bad": True} if skip_bad else {}
+    explainers = [explainers] if isinstance(explainers, str) else list(explainers)
+    protocols = PROTOCOLS if protocols is None else tuple(protocols)
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    num_classes = len(info["classes"])
+    cfg = ConsistencyConfig(explainer=explainers[0], seed=seed)
+    transform = build_transform(info.get("image_size"), "none")
+    results, files = {}, {}
+    for split in splits or eval_splits(data):
+        ds = build_dataset(data, split, transform, **data_kw)
+        if ds.num_classes != num_classes:
+            raise ValueError(f"{data} has {ds.num_classes} classes, the model {num_classes}")
+        view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
+        loader = DataLoader(view, batch_size=batch_size, collate_fn=collate, num_workers=workers)
+        res = evaluate_model(model, loader, num_classes, explainer=explainers, consistency=cfg, protocols=protocols,
+                             faithfulness_steps=faithfulness_steps, progress=progress, device=device,
+                             per_sample=True, examples=examples)
+        files[split] = {"per_sample": _save_or_remove(res.pop("per_sample", {}), out_dir / per_sample_file(split)),
+                        "examples": _save_or_remove(res.pop("examples", {}), out_dir / examples_file(split))}
+        if background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
+            res.update(background_reliance(model, ds, transform, seed=seed, batch_size=batch_size, subset=subset,
+                                           progress=progress, num_workers=workers, device=device))
+        results[split] = res
+    meta = {"checkpoint": str(run), "run": str(run_dir.resolve()), "data": data, "explainers": explainers,
+            "protocols": list(protocols), "subset": subset, "seed": seed, "skip_bad": skip_bad,
+            "seeds": {**stream_seeds(seed), "background": seed}, "classes": info["classes"], "command": command,
+            "files": files}
+    text = json.dumps({"meta": meta, "splits": results}, indent=2)
+    atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+    if report:
+        render_evaluation(out_dir)
+    return out_dir

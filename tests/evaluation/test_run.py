@@ -1,0 +1,97 @@
+"""evaluate_run saves what the report shows; the report renders from those files alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from consistcam.evaluation import evaluate_run
+from consistcam.report import compare_runs, render_evaluation
+from tests.evaluation.runs import QUICK, make_run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("eval"))
+    out = evaluate_run(run, **QUICK, seed=3, command="consistcam evaluate run --subset 24")
+    return run, out
+
+
+def test_evaluate_run_writes_metrics_per_sample_examples_and_seeds(evaluated):
+    run, out = evaluated
+    assert out == run / "eval"
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_sample_test.safetensors",
+                                               "examples_test.safetensors", "report.html"}
+    doc = json.loads((out / "metrics.json").read_text())
+    meta, metrics = doc["meta"], doc["splits"]["test"]
+    assert meta["command"] == "consistcam evaluate run --subset 24" and meta["data"] == "demo:size=16"
+    assert meta["seeds"] == {"consistency": 3, "equivariance": 4, "robustness": 5, "background": 3}
+    assert meta["classes"] == ["disk", "square", "triangle", "cross"] and meta["explainers"] == ["gradcam"]
+    assert meta["files"]["test"] == {"per_sample": "per_sample_test.safetensors",
+                                     "examples": "examples_test.safetensors"}
+    per = load_file(str(out / "per_sample_test.safetensors"))
+    assert per["id"].tolist() == list(range(24))
+    assert metrics["consistency_E"] == pytest.approx(per["E"].double().mean().item(), abs=1e-6)
+    assert metrics["energy"] == pytest.approx(per["energy"].double().mean().item(), abs=1e-6)
+    assert {"acc", "equivariance", "pointing_game"} <= set(metrics)
+
+
+def test_grid_shows_the_E_saved_for_its_samples(evaluated):
+    _, out = evaluated
+    per = load_file(str(out / "per_sample_test.safetensors"))
+    examples = load_file(str(out / "examples_test.safetensors"))
+    text = (out / "report.html").read_text()
+    e_by_id = dict(zip(per["id"].tolist(), per["E"].tolist()))
+    for key in ("E", "energy_gain"):
+        for side in ("best", "worst"):
+            ids = examples[f"{key}/{side}/id"].tolist()
+            assert len(ids) == 3
+            assert examples[f"{key}/{side}/E"].tolist() == [e_by_id[i] for i in ids]
+            assert examples[f"{key}/{side}/value"].tolist() == per[key][ids].tolist()
+            for i, v in zip(ids, per[key][ids].tolist()):
+                assert f"id {i} ({v:.3f})" in text  # the grid's title names what ranked it
+            assert examples[f"{key}/{side}/image"].shape == (3, 3, 16, 16)
+    assert examples["E/best/E"].min() >= examples["E/worst/E"].max()
+
+
+def test_report_renders_without_any_model(evaluated, tmp_path, monkeypatch):
+    import sys
+
+    run, out = evaluated
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the report ran a model")
+
+    for module, name in (("consistcam.consistency", "explanation_consistency"),
+                         ("consistcam.consistency.score", "explanation_consistency"),
+                         ("consistcam.explain", "explain"), ("consistcam.explain.api", "explain")):
+        monkeypatch.setattr(sys.modules[module], name, forbidden)  # (consistcam.explain is also a function name)
+    monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
+    moved = tmp_path / "copy" / "eval"  # a copy of the folder, without the model or the data
+    moved.mkdir(parents=True)
+    for f in out.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    path = render_evaluation(moved, tmp_path / "again.html")
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 1 + 4  # E histogram, best/worst by energy gain and by E
+    assert "consistcam evaluate run --subset 24" in text
+
+
+def test_compare_runs_side_by_side(evaluated, tmp_path):
+    run, out = evaluated
+    path = compare_runs([run, out / "metrics.json"], tmp_path / "cmp.html", "two runs")
+    text = path.read_text()
+    assert "<title>two runs</title>" in text and "run/test" in text
+    assert text.count("data:image/png;base64,") == 1  # the E histograms; grids belong to single-run reports
+
+
+def test_evaluate_run_errors_name_the_problem(tmp_path):
+    run = make_run(tmp_path)
+    (run / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        evaluate_run(run, **QUICK)
+    with pytest.raises(ValueError, match="has 2 classes, the model 4"):
+        evaluate_run(run, data="demo:num_classes=2,size=16", **QUICK)
