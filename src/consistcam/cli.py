@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from consistcam.config import ConfigError
+
 
 def _parse_set(items: list[str] | None) -> dict:
     """``--set key=value`` (values parsed as YAML); dotted keys nest: ``ecl.consistency.steps=3``."""
@@ -16,7 +18,7 @@ def _parse_set(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -26,7 +28,7 @@ def _parse_set(items: list[str] | None) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SystemExit(f"error: --set {item!r} conflicts with an earlier --set of {part!r}")
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of {part!r}")
         node[leaf] = parsed
     return out
 

@@ -14,6 +14,7 @@ their near matches, wrong types and out-of-range values name the option, before 
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from collections.abc import Mapping
@@ -40,6 +41,21 @@ def _data_check(value: str) -> str | None:
     return None if kind in DATASETS else registered(DATASETS)(kind)
 
 
+def _arch_check(value: str) -> str | None:
+    """Known names only: ours, torchvision's, or ``timm:NAME`` (timm's list is checked when building)."""
+    from consistcam.models import list_models
+
+    if value.startswith("timm:") or value in list_models():
+        return None
+    import torchvision
+
+    if value in torchvision.models.list_models():
+        return None
+    near = difflib.get_close_matches(value, [*list_models(), *torchvision.models.list_models()], n=3)
+    return "unknown model" + (f" (did you mean {', '.join(near)}?)" if near else
+                              "; ours: consistcam list models, any torchvision name, or timm:NAME")
+
+
 def _device_check(value: str) -> str | None:
     return None if _DEVICE.match(value) else "expected auto, cpu, cuda, cuda:N or mps"
 
@@ -48,7 +64,8 @@ def _device_check(value: str) -> str | None:
 class TrainConfig:
     data: str = option("demo", "data spec: demo[:opts], tinyimagenet:PATH, cub:PATH, imagefolder:PATH, ...",
                        check=_data_check)
-    arch: str = option("cc_resnet10", "model name: ours (consistcam list models), torchvision, or timm:NAME")
+    arch: str = option("cc_resnet10", "model name: ours (consistcam list models), torchvision, or timm:NAME",
+                       check=_arch_check)
     pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
     small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
     image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1)

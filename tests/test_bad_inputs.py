@@ -1,0 +1,151 @@
+"""The bad-input matrix: every case exits non-zero (or skips as documented) with a message that
+names the offending option, file or value, never a traceback, and never changes an existing run."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from consistcam.cli import main
+from tests.data.test_data import _write_tiny
+
+RUN_ARGS = ["--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
+
+
+class Marker:
+    """A pickle that would create a file when unpickled: proves a loader never unpickles."""
+
+    path = ""
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = root / "run"
+    assert main(["train", *RUN_ARGS, "--out", str(run)]) == 0
+    partial = root / "partial"
+    assert main(["train", *RUN_ARGS, "--out", str(partial), "--epochs", "2", "--quiet"]) == 0
+    (partial / "status.json").write_text('{"state": "running", "epochs": 3}')  # as if killed
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "ok.png")
+    (root / "notimage.png").write_text("hello")
+    (root / "malformed.yaml").write_text("epochs: [1\n")
+    (root / "list.yaml").write_text("- 1\n- 2\n")
+    tin = root / "tin"
+    tin.mkdir()
+    _write_tiny(tin, bad_line="n002_9.JPEG\tnan\t1\t3\t4")
+    dup = root / "dup"
+    dup.mkdir()
+    _write_tiny(dup)
+    (dup / "wnids.txt").write_text("n001\nn002\nn001\n")
+    marker = root / "unpickled"
+    Marker.path = str(marker)
+    torch.save({"state": Marker()}, root / "model.pt")
+    return {"root": root, "run": run, "partial": partial, "tin": tin, "dup": dup, "marker": marker}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# (argv with {run}, {root}, ... placeholders, expected fragment of the message)
+CASES = [
+    (["train", "--lr", "nan"], "lr: must be a finite number, got 'nan'"),
+    (["train", "--lr", "-1"], "lr: must be > 0.0, got -1"),
+    (["train", "--epochs", "0"], "epochs: must be >= 1, got 0"),
+    (["train", "--epochs", "2.5"], "epochs: expected an integer, got 2.5"),
+    (["train", "--method", "ecl", "--set", "ecl.consistency.eps=-0.1"], "ecl.consistency.eps: must be >= 0.0"),
+    (["train", "--method", "ecl", "--set", "ecl.consistency.attack=pdg"], "did you mean pgd"),
+    (["train", "--set", "ecl.warmpu=1"], "unknown option 'ecl.warmpu'; did you mean warmup"),
+    (["train", "--set", "epochz=3"], "unknown option 'epochz'; did you mean epochs"),
+    (["train", "--set", "epochs"], "--set expects KEY=VALUE, got 'epochs'"),
+    (["train", "--method", "nope"], "method: unknown training method"),
+    (["train", "--arch", "resnet5O"], "arch: unknown model (did you mean resnet50"),
+    (["train", "--image-size", "0"], "image_size: must be >= 1, got 0"),
+    (["train", "--label-smoothing", "2"], "label_smoothing: must be < 1.0, got 2"),
+    (["train", "--workers", "-1"], "workers: must be >= 0, got -1"),
+    (["train", "--device", "foo"], "device: expected auto, cpu, cuda, cuda:N or mps, got 'foo'"),
+    (["train", "--device", "cuda:3"], "device: 'cuda:3' requested but"),
+    (["train", "--data", "demo:rho=nan"], "demo option rho must be in [0, 1], got nan"),
+    (["train", "--data", "demo:n=-5"], "demo option n must be >= 1, got -5"),
+    (["train", "--data", "demo:colour=red"], "bad demo option 'colour=red'"),
+    (["train", "--data", "nope:x"], "data: unknown data set"),
+    (["train", "--data", "tinyimagenet:{root}/missing"], "missing/wnids.txt: not found"),
+    (["train", "--data", "tinyimagenet:{tin}", "--image-size", "16"], "n002_boxes.txt:4: expected four integer"),
+    (["train", "--data", "tinyimagenet:{dup}"], "wnids.txt:3: class id 'n001' appears twice"),
+    (["train", "--config", "{root}/malformed.yaml"], "malformed.yaml: not valid YAML"),
+    (["train", "--config", "{root}/list.yaml"], "list.yaml: expected a mapping of options, got list"),
+    (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
+    (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
+    (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
+    (["train", "--resume", "{root}/nothing"], "cannot resume: {root}/nothing/config.yaml not found"),
+    (["evaluate", "{root}/nothing"], "checkpoint {root}/nothing not found"),
+    (["evaluate", "{run}", "--explainer", "gradcm"], "explainer: unknown explainer method (did you mean gradcam"),
+    (["evaluate", "{run}", "--protocols", "localisation"], "unknown protocol(s) ['localisation']"),
+    (["evaluate", "{partial}"], "is not complete (training was interrupted)"),
+    (["evaluate", "{root}/model.pt", "--data", "demo"], "model.pt: not a readable safetensors checkpoint"),
+    (["explain", "{run}", "{root}/missing.png"], "missing.png: file not found"),
+    (["explain", "{run}", "{root}/notimage.png"], "notimage.png: unreadable or truncated image"),
+    (["explain", "{run}", "{root}/ok.png", "--method", "nope"], "unknown explainer method 'nope'"),
+    (["explain", "{run}", "{root}/ok.png", "--target", "9"], "--target 9: the model has 4 classes"),
+    (["report", "{root}/nothing", "--out", "{root}/r.html"], "nothing"),
+]
+ARGPARSE_CASES = [
+    (["evaluate", "{run}", "--subset", "-1"], "--subset: must be >= 1, got -1"),
+    (["evaluate", "{run}", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+    (["explain", "{run}", "{root}/ok.png", "--target", "-2"], "--target: must be >= 0, got -2"),
+    (["list", "everything"], "invalid choice: 'everything'"),
+]
+
+
+def _fill(argv: list[str], world: dict[str, Path]) -> list[str]:
+    return [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
+
+
+@pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(c[0][:3]) for c in CASES])
+def test_bad_input_is_a_clear_error_and_changes_no_run(world, capsys, argv, message):
+    before = {name: _digest(world[name]) for name in ("run", "partial")}
+    code = main(_fill(argv, world) + (["--quiet"] if argv[0] in ("train", "evaluate") else []))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert message.format(**{k: str(v) for k, v in world.items()}) in err, err
+    assert {name: _digest(world[name]) for name in ("run", "partial")} == before
+    assert not world["marker"].exists(), "a pickle was unpickled"
+
+
+@pytest.mark.parametrize(("argv", "message"), ARGPARSE_CASES, ids=[" ".join(c[0][:3]) for c in ARGPARSE_CASES])
+def test_bad_flag_values_are_rejected_by_the_parser(world, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(_fill(argv, world))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_pickle_checkpoints_are_refused_without_running_code(world):
+    from consistcam.train import load_checkpoint, load_model
+
+    with pytest.raises(ValueError, match="not a readable safetensors checkpoint"):
+        load_model(world["root"] / "model.pt")
+    with pytest.raises(ValueError, match="not a readable safetensors checkpoint"):
+        load_checkpoint(world["root"] / "model.pt", torch.nn.Linear(1, 1))
+    assert not world["marker"].exists()
+    assert pickle  # the marker above really is a pickle payload (torch.save pickles)
+
+
+def test_skip_bad_is_the_documented_skip(world, capsys, tmp_path):
+    out = tmp_path / "skipping"
+    assert main(["train", "--data", f"tinyimagenet:{world['tin']}", "--image-size", "16", "--epochs", "1",
+                 "--batch-size", "4", "--skip-bad", "--out", str(out), "--quiet"]) == 0
+    assert "skipped 1 bad entries (1 annotation)" in capsys.readouterr().err
+    assert "annotation" in (out / "skipped.txt").read_text()
