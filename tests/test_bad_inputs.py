@@ -143,9 +143,18 @@ def test_pickle_checkpoints_are_refused_without_running_code(world):
     assert pickle  # the marker above really is a pickle payload (torch.save pickles)
 
 
-def test_skip_bad_is_the_documented_skip(world, capsys, tmp_path):
+def test_skip_bad_is_the_documented_skip_and_evaluate_follows_the_run(world, capsys, tmp_path):
+    data = tmp_path / "tin"
+    data.mkdir()
+    _write_tiny(data, bad_line="n002_9.JPEG\tnan\t1\t3\t4")
+    ann = data / "val" / "val_annotations.txt"
+    ann.write_text(ann.read_text() + "val_0.JPEG\tn999\t0\t0\t15\t15\n")  # a bad val line too
     out = tmp_path / "skipping"
-    assert main(["train", "--data", f"tinyimagenet:{world['tin']}", "--image-size", "16", "--epochs", "1",
+    assert main(["train", "--data", f"tinyimagenet:{data}", "--image-size", "16", "--epochs", "1",
                  "--batch-size", "4", "--skip-bad", "--out", str(out), "--quiet"]) == 0
-    assert "skipped 1 bad entries (1 annotation)" in capsys.readouterr().err
-    assert "annotation" in (out / "skipped.txt").read_text()
+    assert "skipped 2 bad entries (2 annotations)" in capsys.readouterr().err
+    assert (out / "skipped.txt").read_text().count("\tannotation\t") == 2
+    quick = ["--protocols", "localization", "--no-background", "--no-report", "--quiet"]
+    assert main(["evaluate", str(out), *quick, "--no-skip-bad"]) == 2
+    assert f"{ann}:2: class id 'n999' is not in wnids.txt" in capsys.readouterr().err
+    assert main(["evaluate", str(out), *quick]) == 0  # skip_bad as the run was trained
