@@ -90,8 +90,11 @@ class Schedule:
         return self.lr
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def build_optimizer(cfg: TrainConfig, model: nn.Module, extra: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the model's parameters, plus a strategy's own (second group)."""
+    params: list = [{"params": list(model.parameters())}]
+    if extra:
+        params.append({"params": list(extra)})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
@@ -166,8 +169,9 @@ class Trainer:
                                    pin_memory=device.type == "cuda")
         data.record_skipped(run_dir)
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
-        trainer = cls(model, data, build_strategy(config.method, config.strategy),
-                      build_optimizer(config, model), Schedule.from_config(config), callbacks,
+        strategy = build_strategy(config.method, config.strategy)
+        optimizer = build_optimizer(config, model, strategy.parameters(model))
+        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
                       epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                       device=device, seed=config.seed, label_smoothing=config.label_smoothing, amp=config.amp,
                       channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config)

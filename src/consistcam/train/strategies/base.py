@@ -88,6 +88,12 @@ class Strategy:
         self.config = config if config is not None else self.Config()
         self.ctx: StrategyContext | None = None
 
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trainable parameters the strategy owns besides the model's (e.g. a projection head);
+        called once before the optimizer is built, which trains them as a second parameter group.
+        Their values must also be in ``state_dict`` for resume."""
+        return []
+
     def setup(self, ctx: StrategyContext) -> None:
         """Called once before training (and before ``load_state_dict`` on resume)."""
         self.ctx = ctx
