@@ -41,12 +41,30 @@ def _train_fields() -> list:
     return [f for f in dataclasses.fields(TrainConfig) if f.name != "strategy"]
 
 
+def _method_flags() -> list[tuple[str, str, str]]:
+    """(method, option, argparse dest) for every scalar option of every registered method: the
+    flag ``--ecl-warmup`` sets ``ecl.warmup`` (nested options stay ``--set ecl.consistency.steps=3``)."""
+    import dataclasses
+
+    from consistcam.train import STRATEGIES
+
+    out = []
+    for name in STRATEGIES.names():
+        for f in dataclasses.fields(STRATEGIES.get(name).Config):
+            if f.default_factory is dataclasses.MISSING:  # scalars; nested configs go through --set
+                out.append((name, f.name, f"method__{name}__{f.name}"))
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from consistcam.train import TrainConfig, Trainer
     from consistcam.train.config import merge
     from consistcam.train.run_folder import read_status
 
     overrides = {f.name: getattr(args, f.name) for f in _train_fields() if getattr(args, f.name, None) is not None}
+    for method, option, dest in _method_flags():
+        if getattr(args, dest, None) is not None:
+            overrides.setdefault(method, {})[option] = getattr(args, dest)
     overrides = merge(overrides, _parse_set(args.set))
     run_dir = Path(args.resume) if args.resume else None
     if run_dir is not None and not (run_dir / "config.yaml").is_file() and (args.config or overrides):
@@ -238,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             t.add_argument(flag, dest=f.name, type=_yaml_value, default=None, metavar=f.name.upper(),
                            help=option_help(TrainConfig, f.name))
+    for method, option, dest in _method_flags():
+        from consistcam.train import STRATEGIES
+
+        flags = ["--" + f"{method}-{option}".replace("_", "-")]
+        if method == "ecl" and option in ("update_every", "score_batch_size"):
+            flags.append("--" + option.replace("_", "-"))  # the names before methods had sections
+        t.add_argument(*flags, dest=dest, type=_yaml_value, default=None, metavar=option.upper(),
+                       help=f"{method} only: {option_help(STRATEGIES.get(method).Config, option)}")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any option, dotted for a method's options: --set ecl.consistency.steps=3 --set momentum=0.8")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (its config.yaml is used)")

@@ -311,3 +311,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         trainer.fit()
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == saved
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "running"
+
+
+def test_method_option_flags(tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16",
+                 "--method", "ecl", "--ecl-warmup", "0", "--update-every", "1", "--ecl-score-batch-size", "16",
+                 "--set", "ecl.consistency.steps=1", "--out", str(run), "--quiet"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["ecl"]
+    assert (saved["warmup"], saved["update_every"], saved["score_batch_size"]) == (0, 1, 16)
+    assert saved["consistency"]["steps"] == 1
+    assert (run / "consistency" / "epoch_000.safetensors").is_file()
