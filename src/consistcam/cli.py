@@ -86,7 +86,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{trainer.run_dir} is complete ({trainer.epochs} epochs); nothing to do (--epochs N extends it)")
         return 0
     trainer.fit()
-    print(f"run folder: {trainer.run_dir}")
+    if trainer.is_main:
+        print(f"run folder: {trainer.run_dir}")
+    if trainer.dist.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
@@ -183,7 +189,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Every option shows its default (unless its help already does); epilogs keep their line breaks."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        text = (action.help or "").replace("%", "%%")  # help texts are plain text, argparse formats with %
         if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
             text += " (default: %(default)s)"
         return text

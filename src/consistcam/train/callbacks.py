@@ -74,9 +74,9 @@ class Checkpointer(Callback):
         # the model first: a kill between the two writes leaves the previous checkpoint, so resume
         # redoes the epoch and rewrites both (the other order could leave a stale model.safetensors)
         if cfg is not None:
-            save_model(trainer.run_dir / "model.safetensors", trainer.model, cfg.arch, len(trainer.data.classes),
+            save_model(trainer.run_dir / "model.safetensors", trainer.module, cfg.arch, len(trainer.data.classes),
                        cfg.small_input, trainer.data.classes, cfg.image_size)
-        save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.model, trainer.optimizer,
+        save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.module, trainer.optimizer,
                         trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
 
 

@@ -84,6 +84,7 @@ class TrainConfig:
     gamma: float = option(0.1, "decay factor of the step schedule", gt=0.0)
     label_smoothing: float = option(0.0, "label smoothing of the base loss", ge=0.0, lt=1.0)
     amp: bool = option(False, "bfloat16 autocast (CUDA only)")
+    sync_bn: bool = option(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
     channels_last: bool = option(False, "channels-last memory format")
     seed: int = option(0, "seed of initialisation, shuffling, augmentation and attacks", ge=0)
     workers: int = option(0, "data loader worker processes", ge=0)

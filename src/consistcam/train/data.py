@@ -11,9 +11,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from consistcam.data import LocatedDataset, build_dataset, build_transform, collate, eval_splits
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's share of every global batch: one permutation of the data set per epoch (drawn
+    from ``seed`` exactly as a shuffling DataLoader with that generator draws it, so one process
+    sees the batches it always saw), cut into global batches of ``batch_size``, each split
+    ``rank::world_size``. Any world size sees the same global batches; a last batch shorter than
+    the world is padded from the start of the permutation (as DistributedSampler pads)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < world_size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {world_size} processes")
+        self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base-seed draw comes first
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        perm = self._permutation()
+        for start in range(0, self.n, self.batch_size):
+            batch = perm[start:start + self.batch_size]
+            if len(batch) % self.world_size:
+                batch = batch + perm[: self.world_size - len(batch) % self.world_size]
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
 
 
 @dataclass
@@ -66,16 +95,25 @@ class TrainData:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                           collate_fn=collate, generator=g, num_workers=self.workers, pin_memory=self.pin_memory)
 
-    def train_loader(self, batch_size: int, seed: int, keep_locations: bool = False) -> DataLoader:
-        """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x)."""
-        return self.loader(self._view(self.train_transform, keep_locations), batch_size, shuffle=True, seed=seed)
+    def train_loader(self, batch_size: int, seed: int, keep_locations: bool = False, rank: int = 0,
+                     world_size: int = 1) -> DataLoader:
+        """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x).
+        ``batch_size`` is the global batch; under DDP each rank loads its share of it."""
+        view = self._view(self.train_transform, keep_locations)
+        if world_size == 1:
+            return self.loader(view, batch_size, shuffle=True, seed=seed)
+        sampler = GlobalBatchSampler(len(view), batch_size, seed, rank, world_size)
+        return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=self.workers,
+                          pin_memory=self.pin_memory)
 
-    def scoring_loader(self, batch_size: int, keep_locations: bool = False) -> DataLoader:
-        """The training images without augmentation, in id order."""
-        return self.loader(self._view(self.eval_transform, keep_locations), batch_size)
+    def scoring_loader(self, batch_size: int, keep_locations: bool = False, rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
+        """The training images without augmentation, in id order (under DDP: this rank's shard)."""
+        return self.loader(shard(self._view(self.eval_transform, keep_locations), rank, world_size), batch_size)
 
-    def eval_loader(self, split: str, batch_size: int) -> DataLoader:
-        return self.loader(self.eval_sets[split], batch_size)
+    def eval_loader(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        return self.loader(shard(self.eval_sets[split], rank, world_size), batch_size)
+
 
     def record_skipped(self, run_dir: Path) -> None:
         """List every file skipped under ``skip_bad`` in RUN/skipped.txt (split, file, reason)."""
@@ -90,3 +128,12 @@ class TrainData:
             summary = ", ".join(f"{n} {kind}" + ("s" if n > 1 else "") for kind, n in sorted(counts.items()))
             print(f"warning: skipped {len(rows)} bad entries ({summary}); listed in {run_dir / 'skipped.txt'}",
                   file=sys.stderr)
+
+
+def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
+    """A contiguous 1/world_size slice (sharded passes are gathered or reduced afterwards)."""
+    if world_size == 1:
+        return dataset
+    n = len(dataset)
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    return Subset(dataset, range(lo, hi))

@@ -26,6 +26,7 @@ from consistcam.train.callbacks import Callback, default_callbacks
 from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
+from consistcam.train.distributed import DistInfo, all_reduce_sum, broadcast_object, init_distributed
 from consistcam.train.run_folder import (
     prepare_new_run,
     read_metrics,
@@ -120,25 +121,35 @@ class Trainer:
                  schedule, callbacks: Sequence[Callback] | None = None, *, epochs: int, batch_size: int = 128,
                  eval_batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
                  label_smoothing: float = 0.0, amp: bool = False, channels_last: bool = False,
-                 progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None) -> None:
+                 progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
+                 dist_info: DistInfo | None = None, sync_bn: bool = False) -> None:
         self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        self.dist = dist_info or DistInfo()
+        self.module = model.to(self.device)  # the model itself; self.model is what trains (DDP-wrapped)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = self.module
+        if self.dist.enabled:
+            if sync_bn:
+                self.module = self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids,
+                                                             process_group=self.dist.group)
         self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
         self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = config
-        self.is_main = True
+        self.is_main = self.dist.is_main
         self.task = Task(multilabel=data.multilabel, label_smoothing=label_smoothing)
         if self.task.multilabel:
             raise ValueError("multi-label data sets can be evaluated (mAP) but training them is not supported yet")
         self.ctx = StrategyContext(
             model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
-            train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress,
-            run_dir=self.run_dir, is_main=self.is_main, scoring_loader_fn=data.scoring_loader)
+            train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress and self.is_main,
+            run_dir=self.run_dir, dist=self.dist,
+            scoring_loader_fn=lambda bs, keep: data.scoring_loader(bs, keep, self.dist.rank, self.dist.world_size))
         self.strategy.setup(self.ctx)
         self.start_epoch = 0
         self.extended_from: int | None = None
@@ -152,7 +163,44 @@ class Trainer:
         ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends. A folder
         that already holds a run is refused without ``resume`` (``overwrite`` replaces it)."""
         device = resolve_device(config.device)  # fail before any data is read
+        dist_info, device = init_distributed(device)
+        if config.batch_size % dist_info.world_size:
+            raise ConfigError(f"batch_size: the global batch {config.batch_size} must be a multiple of the "
+                              f"{dist_info.world_size} processes")
         run_dir = Path(config.out)
+        if dist_info.enabled:  # rank 0 decides about the folder; every rank gets its verdict
+            problem = None
+            if dist_info.is_main:
+                try:
+                    resume = cls._prepare_folder(run_dir, resume, overwrite)
+                except (ValueError, FileNotFoundError) as err:
+                    problem = err
+            problem, resume = broadcast_object((problem, resume), dist_info)
+            if problem is not None:
+                raise problem
+        else:
+            resume = cls._prepare_folder(run_dir, resume, overwrite)
+        seed_everything(config.seed)
+        data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,
+                                   skip_bad=config.skip_bad, workers=config.workers,
+                                   pin_memory=device.type == "cuda")
+        if dist_info.is_main:
+            data.record_skipped(run_dir)
+        model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
+        strategy = build_strategy(config.method, config.strategy)
+        optimizer = build_optimizer(config, model, strategy.parameters(model))
+        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
+                      epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, amp=config.amp,
+                      channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
+                      dist_info=dist_info, sync_bn=config.sync_bn)
+        if resume:
+            trainer.resume()
+        return trainer
+
+    @staticmethod
+    def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+        """Check (and tidy) the run folder; returns whether there is a checkpoint to resume from."""
         if resume and not (run_dir / "checkpoint.safetensors").is_file():
             if not (run_dir / "config.yaml").is_file():
                 raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
@@ -160,24 +208,10 @@ class Trainer:
             for name in ("metrics.jsonl", "consistency", "tb"):
                 path = run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            resume = False
-        elif not resume:
+            return False
+        if not resume:
             prepare_new_run(run_dir, overwrite)
-        seed_everything(config.seed)
-        data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,
-                                   skip_bad=config.skip_bad, workers=config.workers,
-                                   pin_memory=device.type == "cuda")
-        data.record_skipped(run_dir)
-        model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
-        strategy = build_strategy(config.method, config.strategy)
-        optimizer = build_optimizer(config, model, strategy.parameters(model))
-        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
-                      epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, amp=config.amp,
-                      channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config)
-        if resume:
-            trainer.resume()
-        return trainer
+        return resume
 
     @property
     def config_dict(self) -> dict:
@@ -192,7 +226,8 @@ class Trainer:
         return self.data.eval_sets
 
     def eval_loader(self, split: str):
-        return self.data.eval_loader(split, self.eval_batch_size)
+        """This rank's shard of an evaluation split (the whole split in one process)."""
+        return self.data.eval_loader(split, self.eval_batch_size, self.dist.rank, self.dist.world_size)
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -200,7 +235,7 @@ class Trainer:
         the checkpoint's except for epochs, out, workers and device."""
         path = self.run_dir / "checkpoint.safetensors"
         status = read_status(self.run_dir)
-        state = load_checkpoint(path, self.model, self.optimizer)
+        state = load_checkpoint(path, self.module, self.optimizer)
         if self.config is not None:
             from consistcam.train.config import _upgrade
 
@@ -283,7 +318,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int, seed: int) -> dict:
         self.model.train()
-        loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations)
+        loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations,
+                                        rank=self.dist.rank, world_size=self.dist.world_size)
         steps = len(loader)
         total_loss = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # no host sync per step
@@ -310,6 +346,15 @@ class Trainer:
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0) + torch.as_tensor(v, device=self.device).detach().float() * n
             seen += n
+        if self.dist.enabled:  # sums over the ranks: the record describes the global epoch
+            keys = sorted(logs)
+            packed = all_reduce_sum(torch.stack([total_loss, correct.float(), torch.tensor(float(seen),
+                                                 device=self.device), *(logs[k] for k in keys)]), self.dist)
+            total_loss, correct, seen = packed[0], packed[1], packed[2].item()
+            logs = dict(zip(keys, packed[3:]))
+            bad_any = all_reduce_sum((first_bad >= 0).float(), self.dist)
+            if bad_any.item() > 0 and int(first_bad) < 0:
+                first_bad = torch.zeros_like(first_bad)  # another rank hit it; stop together
         if int(first_bad) >= 0:  # the epoch's checkpoint is not written: the last good one stays
             raise NonFiniteLossError(f"epoch {epoch}, step {int(first_bad)}: the loss is not finite (NaN or inf); "
                                      "lower the learning rate or check the data. The run keeps its last good "
@@ -322,12 +367,14 @@ class Trainer:
     def accuracy(self, loader) -> float:
         correct = torch.zeros((), device=self.device)
         seen = 0
-        with preserved_state(self.model, eval_mode=True):
+        with preserved_state(self.module, eval_mode=True):
             for batch in loader:
                 labels = batch["label"].to(self.device)
-                correct += self.task.correct(self.model(batch["image"].to(self.device)), labels)
+                correct += self.task.correct(self.module(batch["image"].to(self.device)), labels)
                 seen += len(labels)
-        return (correct / max(seen, 1)).item()
+        counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
+                                self.dist)
+        return (counts[0] / counts[1].clamp_min(1)).item()
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Trainer:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from consistcam._registry import Registry
 from consistcam.config import from_dict
+from consistcam.train.distributed import DistInfo, gather_cat
 from consistcam.train.task import Task
 
 
@@ -45,16 +46,35 @@ class StrategyContext:
     seed: int = 0
     epoch: int = 0
     progress: bool = False
-    process_group: Any = None  # torch.distributed group under DDP, else None
+    dist: DistInfo = field(default_factory=DistInfo)  # rank, world size and process group under DDP
     run_dir: Path | None = None
-    is_main: bool = True  # rank 0 (or the only process): the one that writes files
     scoring_loader_fn: Callable[[int, bool], DataLoader] | None = field(default=None, repr=False)
 
+    @property
+    def module(self) -> nn.Module:
+        """The model itself (unwrapped from DistributedDataParallel): for passes without parameter
+        gradients (scoring, explaining), which must not trigger DDP's gradient synchronisation."""
+        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+
+    @property
+    def process_group(self) -> Any:
+        return self.dist.group
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes files."""
+        return self.dist.is_main
+
     def scoring_loader(self, batch_size: int, keep_locations: bool = False) -> DataLoader:
-        """The training images without augmentation, in id order, with boxes/masks if asked."""
+        """The training images without augmentation, in id order, with boxes/masks if asked
+        (under DDP: this rank's shard; combine per-sample results with :meth:`gather`)."""
         if self.scoring_loader_fn is None:
             raise RuntimeError("this context has no training data attached")
         return self.scoring_loader_fn(batch_size, keep_locations)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every rank's rows of ``t`` concatenated (identity in one process)."""
+        return gather_cat(t, self.dist)
 
     def save_tensors(self, relative_path: str, tensors: Mapping[str, Tensor]) -> Path | None:
         """Write tensors atomically under the run folder (main process only; no-op without a folder)."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from consistcam.config import option, validate
-from consistcam.consistency import ConsistencyConfig, ConsistencyScores, score_dataset
+from consistcam.consistency import ConsistencyConfig, ConsistencyScores, consistency_weights, score_dataset
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
 
 
@@ -56,10 +56,16 @@ class ECL(Strategy):
         ctx = self.ctx
         cfg = self.config.consistency
         scorer = dataclasses.replace(cfg, seed=ctx.seed * 1000 + epoch)
-        previous = self.weights[ctx.train_ids] if self.rounds > 0 else None
         loader = ctx.scoring_loader(self.config.score_batch_size, keep_locations=cfg.mask not in ("heatmap", "none"))
-        scores: ConsistencyScores = score_dataset(ctx.model, loader, scorer, previous_weights=previous,
-                                                  progress=ctx.progress, device=ctx.device)
+        shard = score_dataset(ctx.module, loader, scorer, progress=ctx.progress and ctx.is_main, device=ctx.device)
+        # every rank gathers all shards, so all hold the same v, normalised over the whole data set
+        fields = {k: ctx.gather(v) for k, v in shard.to_dict().items() if k != "weights"}
+        order = fields["ids"].argsort()
+        fields = {k: v[order] for k, v in fields.items()}
+        previous = self.weights[fields["ids"]] if self.rounds > 0 else None
+        weights = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power, previous=previous,
+                                      ema=cfg.weight_ema)
+        scores = ConsistencyScores(weights=weights, **fields)
         self.weights = torch.ones_like(self.weights)
         self.weights[scores.ids] = scores.weights.to(self.weights)
         self.rounds += 1
