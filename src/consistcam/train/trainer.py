@@ -340,6 +340,8 @@ class Trainer:
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if self.dist.enabled:
+                self._average_strategy_gradients()
             self.optimizer.step()
             total_loss += out.loss.detach() * n
             correct += self.task.correct(out.logits.detach(), batch["label"])
@@ -362,6 +364,13 @@ class Trainer:
         record = {"train/loss": (total_loss / seen).item(), "train/acc": (correct / seen).item(), "lr": lr}
         record.update({f"train/{k}": (v / seen).item() for k, v in logs.items()})
         return record
+
+    def _average_strategy_gradients(self) -> None:
+        """DDP averages the model's gradients; a strategy's own parameters (second group) are averaged here."""
+        for group in self.optimizer.param_groups[1:]:
+            for p in group["params"]:
+                if p.grad is not None:
+                    all_reduce_sum(p.grad, self.dist).div_(self.dist.world_size)
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
