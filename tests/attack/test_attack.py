@@ -166,9 +166,9 @@ def test_explanation_objective_explains_the_attacked_classes_with_the_options(da
     images, labels, masks = (t[:4] for t in data)
     calls = []
 
-    def spy(model, x, targets, **kwargs):
-        calls.append((targets, kwargs))
-        return real(model, x, targets, **kwargs)
+    def spy(model, checked, targets=None, **kwargs):  # the attack's inputs travel checked, with their targets
+        calls.append((checked.targets, kwargs))
+        return real(model, checked, targets, **kwargs)
 
     real = pgd.explain
     monkeypatch.setattr(pgd, "explain", spy)

@@ -140,9 +140,9 @@ def test_prediction_target_attacks_the_explained_class(monkeypatch):
     images, labels, _ = _wrong_labels(16, 6)
     attacked = []
 
-    def spy(model, images, classes, *args, **kwargs):
-        attacked.append(classes)
-        return real(model, images, classes, *args, **kwargs)
+    def spy(model, checked, labels, *args, **kwargs):  # the labels travel inside the checked inputs
+        attacked.append(checked.targets)
+        return real(model, checked, labels, *args, **kwargs)
 
     real = score.masked_attack
     monkeypatch.setattr(score, "masked_attack", spy)

@@ -3,6 +3,8 @@
 Inputs are images in [0, 1]; normalisation belongs inside the model (see
 :class:`consistcam.models.Normalize`). The attack runs the model in eval mode with parameter
 gradients off, one forward and one ``autograd.grad`` per step, and restores the model after.
+Inputs are checked once per call by :func:`consistcam.explain.inputs.check_inputs` (one host sync,
+none per step); a caller that checked them already passes the ``CheckedInputs`` as ``images``.
 """
 
 from __future__ import annotations
@@ -14,19 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.explain import explain, preserved_state
+from consistcam.explain.inputs import CheckedInputs, check_inputs
 
 NORMS = ("linf", "l2")
 OBJECTIVES = ("ce", "explanation")
 
 
-def _check_inputs(images: Tensor, foreground: Tensor | None, norm: str) -> Tensor:
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+def _background(images: Tensor, foreground: Tensor | None, norm: str) -> Tensor:
+    """The 0/1 background mask (1 = may change) from a foreground mask; metadata checks only."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-    lo, hi = images.aminmax()
-    if bool((lo < 0) | (hi > 1)):  # on every device, one host sync per call
-        raise ValueError("images must lie in [0, 1]; put normalisation inside the model (consistcam.models.Normalize)")
     if foreground is None:
         return torch.ones_like(images[:, :1])
     if foreground.dim() == 3:
@@ -51,12 +50,13 @@ def _project(delta: Tensor, images: Tensor, background: Tensor, eps: float, norm
 
 
 def background_noise(
-    images: Tensor, foreground: Tensor | None, eps: float = 8 / 255, norm: str = "linf",
+    images: Tensor | CheckedInputs, foreground: Tensor | None, eps: float = 8 / 255, norm: str = "linf",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Random background perturbation of the attack's size (the ablation 'noise instead of attack'):
     L-inf: ±eps signs on the background; L2: a random direction of norm eps on the background."""
-    background = _check_inputs(images, foreground, norm)
+    images = check_inputs(None, images).images
+    background = _background(images, foreground, norm)
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
     if norm == "linf":
         delta = eps * noise.sign()
@@ -68,8 +68,8 @@ def background_noise(
 
 def masked_attack(
     model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    images: Tensor | CheckedInputs,
+    labels: Tensor | None,
     foreground: Tensor | None = None,
     *,
     eps: float = 8 / 255,
@@ -91,19 +91,21 @@ def masked_attack(
     differentiable explainer (``reference_maps`` = H_c(x) for the same classes, computed here when
     not given; ``explainer_options`` go to :func:`consistcam.explain.explain`, e.g. ``steps``,
     ``reshape_transform``). Returns x_adv in [0, 1], exactly equal to ``images`` on the foreground,
-    with ``||x_adv - x|| <= eps`` in the chosen norm.
+    with ``||x_adv - x|| <= eps`` in the chosen norm. Images must be floats in [0, 1] in the model's
+    dtype and ``labels`` integer class ids (any integer dtype); see :func:`consistcam.explain.explain`
+    (``images`` may also be its ``CheckedInputs``, with ``labels=None``, to skip the check).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown attack objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    background = _check_inputs(images, foreground, norm)
-    images = images.detach()
-    labels = labels.to(images.device)
+    checked = check_inputs(model, images, labels, name="labels", ids_only=True)
+    images, labels = checked.images.detach(), checked.targets
+    background = _background(images, foreground, norm)
     opts = dict(explainer_options or {})
     with preserved_state(model, freeze_params=True, eval_mode=True):
         if objective == "explanation" and reference_maps is None:
-            reference_maps = explain(model, images, labels, method=explainer, layer=layer, **opts)
+            reference_maps = explain(model, checked.replace(images=images), method=explainer, layer=layer, **opts)
         if random_start:  # uniform in the L-inf box / uniform radius in the L2 ball, on the background
             shape, dev = images.shape, images.device
             noise = torch.rand(shape, generator=generator, device=dev, dtype=images.dtype)
@@ -121,9 +123,12 @@ def masked_attack(
             with torch.enable_grad():
                 x = images + delta
                 if objective == "ce":
-                    loss = F.cross_entropy(model(x), labels, reduction="sum")
+                    logits = model(x)
+                    checked.check_classes(logits.shape[-1])  # host values: no sync
+                    loss = F.cross_entropy(logits, labels, reduction="sum")
                 else:
-                    maps = explain(model, x, labels, method=explainer, layer=layer, differentiable=True, **opts)
+                    maps = explain(model, checked.replace(images=x), method=explainer, layer=layer,
+                                   differentiable=True, **opts)
                     loss = (1 - F.cosine_similarity(maps.flatten(1), reference_maps.flatten(1), dim=1)).sum()
                 (grad,) = torch.autograd.grad(loss, delta)
             delta = delta.detach()

@@ -15,6 +15,7 @@ from consistcam.consistency.config import ConsistencyConfig
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
 from consistcam.consistency.weights import consistency_weights
 from consistcam.explain import explain
+from consistcam.explain.inputs import check_inputs
 from consistcam.models.state import preserved_state
 
 
@@ -35,32 +36,39 @@ def explanation_consistency(
     clean prediction. Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
     no parameter gradients. Returns per-sample tensors E, S, P, pred, pred_adv, flipped,
     fg_area (and heatmap, heatmap_adv, foreground, adversarial, logits with ``return_images``).
+
+    Images and labels are checked once here, as by :func:`consistcam.explain.explain` (floats in
+    [0, 1] in the model's dtype, integer labels of any integer dtype, also with ``target="prediction"``);
+    the explanations and the attack inside reuse that check.
     """
     cfg = config or ConsistencyConfig()
     opts = dict(cfg.explainer_options)
+    checked = check_inputs(model, images, labels, name="labels", ids_only=True)
+    images = checked.images
     # Eval mode inside; on exit every sub-module gets back its own train/eval flag.
     with preserved_state(model, eval_mode=True):
-        heat, logits = explain(model, images, None if cfg.target == "prediction" else labels,
-                               method=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
+        first = checked.replace(targets=None) if cfg.target == "prediction" else checked  # labels still range-checked
+        heat, logits = explain(model, first, method=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
         pred = logits.argmax(1)
-        classes = pred if cfg.target == "prediction" else labels.to(pred.device)  # explained and attacked
+        classes = pred if cfg.target == "prediction" else checked.targets  # explained and attacked
+        explained = checked.replace(targets=classes)
         fg = foreground_mask(cfg.mask, images, heatmaps=heat, boxes=boxes, masks=masks,
                              tau=cfg.tau, top_q=cfg.top_q, dilation=cfg.dilation)
         if cfg.attack == "none":
             adv = images
         elif cfg.attack == "noise":
-            adv = background_noise(images, fg, cfg.eps, cfg.norm, generator)
+            adv = background_noise(checked, fg, cfg.eps, cfg.norm, generator)
         else:
             steps, alpha, start = (1, cfg.eps, False) if cfg.attack == "fgsm" else (cfg.steps, cfg.alpha,
                                                                                   cfg.random_start)
-            adv = masked_attack(model, images, classes, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
+            adv = masked_attack(model, explained, None, fg, eps=cfg.eps, alpha=alpha, steps=steps, norm=cfg.norm,
                                 random_start=start, objective=cfg.objective, explainer=cfg.explainer,
                                 layer=cfg.layer, reference_maps=heat, generator=generator, explainer_options=opts)
         if adv is images:  # no attack: the second explained forward would repeat the first exactly
             heat_adv, logits_adv = heat, logits
         else:
-            heat_adv, logits_adv = explain(model, adv, classes, method=cfg.explainer, layer=cfg.layer,
-                                           return_logits=True, **opts)
+            heat_adv, logits_adv = explain(model, explained.replace(images=adv), method=cfg.explainer,
+                                           layer=cfg.layer, return_logits=True, **opts)
     p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
     s = SIMILARITIES.get(cfg.similarity)(heat, heat_adv)
     pc = PREDICTION_CONSISTENCIES.get(cfg.prediction)(p, p_adv, classes)

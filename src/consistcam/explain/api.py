@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.explain._state import capture
+from consistcam.explain.inputs import CheckedInputs, check_inputs
 from consistcam.explain.layers import resolve_layer
 from consistcam.explain.methods import METHODS, CAMContext, Reshape, no_reshape, target_gradients
-from consistcam.explain.targets import Targets, resolve_targets
+from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 from consistcam.models.state import preserved_state
 
 
@@ -26,26 +25,9 @@ def list_explainers() -> list[str]:
     return METHODS.names()
 
 
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
-
-
-def _is_multilabel(targets: Targets) -> bool:
-    """A sequence of N sequences of class ids (one map per image and class); not a list of callables."""
-    return (
-        isinstance(targets, Sequence)
-        and not isinstance(targets, str)
-        and len(targets) > 0
-        and all((isinstance(t, Sequence) and not isinstance(t, str)) or (isinstance(t, Tensor) and t.dim() == 1)
-                for t in targets)
-    )
-
-
 def explain(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | CheckedInputs,
     targets: Targets = None,
     method: str = "gradcam",
     layer: nn.Module | str | None = None,
@@ -59,7 +41,10 @@ def explain(
 
     Args:
         model: a classifier returning logits (N, C); normalisation belongs inside it.
-        images: (N, C, H, W) inputs.
+        images: (N, C, H, W) floats in [0, 1], in the model's parameter dtype (float64 images for a
+            float32 model are refused, not cast), with the channel count of the model's first convolution;
+            or :class:`~consistcam.explain.inputs.CheckedInputs` (with ``targets=None``), which skips the
+            check: the calls inside an attack step or a consistency score.
         targets: ``None`` explains the predicted class; an int, or a tensor/sequence of N class ids,
             explains those; a callable maps the (N, C) logits to the (N,) scores to explain; a list of
             N callables maps each image's (C,) logits to its scalar score (pytorch-grad-cam's
@@ -83,20 +68,20 @@ def explain(
     Returns (N, 1, H, W) maps, or (maps, logits) with ``return_logits``.
 
     The model is left as it was: hooks removed (also on error), mode and ``requires_grad`` flags
-    restored, BatchNorm running statistics unchanged even in train mode.
+    restored, BatchNorm running statistics unchanged even in train mode. Bad images or targets raise
+    :class:`~consistcam.explain.inputs.InputError` (a ValueError and a TypeError) before any map is made.
     """
-    _check_images(images)
-    cam_method = METHODS.get(method)
-    if _is_multilabel(targets):
+    cam_method = METHODS.get(method)  # an unknown method is named before the inputs are looked at
+    checked = check_inputs(model, images, targets)
+    images, counts = checked.images, checked.counts
+    if counts is not None:
         if return_logits:
             raise ValueError("return_logits is not supported with per-image lists of targets")
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"got {len(targets)} target lists for {images.shape[0]} images")
-        counts = [len(t) for t in targets]
+        if not sum(counts):
+            return [images.new_zeros(0, 1, *images.shape[-2:]) for _ in counts]
         index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
                                         torch.tensor(counts, device=images.device))
-        flat = [int(c) for t in targets for c in t]
-        maps = explain(model, images[index], torch.tensor(flat, device=images.device), method, layer,
+        maps = explain(model, checked.replace(images=images[index], counts=None), None, method, layer,
                        differentiable, normalize, reshape_transform=reshape_transform, **options)
         return list(maps.split(counts))
 
@@ -117,7 +102,9 @@ def explain(
             got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
             hint = " after reshape_transform" if reshape_transform else "; pass reshape_transform= to make it one"
             raise ValueError(f"layer {type(layer_module).__name__} output {got} is not a (N, C, h, w) map{hint}")
-        score = resolve_targets(targets, logits)
+        checked.check_classes(logits.shape[1])
+        targets = checked.targets
+        score = TargetScore(ids=targets.long()) if isinstance(targets, Tensor) else resolve_targets(targets, logits)
         grads = None
         if cam_method.needs_gradients:
             grads = reshape(target_gradients(logits, score, cap.activation, differentiable))
@@ -132,3 +119,9 @@ def explain(
     if not differentiable:
         maps, logits = maps.detach(), logits.detach()
     return (maps, logits) if return_logits else maps
+
+
+def explain_checked(model: nn.Module, checked: CheckedInputs, **kwargs) -> Tensor | tuple[Tensor, Tensor] | list:
+    """``explain(model, checked, **kwargs)``: kept for callers written against it; new code passes the
+    :class:`~consistcam.explain.inputs.CheckedInputs` to :func:`explain` directly."""
+    return explain(model, checked, **kwargs)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from consistcam.report.figures import consistency_grid, histograms, read_history, training_curves, weight_histograms
+from consistcam.report.figures import consistency_grid, histograms, rounds_figure, training_curves
 from consistcam.report.html import img, metrics_table, write_report
-from consistcam.report.results import SavedEvaluation, read_evaluation
+from consistcam.report.results import SavedEvaluation, read_evaluation, read_history, read_rounds
 
 # ranking key -> heading (the keys the evaluation pass ranks by; others are shown by their name)
 RANKING_LABELS = {"energy_gain": "energy inside the object above the uniform baseline",
@@ -60,11 +60,25 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
         warnings.warn("evaluation_report no longer re-scores examples; model, datasets and cfg are ignored (use "
                       "consistcam.evaluation.evaluate_run, which saves the grids' tensors)", DeprecationWarning,
                       stacklevel=2)
+    runs = {name: _read_run(run_dir) for name, run_dir in (run_dirs or {}).items() if run_dir is not None}
+    return _write(path, title, results, per_sample, examples, runs, notes, classes)
+
+
+def _read_run(run_dir: Path) -> tuple[list[dict], list]:
+    """What the report shows of a run folder: its epoch records and ECL rounds (ValueError if damaged)."""
+    return read_history(run_dir), read_rounds(run_dir)
+
+
+def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: Mapping | None,
+           examples: Mapping | None, runs: Mapping[str, tuple[list[dict], list]], notes: str,
+           classes: list[str] | None) -> Path:
+    """The report from data already read (reading is where damage is found, so callers decide what a
+    damaged file means: an error for one run, a left-out run in a comparison)."""
     sections = []
     if notes:
-        sections.append(("About", f"<p class='note'>{html.escape(notes)}</p>"))
+        sections.append(("About", f"<p class='note'>{html.escape(str(notes))}</p>"))
     sections.append(("Metrics", metrics_table({name: _scalars(r) for name, r in results.items()})))
-    per_class = {name: r["acc_per_class"] for name, r in results.items() if "acc_per_class" in r}
+    per_class = {name: r["acc_per_class"] for name, r in results.items() if isinstance(r.get("acc_per_class"), list)}
     if per_class:
         n = max(len(v) for v in per_class.values())
         label = (lambda c: f"{c}: {classes[c]}") if classes and len(classes) == n else (lambda c: f"class {c}")
@@ -75,11 +89,10 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
         sections.append(("Explanation consistency E of the test images", img(histograms(e_values), "E histograms")))
     for name, saved in (examples or {}).items():
         sections.extend((f"{name}: {heading}", body) for heading, body in example_grids(saved))
-    for name, run_dir in (run_dirs or {}).items():
-        hist = read_history(run_dir)
+    for name, (hist, rounds) in runs.items():
         if hist:
             sections.append((f"{name}: training curves", img(training_curves({name: hist}), "training curves")))
-        weights = weight_histograms(run_dir)
+        weights = rounds_figure(rounds)
         if weights:
             sections.append((f"{name}: E and training weights v per scoring round", img(weights, "weights")))
     return write_report(path, title, sections)
@@ -98,13 +111,27 @@ def render_evaluation(eval_dir: str | Path, out: str | Path | None = None) -> Pa
 
 def compare_runs(runs: Iterable[str | Path], out: str | Path, title: str = "consistcam: runs side by side") -> Path:
     """Evaluated runs side by side (one column per run and split), with their E histograms,
-    training curves and ECL rounds. ``runs``: run folders, evaluation folders or metrics.json files."""
-    results, per_sample, run_dirs = {}, {}, {}
+    training curves and ECL rounds. ``runs``: run folders, evaluation folders or metrics.json files.
+
+    A run with a damaged file is left out with a warning naming the file, so one broken run does not
+    cost the comparison of the others; if every run is broken, that is a ValueError.
+    """
+    results, per_sample, loaded, broken = {}, {}, {}, []
+    runs = list(runs)
     for item in runs:
-        saved: SavedEvaluation = read_evaluation(item)
+        try:
+            saved: SavedEvaluation = read_evaluation(item)
+            samples = {split: saved.per_sample(split) for split in saved.splits}
+            run = _read_run(saved.run_dir) if saved.run_dir else None
+        except ValueError as err:
+            warnings.warn(f"compare_runs: leaving out {item}: {err}", stacklevel=2)
+            broken.append(f"{item}: {err}")
+            continue
         for split, res in saved.splits.items():
             results[f"{saved.name}/{split}"] = res
-            per_sample[f"{saved.name}/{split}"] = saved.per_sample(split)
-        if saved.run_dir:
-            run_dirs[saved.name] = saved.run_dir
-    return evaluation_report(out, title, results, per_sample=per_sample, run_dirs=run_dirs)
+            per_sample[f"{saved.name}/{split}"] = samples[split]
+        if run is not None:
+            loaded[saved.name] = run
+    if runs and len(broken) == len(runs):
+        raise ValueError("no run could be read:\n" + "\n".join(broken))
+    return _write(out, title, results, per_sample, None, loaded, "", None)

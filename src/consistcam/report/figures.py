@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +18,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from consistcam.report.results import read_rounds
+
+
+def plain(text: object) -> str:
+    """``text`` as literal figure text: a run or metric name with ``$...$`` would otherwise be parsed as
+    mathtext, and malformed mathtext fails the whole report."""
+    return str(text).replace("$", r"\$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,16 +85,8 @@ def consistency_grid(rows: Mapping[str, Tensor], title: str = "") -> str:
         label = "\n".join(f"{key}={float(rows[key][i]):.3f}" for key in ("E", "v") if key in rows)
         axes[i, 0].set_ylabel(label, fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(plain(title), fontsize=9)
     return to_data_uri(fig)
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """The per-epoch records of a run folder's metrics.jsonl (empty if it has none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def training_curves(histories: dict[str, list[dict]]) -> str:
@@ -97,8 +96,8 @@ def training_curves(histories: dict[str, list[dict]]) -> str:
         for name, hist in histories.items():
             pts = [(r["epoch"], r[key]) for r in hist if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
-        ax.set_title(key, fontsize=9)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=plain(name))
+        ax.set_title(plain(key), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.legend(fontsize=7)
     return to_data_uri(fig)
@@ -106,18 +105,19 @@ def training_curves(histories: dict[str, list[dict]]) -> str:
 
 def weight_histograms(run_dir: Path) -> str | None:
     """E and v of every ECL scoring round the trainer saved (consistency/epoch_*.safetensors)."""
-    from safetensors.torch import load_file
+    return rounds_figure(read_rounds(run_dir))
 
-    files = sorted((Path(run_dir) / "consistency").glob("epoch_*.safetensors"))
-    if not files:
+
+def rounds_figure(rounds: Sequence[tuple[str, Mapping[str, Tensor]]]) -> str | None:
+    """E and v histograms of :func:`~consistcam.report.results.read_rounds`' rounds (None if none)."""
+    if not rounds:
         return None
-    fig, axes = _panel_grid(2, len(files), 2.8, 2.2)
-    for j, f in enumerate(files):
-        d = load_file(str(f))
-        axes[0, j].hist(d["E"].numpy(), bins=40, color="tab:blue")
-        axes[0, j].set_title(f"E, {f.stem}", fontsize=8)
-        axes[1, j].hist(d["weights"].numpy(), bins=40, color="tab:orange", log=True)
-        axes[1, j].set_title(f"v, {f.stem}", fontsize=8)
+    fig, axes = _panel_grid(2, len(rounds), 2.8, 2.2)
+    for j, (stem, d) in enumerate(rounds):
+        axes[0, j].hist(d["E"].float().numpy(), bins=40, color="tab:blue")
+        axes[0, j].set_title(plain(f"E, {stem}"), fontsize=8)
+        axes[1, j].hist(d["weights"].float().numpy(), bins=40, color="tab:orange", log=True)
+        axes[1, j].set_title(plain(f"v, {stem}"), fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
 
@@ -127,6 +127,6 @@ def histograms(values: Mapping[str, Sequence[float] | Tensor], bins: int = 40) -
     fig, axes = _panel_grid(1, len(values), 3.2, 2.6)
     for ax, (name, vals) in zip(axes[0], values.items()):
         ax.hist(np.asarray(vals, dtype=np.float64), bins=bins, color="tab:blue")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(plain(name), fontsize=9)
     fig.tight_layout()
     return to_data_uri(fig)

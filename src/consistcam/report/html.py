@@ -1,4 +1,9 @@
-"""Self-contained HTML reports (every figure inlined as a PNG data URI)."""
+"""Self-contained HTML reports (every figure inlined as a PNG data URI).
+
+Headings, titles, table headers and cells and ``alt`` texts are escaped here, where they become
+HTML, so a class, run or metric name from a saved file can never inject markup. Section bodies
+are HTML and are built by the callers from these helpers.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ def metrics_table(results: dict[str, dict[str, float]], digits: int = 3) -> str:
         cells = []
         for n in names:
             v = results[n].get(k)
-            cells.append(f"<td>{v:.{digits}f}</td>" if isinstance(v, float) else f"<td>{'' if v is None else v}</td>")
+            text = f"{v:.{digits}f}" if isinstance(v, float) else "" if v is None else html.escape(str(v))
+            cells.append(f"<td>{text}</td>")
         rows.append(f"<tr><td>{html.escape(k)}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -39,4 +45,4 @@ def write_report(path: str | Path, title: str, sections: list[tuple[str, str]]) 
 
 
 def img(uri: str, alt: str = "") -> str:
-    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
+    return f"<img src='{html.escape(uri)}' alt='{html.escape(alt)}'>"

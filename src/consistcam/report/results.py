@@ -6,6 +6,9 @@ metric per split), ``per_sample_<split>.safetensors`` (id, label, pred, E, S, P,
 energy_gain as far as the protocols and data give them) and ``examples_<split>.safetensors`` (the
 best and worst examples by each ranking key: ``<key>/<best|worst>/<field>``). The report reads
 only these files: it never needs the model or the data.
+
+Every reader here turns a damaged file (truncated, not JSON, not safetensors, missing fields) into a
+:class:`ValueError` that names the file and how to rebuild it, instead of a parser's traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from torch import Tensor
 
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "metrics.jsonl"
+ROUNDS_GLOB = "consistency/epoch_*.safetensors"
 
 
 def per_sample_file(split: str) -> str:
@@ -27,10 +32,55 @@ def examples_file(split: str) -> str:
     return f"examples_{split}.safetensors"
 
 
-def _load(path: Path) -> dict[str, Tensor]:
+def _redo(folder: Path | None) -> str:
+    return f"re-run `consistcam evaluate {folder or 'RUN'}`"
+
+
+def load_tensors(path: Path, fix: str, required: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """A safetensors file, or a ValueError naming it and ``fix`` (what rebuilds it)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); it is damaged or truncated: "
+                         f"{fix}") from None
+    missing = [k for k in required if k not in tensors]
+    if missing:
+        raise ValueError(f"{path}: has no {', '.join(missing)}; {fix}")
+    return tensors
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch records of a run folder's metrics.jsonl (empty if it has none)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ValueError(f"{path}:{number}: not a JSON epoch record (the trainer writes one per line, with "
+                             f"'epoch'); the run was interrupted while writing it or the file was edited: "
+                             f"`consistcam train --resume {path.parent}` rewrites it, or delete that line")
+        records.append(record)
+    return records
+
+
+def read_rounds(run_dir: Path) -> list[tuple[str, dict[str, Tensor]]]:
+    """(file stem, {"E", "weights"}) of every ECL scoring round saved in a run folder, in order."""
+    fix = f"delete it (the report then leaves that round out) or re-train {run_dir}"
+    rounds = []
+    for path in sorted(Path(run_dir).glob(ROUNDS_GLOB)):
+        tensors = load_tensors(path, fix, required=("E", "weights"))
+        rounds.append((path.stem, {k: tensors[k] for k in ("E", "weights")}))
+    return rounds
 
 
 @dataclass
@@ -45,14 +95,31 @@ class SavedEvaluation:
         name = self.meta.get("files", {}).get(split, {}).get(kind)
         return self.eval_dir / name if name and (self.eval_dir / name).is_file() else None
 
+    def _load(self, split: str, kind: str) -> tuple[Path | None, dict[str, Tensor]]:
+        path = self._file(split, kind)
+        return path, load_tensors(path, _redo(self.run_dir)) if path else {}
+
     def per_sample(self, split: str) -> dict[str, Tensor]:
-        path = self._file(split, "per_sample")
-        return _load(path) if path else {}
+        path, tensors = self._load(split, "per_sample")
+        bad = [k for k, t in tensors.items() if t.dim() != 1]
+        if bad:
+            raise ValueError(f"{path}: per-sample values {bad} are not 1-D; {_redo(self.run_dir)}")
+        return tensors
 
     def examples(self, split: str) -> dict[str, Tensor]:
         """Flat ``{"<key>/<side>/<field>": tensor}`` (empty if none were saved)."""
-        path = self._file(split, "examples")
-        return _load(path) if path else {}
+        path, tensors = self._load(split, "examples")
+        groups: dict[str, set[str]] = {}
+        for name in tensors:
+            key, _, field = name.rpartition("/")
+            if key.count("/") != 1:
+                raise ValueError(f"{path}: entry {name!r} is not <key>/<side>/<field>; {_redo(self.run_dir)}")
+            groups.setdefault(key, set()).add(field)
+        for key, fields in groups.items():
+            missing = {"id", "value", "image"} - fields
+            if missing:
+                raise ValueError(f"{path}: examples {key!r} lack {', '.join(sorted(missing))}; {_redo(self.run_dir)}")
+        return tensors
 
     @property
     def run_dir(self) -> Path | None:
@@ -68,6 +135,26 @@ class SavedEvaluation:
         return (self.run_dir or self.eval_dir).name
 
 
+def _check_meta(meta: object) -> str | None:
+    """What is wrong with metrics.json's ``meta`` (None if nothing): the report reads file names from
+    it, so they must be plain names inside the evaluation folder."""
+    if not isinstance(meta, dict):
+        return "'meta' is not an object"
+    if not isinstance(meta.get("command", ""), str):
+        return "'meta.command' is not a string"
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "'meta.classes' is not a list of class names"
+    files = meta.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(f, dict) for f in files.values()):
+        return "'meta.files' is not {split: {kind: file name}}"
+    for split, kinds in files.items():
+        for name in kinds.values():
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                return f"'meta.files.{split}' names {name!r}, not a file in the evaluation folder"
+    return None
+
+
 def read_evaluation(path: str | Path) -> SavedEvaluation:
     """``path``: an evaluation folder, a run folder holding ``eval/``, or a ``metrics.json`` file."""
     path = Path(path)
@@ -76,5 +163,15 @@ def read_evaluation(path: str | Path) -> SavedEvaluation:
     metrics = path if path.is_file() else path / METRICS_FILE
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics}: no {METRICS_FILE} (run `consistcam evaluate` first)")
-    doc = json.loads(metrics.read_text())
-    return SavedEvaluation(metrics.parent, doc.get("meta", {}), doc["splits"])
+    fix = _redo(metrics.parent.parent if metrics.parent.name == "eval" else None)
+    try:
+        doc = json.loads(metrics.read_text(errors="replace"))
+    except ValueError as err:
+        raise ValueError(f"{metrics}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    splits = doc.get("splits") if isinstance(doc, dict) else None
+    if not isinstance(splits, dict) or not all(isinstance(r, dict) for r in splits.values()):
+        raise ValueError(f"{metrics}: no 'splits' object of metrics per split; {fix}")
+    problem = _check_meta(doc.get("meta", {}))
+    if problem:
+        raise ValueError(f"{metrics}: {problem}; {fix}")
+    return SavedEvaluation(metrics.parent, doc.get("meta", {}), splits)

@@ -14,14 +14,26 @@ from consistcam.train.strategies.base import (
     register_strategy,
     strategy_config,
 )
+from consistcam.train.strategies.cgc import CGC, CGCConfig
 from consistcam.train.strategies.ecl import ECL, ECLConfig
+from consistcam.train.strategies.edda import EDDA, EDDAConfig
 from consistcam.train.strategies.erm import ERM
+from consistcam.train.strategies.excon import ExCon, ExConConfig
+from consistcam.train.strategies.sgt import SGT, SGTConfig
 
 __all__ = [
+    "CGC",
     "ECL",
+    "EDDA",
     "ERM",
+    "SGT",
     "STRATEGIES",
+    "CGCConfig",
     "ECLConfig",
+    "EDDAConfig",
+    "ExCon",
+    "ExConConfig",
+    "SGTConfig",
     "NoOptions",
     "StepOutput",
     "Strategy",
