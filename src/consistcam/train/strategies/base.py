@@ -103,6 +103,7 @@ class Strategy:
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoOptions
     needs_locations: ClassVar[bool] = False
+    single_label: ClassVar[bool] = False  # explains one class per image: refuses multi-label data
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -116,6 +117,8 @@ class Strategy:
 
     def setup(self, ctx: StrategyContext) -> None:
         """Called once before training (and before ``load_state_dict`` on resume)."""
+        if self.single_label and ctx.task.multilabel:
+            raise ValueError(f"{self.name} explains one class per image; multi-label training is not supported by it")
         self.ctx = ctx
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:

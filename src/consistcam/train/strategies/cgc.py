@@ -39,7 +39,7 @@ from consistcam.config import option, validate
 from consistcam.data.geometry import apply_crop_flip, random_crop_flip
 from consistcam.explain.api import explain_checked
 from consistcam.explain.inputs import CheckedInputs
-from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
+from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 
 GRADIENT_CAMS = ("hirescam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
@@ -125,12 +125,8 @@ class CGC(Strategy):
     """Trains Grad-CAM-style maps to follow crops and flips of the image (contrastive consistency)."""
 
     Config = CGCConfig
+    single_label = True
     config: CGCConfig
-
-    def setup(self, ctx: StrategyContext) -> None:
-        super().setup(ctx)
-        if ctx.task.multilabel:
-            raise ValueError("cgc explains one class per image; multi-label training is not supported by it")
 
     def terms(self, images: Tensor, labels: Tensor, transforms: Tensor | None = None) -> dict[str, Tensor]:
         """The loss terms of one batch: ``ce``, ``contrastive`` and the clean ``logits`` (N, C).

@@ -37,12 +37,11 @@ class ECL(Strategy):
     """Re-weights training towards samples whose explanations are not robust to background attacks."""
 
     Config = ECLConfig
+    single_label = True
     config: ECLConfig
 
     def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
-        if ctx.task.multilabel:
-            raise ValueError("ecl explains one class per image; multi-label training is not supported by it")
         self.weights = torch.ones(ctx.num_samples, device=ctx.device)
         self.rounds = 0
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from consistcam.config import option, validate
 from consistcam.models.state import preserved_state
-from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
+from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 
 
 @dataclass
@@ -127,12 +127,8 @@ class SGT(Strategy):
     """Masks each image's lowest-saliency features and keeps the prediction unchanged on the masked image."""
 
     Config = SGTConfig
+    single_label = True
     config: SGTConfig
-
-    def setup(self, ctx: StrategyContext) -> None:
-        super().setup(ctx)
-        if ctx.task.multilabel:
-            raise ValueError("sgt differentiates one class logit per image; multi-label training is not supported")
 
     def terms(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """``ce``, ``kl``, the clean ``logits``, the ``masked`` images and their ``mask`` for one batch."""
