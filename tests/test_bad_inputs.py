@@ -158,3 +158,16 @@ def test_skip_bad_is_the_documented_skip_and_evaluate_follows_the_run(world, cap
     assert main(["evaluate", str(out), *quick, "--no-skip-bad"]) == 2
     assert f"{ann}:2: class id 'n999' is not in wnids.txt" in capsys.readouterr().err
     assert main(["evaluate", str(out), *quick]) == 0  # skip_bad as the run was trained
+    assert main(["evaluate", str(out), "--protocols", "localization", "--no-background", "--quiet"]) == 0
+    html = (out / "eval" / "report.html").read_text()
+    assert "entries skipped by --skip-bad" in html and "annotation" in html  # counts shown in the report
+
+
+def test_explain_skip_bad_skips_unreadable_files(world, capsys, tmp_path):
+    out = tmp_path / "overlays"
+    argv = ["explain", str(world["run"]), str(world["root"] / "notimage.png"), str(world["root"] / "ok.png"),
+            "--out", str(out)]
+    assert main(argv + ["--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert "notimage.png: unreadable" in err and "skipped 1 unreadable image" in err
+    assert [p.name for p in out.iterdir()] == ["ok_gradcam.png"]

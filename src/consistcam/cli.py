@@ -126,8 +126,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from consistcam.data import read_rgb
-    from consistcam.evaluation.run import run_folder
+    from consistcam.data import DataError, read_rgb
+    from consistcam.evaluation.run import run_folder, run_option
     from consistcam.explain import explain
     from consistcam.report import save_overlay
     from consistcam.train import load_model
@@ -138,8 +138,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     size = args.size or info.get("image_size")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    skip_bad = args.skip_bad if args.skip_bad is not None else bool(run_option(run_folder(args.checkpoint),
+                                                                               "skip_bad", False))
+    skipped = 0
     for path in args.images:
-        image = read_rgb(path).float().div(255)[None]  # DataError names the file; main() reports it
+        try:
+            image = read_rgb(path).float().div(255)[None]  # DataError names the file; main() reports it
+        except DataError as err:
+            if not skip_bad:
+                raise
+            print(f"warning: skipped {err}", file=sys.stderr)
+            skipped += 1
+            continue
         if size:
             image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         image = image.to(args.device)
@@ -151,6 +161,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         name = info["classes"][cls] if info["classes"] else str(cls)
         dest = save_overlay(out / f"{Path(path).stem}_{args.method}.png", image[0], heat[0])
         print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
+    if skipped:
+        print(f"warning: skipped {skipped} unreadable image(s)", file=sys.stderr)
     return 0
 
 
@@ -316,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
     x.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     x.add_argument("--allow-incomplete", action="store_true", help="use a run whose training was interrupted")
+    x.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip unreadable image files with a warning (default: what the run was trained with)")
     x.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report",

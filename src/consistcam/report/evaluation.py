@@ -16,7 +16,7 @@ from torch import Tensor
 
 from consistcam.report.figures import consistency_grid, histograms, rounds_figure, training_curves
 from consistcam.report.html import img, metrics_table, write_report
-from consistcam.report.results import SavedEvaluation, read_evaluation, read_history, read_rounds
+from consistcam.report.results import SavedEvaluation, read_evaluation, read_history, read_rounds, skipped_counts
 
 # ranking key -> heading (the keys the evaluation pass ranks by; others are shown by their name)
 RANKING_LABELS = {"energy_gain": "energy inside the object above the uniform baseline",
@@ -64,9 +64,10 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
     return _write(path, title, results, per_sample, examples, runs, notes, classes)
 
 
-def _read_run(run_dir: Path) -> tuple[list[dict], list]:
-    """What the report shows of a run folder: its epoch records and ECL rounds (ValueError if damaged)."""
-    return read_history(run_dir), read_rounds(run_dir)
+def _read_run(run_dir: Path) -> tuple[list[dict], list, dict]:
+    """What the report shows of a run folder: its epoch records, ECL rounds (ValueError if damaged)
+    and the entries skipped by --skip-bad."""
+    return read_history(run_dir), read_rounds(run_dir), skipped_counts(run_dir)
 
 
 def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: Mapping | None,
@@ -89,12 +90,15 @@ def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: M
         sections.append(("Explanation consistency E of the test images", img(histograms(e_values), "E histograms")))
     for name, saved in (examples or {}).items():
         sections.extend((f"{name}: {heading}", body) for heading, body in example_grids(saved))
-    for name, (hist, rounds) in runs.items():
+    for name, (hist, rounds, skipped) in runs.items():
         if hist:
             sections.append((f"{name}: training curves", img(training_curves({name: hist}), "training curves")))
         weights = rounds_figure(rounds)
         if weights:
             sections.append((f"{name}: E and training weights v per scoring round", img(weights, "weights")))
+        if skipped:
+            sections.append((f"{name}: entries skipped by --skip-bad (listed in skipped.txt)",
+                             metrics_table(skipped, digits=0)))
     return write_report(path, title, sections)
 
 

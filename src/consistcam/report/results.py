@@ -175,3 +175,18 @@ def read_evaluation(path: str | Path) -> SavedEvaluation:
     if problem:
         raise ValueError(f"{metrics}: {problem}; {fix}")
     return SavedEvaluation(metrics.parent, doc.get("meta", {}), splits)
+
+
+def skipped_counts(run_dir: Path) -> dict[str, dict[str, int]]:
+    """Entries a run skipped under ``--skip-bad`` (RUN/skipped.txt), counted per split and kind."""
+    path = Path(run_dir) / "skipped.txt"
+    counts: dict[str, dict[str, int]] = {}
+    if not path.is_file():
+        return counts
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        split, kind = parts[0], (parts[1] if len(parts) >= 4 else "image")  # 3 columns: written before kinds
+        counts.setdefault(split, {})[kind] = counts.setdefault(split, {}).get(kind, 0) + 1
+    return counts
