@@ -254,7 +254,14 @@ def _method_options_help() -> str:
     return "\n".join(lines)
 
 
+# Sub-commands that live with their own package: each module defines ``add_command(sub, formatter_class)``,
+# which adds its parser and sets ``func`` (keeps this file from growing a section per feature).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from consistcam.config import option_help
     from consistcam.train import TrainConfig
 
@@ -354,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["models", "explainers", "methods", "data", "similarities"],
                     help="what to list")
     ls.set_defaults(func=cmd_list)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(sub, _Formatter)
     return p
 
 

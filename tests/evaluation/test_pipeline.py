@@ -266,3 +266,24 @@ def test_evaluate_model_per_sample_and_examples_come_from_the_same_pass():
         assert torch.equal(per[key][best], ranked.flip(0)[:2]) and torch.equal(per[key][worst], ranked[:2])
         assert ex[f"{key}/best/adversarial"].shape == (2, 3, 16, 16)
         assert torch.equal(ex[f"{key}/worst/image"], images[worst])
+
+
+def test_prediction_target_scores_the_explained_class(monkeypatch):
+    import consistcam.evaluation.pipeline as pipeline
+
+    model = trained_tiny_net()
+    images, labels, masks = square_images(8, seed=5)
+    wrong = 1 - labels  # every label is the class the model does not predict
+    seen = []
+    original = pipeline._ExplainerMetrics.update
+
+    def spy(self, model, images, classes, out, gt, equivariance):
+        seen.append((classes.clone(), out["pred"].clone()))
+        return original(self, model, images, classes, out, gt, equivariance)
+
+    monkeypatch.setattr(pipeline._ExplainerMetrics, "update", spy)
+    loader = [{"image": images, "label": wrong, "id": torch.arange(8), "mask": masks.float()}]
+    pipeline.evaluate_model(model, loader, 2, consistency=ConsistencyConfig(target="prediction", steps=1),
+                            protocols=("localization", "faithfulness"), faithfulness_steps=4)
+    classes, pred = seen[0]
+    assert torch.equal(classes, pred) and not torch.equal(classes, wrong)

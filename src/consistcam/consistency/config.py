@@ -38,7 +38,7 @@ class ConsistencyConfig:
     prediction: str = option("js", "prediction consistency P", check=registered(PREDICTION_CONSISTENCIES))
     lam: float = option(0.5, "E = lam * S + (1 - lam) * P", ge=0.0, le=1.0)
     weight_floor: float = option(0.0, "v = floor + (1 - floor) * v", ge=0.0, lt=1.0)
-    weight_power: float = option(1.0, "v proportional to (1 - E) ** power", ge=0.0)
+    weight_power: float = option(1.0, "v proportional to (1 - E) ** power", gt=0.0)
     weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
     seed: int = option(0, "seed of the attack's random start")
     explainer_options: dict = option(help="extra options of the explainer (e.g. steps, batch_size)",

@@ -89,6 +89,7 @@ class _ExplainerMetrics:
             metric.update(heat, gt)
 
     def update(self, model, images, labels, out, gt, equivariance: Tensor | None) -> None:
+        """``labels`` are the classes the heatmaps explain (the prediction under target="prediction")."""
         heat = out["heatmap"]
         if "consistency" in self.protocols:
             self.e.update(out["E"])
@@ -256,12 +257,12 @@ def evaluate_model(
                         metric.update(out["logits"], labels)
                     recorder.update(images, labels, ids, out, gt)
                 equi = None
+                explained = labels if cfg.target == "label" else out["pred"]  # the class the maps are for
                 if "equivariance" in protocols:  # the clean map of the consistency pass: x is explained once
-                    explained = labels if cfg.target == "label" else out["pred"]
                     equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
                                                 generator=equi_generator, heatmaps=out["heatmap"],
                                                 **cfg.explainer_options)
-                metrics.update(model, images, labels, out, gt, equi)
+                metrics.update(model, images, explained, out, gt, equi)
             if robust is not None:
                 predictions = {}
                 for attack, eps in robust.keys:

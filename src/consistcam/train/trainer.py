@@ -26,7 +26,7 @@ from consistcam.train.callbacks import Callback, default_callbacks
 from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
-from consistcam.train.distributed import DistInfo, all_reduce_sum, broadcast_object, init_distributed
+from consistcam.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from consistcam.train.run_folder import (
     prepare_new_run,
     read_metrics,
@@ -254,7 +254,10 @@ class Trainer:
         log = self.run_dir / "metrics.jsonl"
         if log.is_file():  # drop records of epochs after the checkpoint (a crash mid-epoch)
             self.history = [r for r in read_metrics(log) if r.get("epoch", -1) < self.start_epoch]
-            atomic_write(log, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in self.history)))
+            if self.is_main:  # rank 0 alone writes the run folder
+                text = "".join(json.dumps(r) + "\n" for r in self.history)
+                atomic_write(log, lambda tmp: Path(tmp).write_text(text))
+            barrier(self.dist)
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
@@ -287,7 +290,8 @@ class Trainer:
                 cb.on_fit_end(self)
         if writes and last == self.epochs:
             info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
-            write_status(self.run_dir, "complete", epochs=self.epochs, **info)  # last, after model.safetensors
+            done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
+            write_status(self.run_dir, "complete", epochs=done, **info)  # last, after model.safetensors
         return self.history
 
     def run_epoch(self, epoch: int) -> dict:
