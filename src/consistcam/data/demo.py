@@ -90,6 +90,7 @@ class DemoShapes(LocatedDataset):
         super().__init__(transform)
         n = n if n is not None else (2000 if split == "train" else 1000)
         self.images, labels, self.masks, self.background_class = make_demo_split(n, num_classes, size, rho, seed, split)
+        self.groups = self.background_class.tolist()  # background group of each image (per-group accuracy)
         self.labels = labels.tolist()
         self.classes = list(SHAPES[:num_classes])
         ys, xs = self.masks.any(2), self.masks.any(1)
