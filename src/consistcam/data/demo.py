@@ -6,6 +6,11 @@ one class: in the training split it matches the object's class with probability 
 0.9), in ``test`` it is drawn independently of the class (decorrelated), and ``test_correlated``
 uses the training ``rho``. A classifier that reads the background does well on
 ``test_correlated`` and poorly on ``test``. Generated deterministically from the seed, no files.
+
+``objects=k`` (k >= 2) makes a multi-label set: k shapes of k distinct classes per image, each in
+its own cell of a grid, with multi-hot labels, one box per object (``box_labels`` names its class)
+and the union of the objects as the pixel mask; the background belongs to one of the image's
+classes with probability ``rho`` in ``train``/``test_correlated`` and to any class in ``test``.
 """
 
 from __future__ import annotations
@@ -79,27 +84,92 @@ def make_demo_split(n: int, num_classes: int = 4, size: int = 32, rho: float = 0
     return (images * 255).round().to(torch.uint8), labels, masks, bg_class
 
 
+def _boxes_of(masks: Tensor) -> Tensor:
+    """(N, 4) XYXY boxes (x1/y1 exclusive) around non-empty (N, H, W) masks."""
+    ys, xs = masks.any(2), masks.any(1)
+    first = lambda m: m.float().argmax(1)  # noqa: E731
+    last = lambda m: m.shape[1] - m.flip(1).float().argmax(1)  # noqa: E731
+    return torch.stack([first(xs), first(ys), last(xs), last(ys)], 1).float()
+
+
+def make_multilabel_demo_split(n: int, num_classes: int = 4, size: int = 32, rho: float = 0.9, seed: int = 0,
+                               split: str = "train", objects: int = 2) -> dict[str, Tensor]:
+    """``objects`` shapes of distinct classes per image, each in its own grid cell (no overlap).
+
+    Returns uint8 ``images`` (N, 3, H, W), multi-hot ``labels`` (N, C), the union ``mask`` (N, H, W),
+    ``boxes`` (N, k, 4), ``box_classes`` (N, k) and ``background_class`` (N,)."""
+    if not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"demo num_classes must be in [2, {len(SHAPES)}], got {num_classes}")
+    if not 2 <= objects <= num_classes:
+        raise ValueError(f"demo option objects must be in [1, num_classes={num_classes}], got {objects}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown demo split {split!r}; known: {', '.join(SPLITS)}")
+    g = torch.Generator().manual_seed(seed * 7919 + SPLITS[split] + 104729 * objects)
+    classes = torch.rand(n, num_classes, generator=g).argsort(1)[:, :objects]  # k distinct classes, random order
+    labels = torch.zeros(n, num_classes).scatter_(1, classes, 1.0)
+    if split in ("test", "val"):  # independent of the labels
+        bg_class = torch.randint(0, num_classes, (n,), generator=g)
+    else:  # with probability rho one of the image's classes (the first, a random one), else another class
+        match = torch.rand(n, generator=g) < rho
+        absent = torch.rand(n, num_classes, generator=g).masked_fill(labels > 0, -1.0).argmax(1)
+        bg_class = torch.where(match | (objects == num_classes), classes[:, 0], absent)
+    grid = math.ceil(math.sqrt(objects))
+    cell_size = size / grid
+    cells = torch.rand(n, grid * grid, generator=g).argsort(1)[:, :objects]  # distinct cells
+    r = cell_size * (0.3 + 0.15 * torch.rand(n, objects, generator=g))
+    cy = (cells // grid) * cell_size + r + (cell_size - 2 * r) * torch.rand(n, objects, generator=g)
+    cx = (cells % grid) * cell_size + r + (cell_size - 2 * r) * torch.rand(n, objects, generator=g)
+    masks = _shape_masks(classes.flatten(), cy.flatten(), cx.flatten(), r.flatten(), size).view(n, objects, size, size)
+    ys = torch.arange(size, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(size, dtype=torch.float32)[None, None, :]
+    angle = (bg_class.float() * math.pi / num_classes)[:, None, None]
+    period = (4 + 3 * torch.rand(n, generator=g))[:, None, None]
+    phase = (2 * math.pi * torch.rand(n, generator=g))[:, None, None]
+    stripes = torch.sin(2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
+    images = BACKGROUND_COLOURS[bg_class][:, :, None, None] * (0.75 + 0.25 * stripes[:, None])
+    images = images + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    for k in range(objects):
+        colour = 0.35 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
+        fg = colour + 0.04 * torch.randn(n, 3, size, size, generator=g)
+        images = torch.where(masks[:, k, None], fg, images)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    boxes = _boxes_of(masks.flatten(0, 1)).view(n, objects, 4)
+    return {"images": images, "labels": labels, "mask": masks.any(1), "boxes": boxes, "box_classes": classes,
+            "background_class": bg_class}
+
+
 class DemoShapes(LocatedDataset):
-    """The demo set through the common interface (pixel masks and the boxes around them)."""
+    """The demo set through the common interface (pixel masks and the boxes around them);
+    ``objects`` >= 2 makes it multi-label (see the module docstring)."""
 
     has_boxes = True
     has_masks = True
 
     def __init__(self, split: str = "train", n: int | None = None, num_classes: int = 4, size: int = 32,
-                 rho: float = 0.9, seed: int = 0, transform=None) -> None:
+                 rho: float = 0.9, seed: int = 0, transform=None, objects: int = 1) -> None:
         super().__init__(transform)
         n = n if n is not None else (2000 if split == "train" else 1000)
+        self.classes = list(SHAPES[:num_classes])
+        self.box_classes: Tensor | None = None
+        if objects != 1:
+            d = make_multilabel_demo_split(n, num_classes, size, rho, seed, split, objects)
+            self.multilabel = True
+            self.images, self.masks, self.boxes = d["images"], d["mask"], d["boxes"]
+            self.labels, self.box_classes = list(d["labels"].unbind()), d["box_classes"]
+            self.background_class = d["background_class"]
+            self.groups = self.background_class.tolist()
+            return
         self.images, labels, self.masks, self.background_class = make_demo_split(n, num_classes, size, rho, seed, split)
         self.groups = self.background_class.tolist()  # background group of each image (per-group accuracy)
         self.labels = labels.tolist()
-        self.classes = list(SHAPES[:num_classes])
-        ys, xs = self.masks.any(2), self.masks.any(1)
-        first = lambda m: m.float().argmax(1)  # noqa: E731
-        last = lambda m: m.shape[1] - m.flip(1).float().argmax(1)  # noqa: E731
-        self.boxes = torch.stack([first(xs), first(ys), last(xs), last(ys)], 1).float()
+        self.boxes = _boxes_of(self.masks)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def load(self, index: int):
         return self.images[index], self.labels[index], self.boxes[index], self.masks[index]
+
+    def box_labels(self, index: int) -> Tensor | None:
+        """Class of each box (multi-label demo only)."""
+        return None if self.box_classes is None else self.box_classes[index]
