@@ -24,9 +24,9 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     opts: dict = {}
     for item in filter(None, arg.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or key not in ("n", "n_test", "num_classes", "size", "rho", "seed"):
+        if not sep or key not in ("n", "n_test", "num_classes", "size", "rho", "seed", "objects"):
             raise ValueError(f"bad demo option {item!r}; use e.g. "
-                             "demo:rho=0.9,n=2000,n_test=1000,num_classes=4,size=32,seed=0")
+                             "demo:rho=0.9,n=2000,n_test=1000,num_classes=4,size=32,seed=0,objects=1")
         try:
             opts[key] = float(value) if key == "rho" else int(value)
         except ValueError:

@@ -83,6 +83,8 @@ class TrainConfig:
     step_size: int = option(30, "epochs between decays of the step schedule", ge=1)
     gamma: float = option(0.1, "decay factor of the step schedule", gt=0.0)
     label_smoothing: float = option(0.0, "label smoothing of the base loss", ge=0.0, lt=1.0)
+    task: str = option("auto", "loss: auto (from the data: multilabel for VOC, demo:objects=2), single (softmax "
+                       "cross-entropy) or multilabel (sigmoid + BCE)", choices=("auto", "single", "multilabel"))
     amp: bool = option(False, "bfloat16 autocast (CUDA only)")
     sync_bn: bool = option(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
     channels_last: bool = option(False, "channels-last memory format")

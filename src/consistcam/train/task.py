@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+TASKS = ("auto", "single", "multilabel")
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor | None = None,
@@ -19,9 +22,43 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor | Non
     return per_sample.mean() if weights is None else (weights * per_sample).mean()
 
 
+def resolve_task(name: str, data_multilabel: bool, data_name: str = "the data") -> bool:
+    """Whether to train multi-label: ``auto`` follows the data (VOC, ``demo:objects=2``: yes);
+    ``multilabel`` on single-label data trains one sigmoid per class on one-hot labels; ``single``
+    on multi-hot labels is refused (softmax cross-entropy needs one class per image)."""
+    if name not in TASKS:
+        raise ValueError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    if name == "single" and data_multilabel:
+        raise ValueError(f"task: 'single' needs one class per image, but {data_name} has multi-hot labels "
+                         "(use --task multilabel or auto)")
+    return data_multilabel if name == "auto" else name == "multilabel"
+
+
+def multi_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """Multi-hot float (N, C) labels from class ids (N,); multi-hot labels pass through as floats."""
+    if labels.dim() == 1:
+        return F.one_hot(labels.long(), num_classes).float()
+    return labels.float()
+
+
+def multilabel_counts(logits: Tensor, labels: Tensor) -> Tensor:
+    """(C, 3) counts of true positives, false positives and false negatives per class at logit 0
+    (sigmoid 0.5): summed over batches and processes, they give the per-class F1 exactly."""
+    pred, true = logits > 0, multi_hot(labels, logits.shape[1]) > 0.5
+    return torch.stack([(pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)], 1)
+
+
+def f1_from_counts(counts: Tensor) -> Tensor:
+    """Per-class F1 = 2TP / (2TP + FP + FN) from :func:`multilabel_counts`; 0 for a class never
+    predicted nor present (torchmetrics' convention)."""
+    tp, fp, fn = counts.double().unbind(1)
+    return torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
+
+
 @dataclass(frozen=True)
 class Task:
-    """Single-label (``multilabel=False``: labels are class ids) or multi-label (multi-hot labels)."""
+    """Single-label (``multilabel=False``: labels are class ids) or multi-label (multi-hot labels,
+    sigmoid per class and binary cross-entropy; class ids are taken as one-hot)."""
 
     multilabel: bool = False
     label_smoothing: float = 0.0
@@ -29,7 +66,7 @@ class Task:
     def per_sample_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(N,) losses: cross-entropy, or binary cross-entropy averaged over the classes."""
         if self.multilabel:
-            target = labels.to(logits.dtype)
+            target = multi_hot(labels, logits.shape[1]).to(logits.dtype)
             if self.label_smoothing:
                 target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
             return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
@@ -42,14 +79,16 @@ class Task:
     def correct(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Number of correct predictions (multi-label: exact match of the thresholded logits)."""
         if self.multilabel:
-            return ((logits > 0) == (labels > 0.5)).all(1).sum()
+            return ((logits > 0) == (multi_hot(labels, logits.shape[1]) > 0.5)).all(1).sum()
         return (logits.argmax(1) == labels).sum()
 
     def targets_for_explanation(self, labels: Tensor) -> Tensor:
         """The class each image is explained for (single-label data: its label)."""
         if self.multilabel:
-            raise ValueError("explanation-based strategies need one class per image; multi-label data has several")
+            raise ValueError("this strategy explains one class per image; multi-label training has several "
+                             "(use erm or ecl, or --task single on single-label data)")
         return labels
 
 
-__all__ = ["Task", "weighted_cross_entropy"]
+__all__ = ["TASKS", "Task", "f1_from_counts", "multi_hot", "multilabel_counts", "resolve_task",
+           "weighted_cross_entropy"]

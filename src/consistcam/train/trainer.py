@@ -26,7 +26,14 @@ from consistcam.train.callbacks import Callback, default_callbacks
 from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
-from consistcam.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from consistcam.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_cat,
+    init_distributed,
+)
 from consistcam.train.run_folder import (
     prepare_new_run,
     read_metrics,
@@ -35,7 +42,7 @@ from consistcam.train.run_folder import (
     write_status,
 )
 from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
-from consistcam.train.task import Task
+from consistcam.train.task import Task, f1_from_counts, multi_hot, multilabel_counts, resolve_task
 from consistcam.utils import atomic_write, fault_point, progress_bar, seed_everything
 
 
@@ -113,6 +120,8 @@ class Trainer:
         schedule: ``schedule(step, steps_per_epoch) -> lr`` (stateless), e.g. :class:`Schedule`.
         callbacks: logging, checkpoints, console (default: all of :func:`default_callbacks`).
         epochs, batch_size, eval_batch_size, device, seed, amp, channels_last, progress: as named.
+        task: ``auto`` (multi-label exactly when the data has multi-hot labels), ``single`` or
+            ``multilabel`` (sigmoid + BCE; see :func:`consistcam.train.task.resolve_task`).
         run_dir: where callbacks and the strategy write (None: nothing is written).
         config: the :class:`TrainConfig` this trainer was built from (stored in checkpoints).
     """
@@ -120,7 +129,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: TrainData, strategy: Strategy, optimizer: torch.optim.Optimizer,
                  schedule, callbacks: Sequence[Callback] | None = None, *, epochs: int, batch_size: int = 128,
                  eval_batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
-                 label_smoothing: float = 0.0, amp: bool = False, channels_last: bool = False,
+                 label_smoothing: float = 0.0, task: str = "auto", amp: bool = False, channels_last: bool = False,
                  progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
                  dist_info: DistInfo | None = None, sync_bn: bool = False) -> None:
         self.device = resolve_device(device)
@@ -142,9 +151,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = config
         self.is_main = self.dist.is_main
-        self.task = Task(multilabel=data.multilabel, label_smoothing=label_smoothing)
-        if self.task.multilabel:
-            raise ValueError("multi-label data sets can be evaluated (mAP) but training them is not supported yet")
+        spec = config.data if config is not None else "the training data"
+        self.task = Task(multilabel=resolve_task(task, data.multilabel, spec), label_smoothing=label_smoothing)
         self.ctx = StrategyContext(
             model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
             train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress and self.is_main,
@@ -191,7 +199,8 @@ class Trainer:
         optimizer = build_optimizer(config, model, strategy.parameters(model))
         trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
                       epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, amp=config.amp,
+                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, task=config.task,
+                      amp=config.amp,
                       channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
                       dist_info=dist_info, sync_bn=config.sync_bn)
         if resume:
@@ -303,7 +312,7 @@ class Trainer:
         record.update(self.train_epoch(epoch, epoch_seed))
         record.update(self.strategy.on_epoch_end(epoch))
         for split in self.data.eval_sets:
-            record[f"{split}/acc"] = self.accuracy(self.eval_loader(split))
+            record.update({f"{split}/{k}": v for k, v in self.evaluate_split(self.eval_loader(split)).items()})
         record["time_s"] = round(time.time() - t0, 2)
         return record
 
@@ -331,7 +340,6 @@ class Trainer:
         logs: dict[str, torch.Tensor] = {}
         seen = 0
         use_amp = self.amp and self.device.type == "cuda"
-        lr = self.schedule(epoch * steps, steps)
         for i, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch}", enabled=self.progress)):
             lr = self.schedule(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
@@ -370,11 +378,29 @@ class Trainer:
         return record
 
     def _average_strategy_gradients(self) -> None:
-        """DDP averages the model's gradients; a strategy's own parameters (second group) are averaged here."""
-        for group in self.optimizer.param_groups[1:]:
-            for p in group["params"]:
-                if p.grad is not None:
-                    all_reduce_sum(p.grad, self.dist).div_(self.dist.world_size)
+        """DDP averages the model's gradients; a strategy's own parameters (second group) are averaged
+        here, in one flat bucket: one collective per step instead of one per parameter."""
+        grads = [p.grad for group in self.optimizer.param_groups[1:] for p in group["params"] if p.grad is not None]
+        average_flat(grads, self.dist)
+
+    @torch.no_grad()
+    def evaluate_split(self, loader) -> dict[str, float | list[float]]:
+        """Metrics of one evaluation split: ``acc``; multi-label adds ``mAP`` (macro, over classes with a
+        positive), ``f1_macro`` and ``f1_per_class`` (threshold sigmoid 0.5), ``acc`` being exact match."""
+        if not self.task.multilabel:
+            return {"acc": self.accuracy(loader)}
+        num_classes = len(self.data.classes)
+        logits, labels = [torch.zeros(0, num_classes, device=self.device)], [torch.zeros(0, num_classes,
+                                                                                         device=self.device)]
+        with preserved_state(self.module, eval_mode=True):
+            for batch in loader:
+                logits.append(self.module(batch["image"].to(self.device)).float())
+                labels.append(multi_hot(batch["label"].to(self.device), num_classes))
+        logits, labels = gather_cat(torch.cat(logits), self.dist), gather_cat(torch.cat(labels), self.dist)
+        f1 = f1_from_counts(multilabel_counts(logits, labels))
+        return {"acc": (self.task.correct(logits, labels) / max(len(labels), 1)).item(),
+                "mAP": mean_average_precision(logits, labels), "f1_macro": f1.mean().item(),
+                "f1_per_class": [round(v, 4) for v in f1.tolist()]}
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -388,6 +414,27 @@ class Trainer:
         counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
                                 self.dist)
         return (counts[0] / counts[1].clamp_min(1)).item()
+
+
+def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:
+    """Average tensors over the processes in place, with one all-reduce of their concatenation."""
+    if not dist_info.enabled or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    all_reduce_sum(flat, dist_info).div_(dist_info.world_size)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def mean_average_precision(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Macro mAP over the classes with at least one positive (VOC's protocol; NaN if none has one)."""
+    from torchmetrics.functional.classification import binary_average_precision
+
+    present = [c for c in range(labels.shape[1]) if labels[:, c].any()]
+    if not present:
+        return float("nan")
+    aps = [binary_average_precision(logits[:, c].sigmoid(), labels[:, c].long()) for c in present]
+    return torch.stack(aps).mean().item()
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Trainer:

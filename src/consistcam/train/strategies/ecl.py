@@ -2,7 +2,9 @@
 
 Warm up with v = 1 for ``warmup`` epochs; then every ``update_every`` epochs score the training
 set (explain, attack the background only, E = lam·S + (1 - lam)·P) and train on
-mean_i(v_i · L_i) with v = 1 - E normalised to mean 1, matched to samples by id.
+mean_i(v_i · L_i) with v = 1 - E normalised to mean 1, matched to samples by id. Multi-label data:
+each positive class of an image is scored against the background of all its objects and the
+classes' E are reduced to one E per image (``multilabel_reduce``; consistcam.consistency.multilabel).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from torch import Tensor
 
 from consistcam.config import option, validate
-from consistcam.consistency import ConsistencyConfig, ConsistencyScores, consistency_weights, score_dataset
+from consistcam.consistency import ConsistencyConfig, consistency_weights, score_dataset
+from consistcam.consistency.multilabel import REDUCTIONS, score_multilabel_dataset
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
 
 
@@ -25,6 +28,8 @@ class ECLConfig:
     warmup: int = option(2, "epochs trained with v = 1 before the first scoring pass", ge=0)
     update_every: int = option(2, "epochs between scoring passes", ge=1)
     score_batch_size: int = option(250, "batch size of the scoring pass", ge=1)
+    multilabel_reduce: str = option("mean", "multi-label data: one E per image from its positive classes' E "
+                                    "(mean, or min: the least consistent class decides)", choices=REDUCTIONS)
     consistency: ConsistencyConfig = option(help="the consistency scorer (see docs/method.md)",
                                             default_factory=ConsistencyConfig)
 
@@ -37,7 +42,6 @@ class ECL(Strategy):
     """Re-weights training towards samples whose explanations are not robust to background attacks."""
 
     Config = ECLConfig
-    single_label = True
     config: ECLConfig
 
     def setup(self, ctx: StrategyContext) -> None:
@@ -56,20 +60,36 @@ class ECL(Strategy):
         cfg = self.config.consistency
         scorer = dataclasses.replace(cfg, seed=ctx.seed * 1000 + epoch)
         loader = ctx.scoring_loader(self.config.score_batch_size, keep_locations=cfg.mask not in ("heatmap", "none"))
-        shard = score_dataset(ctx.module, loader, scorer, progress=ctx.progress and ctx.is_main, device=ctx.device)
-        # every rank gathers all shards, so all hold the same v, normalised over the whole data set
-        fields = {k: ctx.gather(v) for k, v in shard.to_dict().items() if k != "weights"}
-        order = fields["ids"].argsort()
-        fields = {k: v[order] for k, v in fields.items()}
+        show = ctx.progress and ctx.is_main
+        if ctx.task.multilabel:
+            shard = score_multilabel_dataset(ctx.module, loader, scorer, reduce=self.config.multilabel_reduce,
+                                             progress=show, device=ctx.device)
+        else:  # the per-sample fields; v is derived below, over every rank's shard
+            shard = score_dataset(ctx.module, loader, scorer, progress=show, device=ctx.device).to_dict()
+            del shard["weights"]
+        fields = self._gather_by_id(shard)
+        if not len(fields["ids"]):
+            raise ValueError("ecl: no training image has a positive class to score (all labels are empty)")
         previous = self.weights[fields["ids"]] if self.rounds > 0 else None
-        weights = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power, previous=previous,
-                                      ema=cfg.weight_ema)
-        scores = ConsistencyScores(weights=weights, **fields)
-        self.weights = torch.ones_like(self.weights)
-        self.weights[scores.ids] = scores.weights.to(self.weights)
+        fields["weights"] = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power,
+                                                previous=previous, ema=cfg.weight_ema)
+        self.weights = torch.ones_like(self.weights)  # images without a positive class (multi-label) keep 1
+        self.weights[fields["ids"]] = fields["weights"].to(self.weights)
         self.rounds += 1
-        ctx.save_tensors(f"consistency/epoch_{epoch:03d}.safetensors", scores.to_dict())
-        return {f"consistency/{k}": v for k, v in scores.summary().items()}
+        ctx.save_tensors(f"consistency/epoch_{epoch:03d}.safetensors", fields)
+        return {f"consistency/{k}": v for k, v in summary(fields).items()}
+
+    def _gather_by_id(self, shard: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every rank's per-sample fields in sample-id order (per-pair fields, multi-label, in (id,
+        class) order), so that all ranks derive the same v, normalised over the whole data set."""
+        fields = {k: self.ctx.gather(v) for k, v in shard.items()}
+        order = fields["ids"].argsort()
+        out = {k: v[order] for k, v in fields.items() if not k.startswith("pair_")}
+        if "pair_ids" in fields:
+            key = fields["pair_ids"] * (int(fields["pair_class"].max().item()) + 1 if len(fields["pair_class"]) else 1)
+            pair_order = (key + fields["pair_class"]).argsort()
+            out.update({k: v[pair_order] for k, v in fields.items() if k.startswith("pair_")})
+        return out
 
     def sample_weights(self, ids: Tensor) -> Tensor:
         return self.weights[ids]
@@ -80,3 +100,11 @@ class ECL(Strategy):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.weights = state["weights"].to(self.ctx.device)
         self.rounds = int(state["rounds"])
+
+
+def summary(fields: dict[str, Tensor]) -> dict[str, float]:
+    """The scalars logged for a scoring round (means over the scored samples, extremes of v)."""
+    return {"E_mean": fields["E"].mean().item(), "S_mean": fields["S"].mean().item(),
+            "P_mean": fields["P"].mean().item(), "flip_rate": fields["flipped"].float().mean().item(),
+            "fg_area": fields["fg_area"].mean().item(), "v_max": fields["weights"].max().item(),
+            "v_min": fields["weights"].min().item()}
