@@ -95,3 +95,27 @@ def test_evaluate_run_errors_name_the_problem(tmp_path):
         evaluate_run(run, **QUICK)
     with pytest.raises(ValueError, match="has 2 classes, the model 4"):
         evaluate_run(run, data="demo:num_classes=2,size=16", **QUICK)
+
+
+def test_shortcut_data_gets_correlated_decorrelated_and_worst_group_accuracy(tmp_path):
+    from consistcam.data import build_dataset
+
+    run = make_run(tmp_path)
+    data = "shortcut:demo:size=16,n=200,n_test=60"
+    out = evaluate_run(run, data=data, splits=("test", "test_correlated"), protocols=("localization",),
+                       background=False, batch_size=30, examples=0, report=False, progress=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    summary, splits = doc["summary"], doc["splits"]
+    assert summary["acc_decorrelated"] == splits["test"]["acc"]
+    assert summary["acc_correlated"] == splits["test_correlated"]["acc"]
+    assert sum(summary["group_count"].values()) == 120  # both test splits, every image in one cell
+    assert summary["worst_group_acc"] == min(summary["group_acc"].values())
+    ds = build_dataset(data, "test")  # the per-split cells, recounted from the saved predictions
+    per = load_file(str(out / "per_sample_test.safetensors"))
+    groups = torch.tensor(ds.groups)[per["id"]]
+    for c, name in enumerate(doc["meta"]["classes"]):
+        for aligned, key in ((True, "aligned"), (False, "conflicting")):
+            cell = (per["label"] == c) & ((groups == c) == aligned)
+            if cell.any():
+                expected = (per["pred"][cell] == c).double().mean().item()
+                assert splits["test"]["group_acc"][f"{name}/{key}"] == pytest.approx(expected, abs=1e-4)

@@ -4,7 +4,8 @@ A sample is a dict: ``image`` (uint8 ``tv_tensors.Image`` until the transform co
 in [0, 1]), ``label`` (int, or a multi-hot float tensor), ``id`` (stable int, unique in the data
 set), and when the data set has them ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels, x1/y1
 exclusive) and ``mask`` (``tv_tensors.Mask``, H x W, 1 on the object); multi-label sets add ``box_labels``
-(class of each box). Transforms from
+(class of each box); data sets with a known spurious attribute (the background group of the demo and
+shortcut sets) add ``group`` (int). Transforms from
 ``torchvision.transforms.v2`` move boxes and masks with the image.
 """
 
@@ -104,6 +105,8 @@ class LocatedDataset(Dataset):
     # False drops boxes and masks from the samples: box-aware v2 transforms cost about 3x the time
     # of image-only ones, a waste when the consumer (e.g. the training loop) never reads them.
     keep_locations: bool = True
+    # background group of each sample where the data set defines one (per-group accuracy), else None
+    groups: list[int] | None = None
 
     def __init__(self, transform: Callable | None = None) -> None:
         self.transform = transform
@@ -116,6 +119,11 @@ class LocatedDataset(Dataset):
     def box_labels(self, index: int) -> Tensor | None:
         """Class of each box (multi-label data sets), kept in step with the boxes by the transforms."""
         return None
+
+    def all_labels(self) -> list[int]:
+        """Every sample's (single) label, without decoding images where the subclass keeps ``labels``."""
+        labels = getattr(self, "labels", None)
+        return [int(v) for v in (labels if labels is not None else (self.load(i)[1] for i in range(len(self))))]
 
     @property
     def num_classes(self) -> int:
@@ -135,6 +143,8 @@ class LocatedDataset(Dataset):
         image, label, boxes, mask = self.load(index)
         size = tuple(image.shape[-2:])
         sample: dict = {"image": tv_tensors.Image(image), "label": label, "id": index}
+        if self.groups is not None:
+            sample["group"] = self.groups[index]
         if not self.keep_locations:
             boxes = mask = None
         if boxes is not None:
@@ -167,6 +177,8 @@ def collate(samples: Sequence[dict]) -> dict:
     labels = [s["label"] for s in samples]
     out["label"] = torch.stack(labels) if isinstance(labels[0], Tensor) and labels[0].dim() > 0 else torch.tensor(
         [int(label) for label in labels], dtype=torch.long)
+    if "group" in first:
+        out["group"] = torch.tensor([s["group"] for s in samples], dtype=torch.long)
     if "boxes" in first:
         out["boxes"] = [s["boxes"].as_subclass(Tensor).float() for s in samples]
     if "box_labels" in first:

@@ -1,5 +1,6 @@
 """Selecting data with one string: ``demo``, ``demo:rho=0.8,n=4000``, ``tinyimagenet:PATH``, ``cub:PATH``,
-``voc:PATH``, ``stl10:PATH``, ``imagefolder:PATH``, ``in9:PATH``."""
+``voc:PATH``, ``stl10:PATH``, ``imagefolder:PATH``, ``in9:PATH``, and the background-shortcut benchmark
+over any of those with boxes or masks: ``shortcut:tinyimagenet:PATH``, ``shortcut:rho=0.8:cub:PATH``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from consistcam.data.base import LocatedDataset
 from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes
 from consistcam.data.folders import ImageFolder, ImageNet9
+from consistcam.data.shortcut import ShortcutBackgrounds, parse_shortcut_arg
 from consistcam.data.stl10 import STL10
 from consistcam.data.tinyimagenet import TinyImageNet
 from consistcam.data.voc import VOCDetectionLabels
@@ -17,7 +19,8 @@ from consistcam.data.voc import VOCDetectionLabels
 DATASETS: Registry = Registry("data set")
 EVAL_SPLITS = {"demo": ("test", "test_correlated"), "tinyimagenet": ("val",), "cub": ("test",), "voc": ("val",),
                "stl10": ("test",), "imagefolder": ("val",),
-               "in9": ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next")}
+               "in9": ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next"),
+               "shortcut": ("val", "test", "test_correlated")}
 
 
 def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
@@ -54,6 +57,13 @@ def _path_loader(cls, kind: str, example: str):
     return build
 
 
+def _shortcut(arg: str, split: str, transform, **kw) -> LocatedDataset:
+    opts, inner = parse_shortcut_arg(arg)
+    base_split = "train" if split in ("train", "val") else eval_splits(inner)[0]
+    base = build_dataset(inner, base_split, None, **kw)
+    return ShortcutBackgrounds(base, split, transform=transform, **opts)
+
+
 DATASETS.add("demo", _demo)
 DATASETS.add("tinyimagenet", _path_loader(TinyImageNet, "tinyimagenet", "/data/tiny-imagenet-200"), "tiny-imagenet")
 DATASETS.add("cub", _path_loader(CUB200, "cub", "/data/CUB_200_2011"), "cub200")
@@ -61,6 +71,7 @@ DATASETS.add("voc", _path_loader(VOCDetectionLabels, "voc", "/data/VOCdevkit/VOC
 DATASETS.add("stl10", _path_loader(STL10, "stl10", "/data/stl10_binary"), "stl-10")
 DATASETS.add("imagefolder", _path_loader(ImageFolder, "imagefolder", "/data/my-images"), "folder")
 DATASETS.add("in9", _path_loader(ImageNet9, "in9", "/data/bg_challenge"), "imagenet9", "bg_challenge")
+DATASETS.add("shortcut", _shortcut, "waterbirds-protocol")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

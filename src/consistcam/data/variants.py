@@ -28,13 +28,6 @@ def _foreground(image: Tensor, boxes: Tensor | None, mask: Tensor | None) -> Ten
     return object_mask(tuple(image.shape[-2:]), boxes, mask)
 
 
-def _labels_of(base: LocatedDataset) -> list[int]:
-    labels = getattr(base, "labels", None)
-    if labels is None:
-        labels = [base.load(i)[1] for i in range(len(base))]
-    return [int(v) for v in labels]
-
-
 class BackgroundVariant(LocatedDataset):
     """A variant of ``base`` (its untransformed ``load``) as a data set in the common sample format."""
 
@@ -51,7 +44,7 @@ class BackgroundVariant(LocatedDataset):
         self.partner = self._partners() if variant.startswith("mixed") else None
 
     def _partners(self) -> list[int]:
-        labels = torch.tensor(_labels_of(self.base))
+        labels = torch.tensor(self.base.all_labels())
         n, k = len(labels), len(self.classes)
         g = torch.Generator().manual_seed(self.seed)
         by_class = [torch.nonzero(labels == c).flatten() for c in range(k)]

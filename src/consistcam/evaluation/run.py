@@ -19,6 +19,7 @@ from consistcam.consistency import ConsistencyConfig
 from consistcam.data import build_dataset, build_transform, collate, eval_splits
 from consistcam.evaluation.background import background_reliance
 from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, stream_seeds
+from consistcam.metrics import GroupAccuracy, alignment, group_report
 from consistcam.report.results import METRICS_FILE, examples_file, per_sample_file
 from consistcam.utils import atomic_save_tensors, atomic_write
 
@@ -52,6 +53,43 @@ def _save_or_remove(tensors: dict[str, torch.Tensor], path: Path) -> str | None:
     compact = {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v).contiguous() for k, v in tensors.items()}
     atomic_save_tensors(compact, path)
     return path.name
+
+
+# splits of the data sets with a background shortcut (demo, shortcut:<spec>): decorrelated and correlated test
+DECORRELATED, CORRELATED = "test", "test_correlated"
+
+
+def _group_inputs(ds, per_sample: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
+    """(predictions, labels, background aligned/conflicting) of each evaluated image from the
+    evaluation's per-sample results; None for data without background groups."""
+    if ds.groups is None or "pred" not in per_sample:
+        return None
+    groups = torch.tensor(ds.groups)[per_sample["id"]]
+    return per_sample["pred"], per_sample["label"], alignment(per_sample["label"], groups)
+
+
+def _groups(inputs: list[tuple[torch.Tensor, ...]], classes: list[str]) -> dict:
+    metric = GroupAccuracy(len(classes))
+    for pred, label, attribute in inputs:
+        metric.update(pred, label, attribute)
+    return group_report(metric, classes)
+
+
+def shortcut_summary(results: dict, group_inputs: dict[str, tuple[torch.Tensor, ...]], classes: list[str]) -> dict:
+    """``acc_correlated`` / ``acc_decorrelated`` (top-1 of the correlated and decorrelated test
+    splits) and the per-group and worst-group accuracy over both splits together: the same objects
+    on aligned and on conflicting backgrounds, so every (class, alignment) cell is well populated."""
+    out: dict = {}
+    if CORRELATED in results:
+        out["acc_correlated"] = results[CORRELATED]["acc"]
+    if DECORRELATED in results:
+        out["acc_decorrelated"] = results[DECORRELATED]["acc"]
+    if "acc_correlated" in out and "acc_decorrelated" in out:
+        out["shortcut_gap"] = out["acc_correlated"] - out["acc_decorrelated"]
+    parts = [group_inputs[s] for s in (DECORRELATED, CORRELATED) if s in group_inputs]
+    if parts:
+        out.update(_groups(parts, classes))
+    return out
 
 
 def evaluate_run(
@@ -103,7 +141,7 @@ def evaluate_run(
     num_classes = len(info["classes"])
     cfg = ConsistencyConfig(explainer=explainers[0], seed=seed)
     transform = build_transform(info.get("image_size"), "none")
-    results, files = {}, {}
+    results, files, group_inputs = {}, {}, {}
     for split in splits or eval_splits(data):
         ds = build_dataset(data, split, transform, **data_kw)
         if ds.num_classes != num_classes:
@@ -113,6 +151,10 @@ def evaluate_run(
         res = evaluate_model(model, loader, num_classes, explainer=explainers, consistency=cfg, protocols=protocols,
                              faithfulness_steps=faithfulness_steps, progress=progress, device=device,
                              per_sample=True, examples=examples)
+        groups = _group_inputs(ds, res.get("per_sample", {}))
+        if groups is not None:
+            group_inputs[split] = groups
+            res.update(_groups([groups], info["classes"]))
         files[split] = {"per_sample": _save_or_remove(res.pop("per_sample", {}), out_dir / per_sample_file(split)),
                         "examples": _save_or_remove(res.pop("examples", {}), out_dir / examples_file(split))}
         if background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
@@ -123,7 +165,8 @@ def evaluate_run(
             "protocols": list(protocols), "subset": subset, "seed": seed, "skip_bad": skip_bad,
             "seeds": {**stream_seeds(seed), "background": seed}, "classes": info["classes"], "command": command,
             "files": files}
-    text = json.dumps({"meta": meta, "splits": results}, indent=2)
+    summary = shortcut_summary(results, group_inputs, info["classes"])
+    text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
     atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     if report:
         render_evaluation(out_dir)
