@@ -6,10 +6,13 @@ Lightning-style hooks; the trainer calls them in order. Only the main process wr
 from __future__ import annotations
 
 import json
+import math
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from consistcam.train.checkpoint import save_checkpoint, save_model
-from consistcam.utils import fault_point
+from consistcam.utils import atomic_save_tensors, fault_point
 
 if TYPE_CHECKING:
     from consistcam.train.trainer import Trainer
@@ -63,9 +66,24 @@ class TensorBoardLogger(Callback):
             self.writer = None
 
 
+KEPT_DIR = "checkpoints"
+KEPT_FORMAT = "consistcam-kept-checkpoint-1"
+_KEPT_NAME = re.compile(r"^epoch_(\d+)\.safetensors$")
+
+
+def kept_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """The kept checkpoints of a run, by epoch (``RUN/checkpoints/epoch_XXX.safetensors``)."""
+    folder = Path(run_dir) / KEPT_DIR
+    if not folder.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in folder.iterdir() if (m := _KEPT_NAME.match(p.name))}
+    return dict(sorted(found.items()))
+
+
 class Checkpointer(Callback):
     """RUN/checkpoint.safetensors (exact resume) and RUN/model.safetensors (the model alone), both
-    rewritten atomically after every epoch."""
+    rewritten atomically after every epoch; with ``keep_checkpoints: N``, also the weights of every
+    N-th epoch and of the last one in RUN/checkpoints/ (what TracIn sums over)."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if not trainer.is_main or trainer.run_dir is None:
@@ -76,8 +94,35 @@ class Checkpointer(Callback):
         if cfg is not None:
             save_model(trainer.run_dir / "model.safetensors", trainer.module, cfg.arch, len(trainer.data.classes),
                        cfg.small_input, trainer.data.classes, cfg.image_size)
+            every = cfg.keep_checkpoints or 0
+            epoch = record["epoch"]
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == trainer.epochs):
+                # before checkpoint.safetensors: a kill in between makes resume redo (and rewrite) this epoch
+                self.keep(trainer, epoch)
         save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.module, trainer.optimizer,
                         trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
+
+
+    @staticmethod
+    def keep(trainer: Trainer, epoch: int) -> Path:
+        """Write RUN/checkpoints/epoch_XXX.safetensors: the weights plus, in the metadata, the mean
+        learning rate over the epochs since the previous kept checkpoint and how many epochs that is
+        (TracIn weighs each checkpoint's gradient products by lr x epochs). The interval is read from
+        the files on disk, so a resumed or extended run counts each epoch once."""
+        cfg = trainer.config
+        earlier = [e for e in kept_checkpoints(trainer.run_dir) if e < epoch]
+        first = earlier[-1] + 1 if earlier else 0
+        steps = max(1, math.ceil(len(trainer.data.indices) / trainer.batch_size))
+        lrs = [float(trainer.schedule(s, steps)) for s in range(first * steps, (epoch + 1) * steps)]
+        meta = {"format": KEPT_FORMAT, "arch": cfg.arch, "num_classes": str(len(trainer.data.classes)),
+                "small_input": str(bool(cfg.small_input)), "classes": json.dumps(trainer.data.classes),
+                "image_size": json.dumps(cfg.image_size), "epoch": str(epoch), "lr": repr(sum(lrs) / len(lrs)),
+                "lr_last": repr(lrs[-1]), "interval_epochs": str(epoch + 1 - first), "steps_per_epoch": str(steps),
+                "method": cfg.method, "data": cfg.data}
+        path = trainer.run_dir / KEPT_DIR / f"epoch_{epoch:03d}.safetensors"
+        atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in trainer.module.state_dict().items()},
+                            path, meta)
+        return path
 
 
 class ConsolePrinter(Callback):

@@ -60,6 +60,28 @@ def _device_check(value: str) -> str | None:
     return None if _DEVICE.match(value) else "expected auto, cpu, cuda, cuda:N or mps"
 
 
+def keep_every(value: int | str | None) -> int:
+    """Epochs between kept checkpoints from ``N``, ``"N"`` or ``"every=N"`` (0 or None: none kept)."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    text = text[len("every="):] if text.startswith("every=") else text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"keep_checkpoints: expected every=N or an integer N >= 0, got {value!r}") from None
+
+
+def _keep_check(value: int | str) -> str | None:
+    try:
+        n = keep_every(value)
+    except ConfigError:
+        return "expected every=N or an integer N >= 0"
+    return None if n >= 0 else "must be >= 0"
+
+
 @dataclass
 class TrainConfig:
     data: str = option("demo", "data spec: demo[:opts], tinyimagenet:PATH, cub:PATH, imagefolder:PATH, ...",
@@ -94,11 +116,16 @@ class TrainConfig:
     subset: int | None = option(None, "train on the first N samples only (quick looks)", ge=1)
     skip_bad: bool = option(False, "skip unreadable images and bad annotations (listed in RUN/skipped.txt)")
     out: str = option("runs/run", "run folder")
+    keep_checkpoints: int | str | None = option(
+        None, "keep the weights of every N-th epoch (and the last) with their learning rate, as TracIn needs "
+        "(consistcam influence): every=N or N; RUN/checkpoints/epoch_XXX.safetensors", check=_keep_check)
     # the method's own options (a dataclass instance, e.g. ECLConfig); a mapping is validated into one
     strategy: Any = field(default=None, metadata={"help": "options of the chosen method"})
 
     def __post_init__(self) -> None:
         validate(self)
+        # one spelling in config.yaml (an integer, None when off), so resume compares like with like
+        self.keep_checkpoints = keep_every(self.keep_checkpoints) or None
         try:
             self.strategy = strategy_config(self.method, self.strategy)
         except ConfigError:
