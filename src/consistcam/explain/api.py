@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from consistcam.explain._state import capture
 from consistcam.explain.inputs import CheckedInputs, check_inputs
-from consistcam.explain.layers import resolve_layer
+from consistcam.explain.layers import resolve_layer, transformer_defaults
 from consistcam.explain.methods import METHODS, CAMContext, Reshape, no_reshape, target_gradients
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 from consistcam.models.state import preserved_state
@@ -85,6 +85,8 @@ def explain(
                        differentiable, normalize, reshape_transform=reshape_transform, **options)
         return list(maps.split(counts))
 
+    # timm ViT/DeiT/Swin: default layer and token reshape chosen from the model type (layers.transformer_defaults)
+    layer, reshape_transform = transformer_defaults(model, layer, reshape_transform, images)
     if reshape_transform is not None and layer is None:
         raise ValueError("reshape_transform needs layer= (a module or dotted name, e.g. 'blocks.11.norm1' of a timm "
                          "ViT): the automatic layer finder only looks for (N, C, h, w) outputs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -112,3 +113,171 @@ def vit_reshape_transform(tokens: Tensor, grid: tuple[int, int] | None = None, n
     if h * w != patches:
         raise ValueError(f"grid {h}x{w} does not match {patches} patch tokens ({length} minus {num_prefix_tokens})")
     return tokens[:, num_prefix_tokens:].reshape(n, h, w, dim).permute(0, 3, 1, 2)
+
+
+_block_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[str]]] = weakref.WeakKeyDictionary()
+
+
+def _plausible_map(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
+    """A (N, C, h, w) feature map of an (H, W) image: h, w > 0 and (about) the same stride on both axes, which
+    rules out channels-last tensors such as Swin's (N, h, w, C)."""
+    (h, w), (big_h, big_w) = shape[-2:], size
+    return len(shape) == 4 and h > 0 and w > 0 and abs(h * big_w - w * big_h) <= big_h + big_w
+
+
+def find_block_layers(model: nn.Module, example: Tensor, deepest: nn.Module,
+                      deepest_size: tuple[int, int]) -> list[str]:
+    """Names of the last layer of each convolutional block before ``deepest``, shallow to deep (SISE's layer
+    selection, Sattarzadeh et al. 2021: the layers right before each downsampling).
+
+    A block is a run of layers at one spatial resolution; its last layer is the last module (outermost on
+    ties) to finish with a (N, C, h, w) output at that resolution. Only resolutions finer than
+    ``deepest_size`` (the deepest layer's map after any reshape) count; pooling/identity/dropout modules and
+    modules that run more than once per forward (a reused ``ReLU``) are skipped. One dry forward on one image,
+    cached per model, input shape and deepest layer.
+    """
+    names = {m: n for n, m in model.named_modules() if n}
+    if deepest not in names:
+        raise ValueError(f"layer {type(deepest).__name__} is not a submodule of {type(model).__name__}")
+    key = (tuple(example.shape[1:]), names[deepest], tuple(deepest_size))
+    hit = _block_cache.get(model, {}).get(key)
+    if hit is not None:
+        return list(hit)
+    size = (example.shape[-2], example.shape[-1])
+    order: list[tuple[str, tuple[int, int]]] = []
+    calls: dict[str, int] = {}
+    done = [False]
+
+    def hook(module: nn.Module, _i: object, out: object) -> None:
+        name = names.get(module)
+        if name is None or done[0]:
+            return
+        calls[name] = calls.get(name, 0) + 1
+        if module is deepest:
+            done[0] = True
+        elif isinstance(out, Tensor) and out.dim() == 4 and not isinstance(module, _SKIP) and _plausible_map(
+                tuple(out.shape), size):
+            order.append((name, (out.shape[-2], out.shape[-1])))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with preserved_state(model, eval_mode=True), torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    if not done[0]:
+        raise ValueError(f"layer {names[deepest]!r} did not run in the forward pass of {type(model).__name__}")
+    area = deepest_size[0] * deepest_size[1]
+    last: dict[tuple[int, int], str] = {}  # resolution -> last layer to finish there (dicts keep first-seen order)
+    for name, hw in order:
+        if calls[name] == 1 and hw[0] * hw[1] > area:
+            last.pop(hw, None)
+            last[hw] = name
+    blocks = sorted(last.values(), key=[n for n, _ in order].index)
+    _block_cache.setdefault(model, {})[key] = blocks
+    return list(blocks)
+
+
+# --- vision transformers: default layer and reshape_transform, chosen from the model type -----------------------
+
+
+def swin_reshape_transform(tokens: Tensor) -> Tensor:
+    """Swin's channels-last (N, h, w, C) layout (timm >= 0.9) -> (N, C, h, w); (N, h·w, C) tokens of a square
+    grid (older timm) are re-gridded first."""
+    if tokens.dim() == 3:
+        n, length, dim = tokens.shape
+        side = math.isqrt(length)
+        if side * side != length:
+            raise ValueError(f"{length} Swin tokens do not form a square grid; pass reshape_transform=")
+        tokens = tokens.reshape(n, side, side, dim)
+    if tokens.dim() != 4:
+        raise ValueError(f"swin_reshape_transform expects (N, h, w, C) or (N, L, C), got {tuple(tokens.shape)}")
+    return tokens.permute(0, 3, 1, 2)
+
+
+_transformer_cache: weakref.WeakKeyDictionary[nn.Module, tuple | None] = weakref.WeakKeyDictionary()
+
+
+def _timm_transformer(model: nn.Module) -> tuple[str, nn.Module, str] | None:
+    """(dotted prefix, module, 'vit' | 'swin') of the first timm ViT/DeiT or Swin inside ``model`` (e.g. under
+    our ``Normalize`` wrapper), else None. timm is only looked at when it is already imported."""
+    import sys
+
+    if sys.modules.get("timm.models") is None:
+        return None
+    if model in _transformer_cache:
+        return _transformer_cache[model]
+    kinds = []
+    for mod_name, cls_names, kind in (("vision_transformer", ("VisionTransformer",), "vit"),
+                                      ("swin_transformer", ("SwinTransformer",), "swin"),
+                                      ("swin_transformer_v2", ("SwinTransformerV2",), "swin")):
+        module = sys.modules.get(f"timm.models.{mod_name}")
+        for cls_name in cls_names:
+            cls = getattr(module, cls_name, None) if module is not None else None
+            if isinstance(cls, type):
+                kinds.append((cls, kind))
+    found = next(((name, m, kind) for name, m in model.named_modules() for cls, kind in kinds if isinstance(m, cls)),
+                 None)
+    _transformer_cache[model] = found
+    return found
+
+
+def _swin_default(model: nn.Module, prefix: str, swin: nn.Module, example: Tensor) -> str:
+    """The last block's ``norm1`` of the last Swin stage whose grid is larger than 1x1 at this input size."""
+    key = ("swin", tuple(example.shape[1:]))
+    hit = _cache.get(model, {}).get(key)
+    if hit is not None:
+        return hit
+    stages = list(swin.layers)
+    sizes: dict[int, tuple[int, ...]] = {}
+    handles = [s.register_forward_hook(lambda _m, _i, o, i=i: sizes.__setitem__(i, tuple(o.shape)))
+               for i, s in enumerate(stages)]
+    try:
+        with preserved_state(model, eval_mode=True), torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    spatial = [i for i, shape in sizes.items() if len(shape) == 4 and shape[1] * shape[2] > 1]
+    i = max(spatial) if spatial else len(stages) - 1
+    head = f"{prefix}." if prefix else ""
+    name = f"{head}layers.{i}.blocks.{len(stages[i].blocks) - 1}.norm1"
+    _cache.setdefault(model, {})[key] = name
+    return name
+
+
+def transformer_defaults(model: nn.Module, layer: nn.Module | str | None, reshape_transform, example: Tensor):
+    """``(layer, reshape_transform)`` for timm ViT/DeiT/Swin models, unchanged for anything else.
+
+    Default layer (as pytorch-grad-cam's tutorial): ViT/DeiT ``blocks[-1].norm1`` (the tokens entering the last
+    attention, which is where the class token reads the patches); Swin the last block's ``norm1`` of the last
+    stage with a grid larger than 1x1. Default reshape: ViT/DeiT tokens to the patch grid with the
+    ``num_prefix_tokens`` class/distillation/register tokens dropped; Swin channels-last to channels-first.
+    An explicit ``layer`` outside the token stages (e.g. ``patch_embed.proj``) gets no reshape.
+    """
+    if layer is not None and reshape_transform is not None:
+        return layer, reshape_transform
+    found = _timm_transformer(model)
+    if found is None:
+        return layer, reshape_transform
+    prefix, net, kind = found
+    head = f"{prefix}." if prefix else ""
+    if layer is None:
+        layer = f"{head}blocks.{len(net.blocks) - 1}.norm1" if kind == "vit" else _swin_default(model, prefix, net,
+                                                                                                 example)
+    if reshape_transform is not None:
+        return layer, reshape_transform
+    name = layer if isinstance(layer, str) else next((n for n, m in model.named_modules() if m is layer), "")
+    rel = name[len(head):] if name.startswith(head) else name
+    if kind == "vit" and (rel.startswith("blocks.") or rel in ("norm", "norm_pre")):
+        grid = None
+        patch = getattr(net, "patch_embed", None)
+        if patch is not None and hasattr(patch, "dynamic_feat_size") and getattr(net, "dynamic_img_size", False):
+            grid = tuple(patch.dynamic_feat_size(tuple(example.shape[-2:])))
+        elif patch is not None and getattr(patch, "grid_size", None) is not None:
+            grid = tuple(patch.grid_size)
+        return layer, functools.partial(vit_reshape_transform, grid=grid, num_prefix_tokens=net.num_prefix_tokens)
+    if kind == "swin" and (rel.startswith("layers.") or rel == "norm"):
+        return layer, swin_reshape_transform
+    return layer, None

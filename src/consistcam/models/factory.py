@@ -79,6 +79,58 @@ MODELS.add("cc_resnet18", lambda num_classes: SmallResNet(num_classes, blocks=(2
 MODELS.add("cc_resnet10_wide", lambda num_classes: SmallResNet(num_classes, widths=(64, 128, 256, 512)))
 
 
+def _timm(name: str, **kwargs):
+    """A registered builder for a timm model made for 32-64 px inputs (random init; timm is imported lazily)."""
+
+    def build(num_classes: int) -> nn.Module:
+        return _create_timm(name, False, num_classes, kwargs)
+
+    return build
+
+
+# Small vision transformers for 32-64 px images (CPU-sized; no pretrained weights at these patch sizes).
+# ViT/DeiT: patch 4 (an 8x8 grid at 32 px, 16x16 at 64 px; dynamic_img_size lets one model take both).
+MODELS.add("cc_vit_tiny", _timm("vit_tiny_patch16_224", img_size=32, patch_size=4, dynamic_img_size=True))
+MODELS.add("cc_deit_tiny", _timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4,
+                                 dynamic_img_size=True))
+# Swin: patch 2, window 4, four stages of one block (16, 8, 4, 2 tokens a side at 32 px).
+MODELS.add("cc_swin_tiny", _timm("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
+                                 embed_dim=48, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 8)))
+
+
+def _parse_timm_name(spec: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:key=value,...`` (values parsed as YAML: ``img_size=32,patch_size=4``)."""
+    name, sep, tail = spec.rpartition(":")
+    if not sep or "=" not in tail:
+        return spec, {}
+    import yaml
+
+    kwargs = {}
+    for item in tail.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"timm model options must be key=value pairs, got {item!r} in {spec!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return name, kwargs
+
+
+def _create_timm(name: str, pretrained: bool, num_classes: int, kwargs: dict) -> nn.Module:
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError("timm models need `pip install consistcam[timm]`") from err
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as err:  # an option the architecture does not take
+        raise ValueError(f"timm model {name!r} does not accept {sorted(kwargs)}: {err}") from err
+    except RuntimeError as err:
+        if not pretrained or "Unknown model" in str(err):
+            raise ValueError(f"unknown timm model {name!r}") from err
+        raise _offline_error(f"timm:{name}", err) from err
+    except OSError as err:
+        raise _offline_error(f"timm:{name}", err) from err
+
+
 def _offline_error(name: str, err: Exception) -> RuntimeError:
     return RuntimeError(
         f"could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). Offline? Put the weights "
@@ -111,8 +163,10 @@ def create(
 ) -> nn.Module:
     """Build a classifier by name, wrapped in :class:`Normalize` (inputs in [0, 1]).
 
-    ``name``: one of :func:`list_models`, a torchvision model name (``resnet50``), or
-    ``timm:<name>``. ``mean``/``std`` default to the statistics the weights were trained with: a timm
+    ``name``: one of :func:`list_models` (including small ViT/DeiT/Swin for 32-64 px: ``cc_vit_tiny``,
+    ``cc_deit_tiny``, ``cc_swin_tiny``), a torchvision model name (``resnet50``), or ``timm:<name>``, optionally
+    with timm options: ``timm:vit_tiny_patch16_224:img_size=64,patch_size=8``.
+    ``mean``/``std`` default to the statistics the weights were trained with: a timm
     model's ``pretrained_cfg`` (e.g. 0.5 for ViTs and Inception), ImageNet's otherwise.
     ``pretrained`` loads weights through torchvision's/timm's own mechanisms and fails with a clear
     message when offline (network timeouts are left to the process: a library must not change them).
@@ -124,18 +178,8 @@ def create(
             raise ValueError(f"{name!r} has no pretrained weights")
         model = MODELS.get(name)(num_classes)
     elif name.startswith("timm:"):
-        try:
-            import timm
-        except ImportError as err:
-            raise ImportError("timm models need `pip install consistcam[timm]`") from err
-        try:
-            model = timm.create_model(name[5:], pretrained=pretrained, num_classes=num_classes)
-        except RuntimeError as err:
-            if not pretrained or "Unknown model" in str(err):
-                raise ValueError(f"unknown timm model {name[5:]!r}") from err
-            raise _offline_error(name, err) from err
-        except OSError as err:
-            raise _offline_error(name, err) from err
+        timm_name, kwargs = _parse_timm_name(name[5:])
+        model = _create_timm(timm_name, pretrained, num_classes, kwargs)
     else:
         import torchvision
 
