@@ -34,8 +34,8 @@ def _recording_linears(model: nn.Module) -> Iterator[list[str]]:
             h.remove()
 
 
-def last_layer_names(model: nn.Module, example: Tensor) -> list[str]:
-    """Parameter names of the last ``nn.Linear`` a forward pass of ``example`` (a batch) runs: the
+def last_layer(model: nn.Module, example: Tensor) -> tuple[str, nn.Module]:
+    """(name, module) of the last ``nn.Linear`` a forward pass of ``example`` (a batch) runs: the
     classifier head of torchvision, timm and our models, wherever it sits in the module tree."""
     from consistcam.models.state import preserved_state
 
@@ -43,8 +43,13 @@ def last_layer_names(model: nn.Module, example: Tensor) -> list[str]:
         model(example[:1])
     if not called:
         raise ValueError("params='last': the model runs no nn.Linear layer; pass params='all' or a module name")
-    prefix = called[-1] + "."
-    return [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+    return called[-1], model.get_submodule(called[-1])
+
+
+def last_layer_names(model: nn.Module, example: Tensor) -> list[str]:
+    """Parameter names of :func:`last_layer` (``model.fc.weight``, ``model.fc.bias``)."""
+    name, layer = last_layer(model, example)
+    return [f"{name}.{n}" if name else n for n, _ in layer.named_parameters()]
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str], example: Tensor | None = None) -> list[str]:
@@ -134,8 +139,8 @@ def _last_linear_gradients(model: nn.Module, image: Tensor, label: Tensor) -> Te
     the cost of ``vmap``. None when the layer's output is not the model's output (then ``vmap``)."""
     from consistcam.models.state import preserved_state
 
+    name, layer = last_layer(model, image)
     names = last_layer_names(model, image)
-    layer = model.get_submodule(names[0].rsplit(".", 1)[0])
     seen: dict[str, Tensor] = {}
 
     def keep(mod: nn.Module, inp: tuple, out: Tensor) -> None:
@@ -152,8 +157,8 @@ def _last_linear_gradients(model: nn.Module, image: Tensor, label: Tensor) -> Te
     z = logits.clone().requires_grad_(True)
     with torch.enable_grad():
         (d,) = torch.autograd.grad(nn.functional.cross_entropy(z, label, reduction="sum"), z)
-    parts = {f"{names[0].rsplit('.', 1)[0]}.weight": (d[:, :, None] * seen["h"][:, None, :]).flatten(1),
-             f"{names[0].rsplit('.', 1)[0]}.bias": d}
+    prefix = f"{name}." if name else ""
+    parts = {f"{prefix}weight": (d[:, :, None] * seen["h"][:, None, :]).flatten(1), f"{prefix}bias": d}
     return torch.cat([parts[n] for n in names], 1)
 
 
