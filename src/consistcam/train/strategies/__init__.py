@@ -19,6 +19,7 @@ from consistcam.train.strategies.ecl import ECL, ECLConfig
 from consistcam.train.strategies.edda import EDDA, EDDAConfig
 from consistcam.train.strategies.erm import ERM
 from consistcam.train.strategies.excon import ExCon, ExConConfig
+from consistcam.train.strategies.lico import LICO, LICOConfig
 from consistcam.train.strategies.sgt import SGT, SGTConfig
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ECL",
     "EDDA",
     "ERM",
+    "LICO",
     "SGT",
     "STRATEGIES",
     "CGCConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "EDDAConfig",
     "ExCon",
     "ExConConfig",
+    "LICOConfig",
     "SGTConfig",
     "NoOptions",
     "StepOutput",
