@@ -192,9 +192,9 @@ def test_cli_influence_writes_scores_and_a_grid(kept_run, tmp_path, capsys):
     assert page.count("<figure>") == 17
 
 
-def test_cli_influence_errors_are_clear(tmp_path, capsys):
-    cfg = TrainConfig.from_dict({**TINY, "epochs": 1, "out": str(tmp_path / "plain")})
-    Trainer.from_config(cfg, progress=False).fit()
+def test_cli_influence_errors_are_clear(kept_run, tmp_path, capsys):
+    (tmp_path / "plain").mkdir()  # a run trained without --keep-checkpoints
+    (tmp_path / "plain" / "config.yaml").write_text((kept_run[0] / "config.yaml").read_text())
     assert main(["influence", str(tmp_path / "plain"), "--self"]) == 2
     assert "--keep-checkpoints" in capsys.readouterr().err
     assert main(["influence", str(tmp_path / "plain")]) == 2
