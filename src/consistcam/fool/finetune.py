@@ -68,12 +68,13 @@ class FoolConfig:
                                ge=1)
     batch_size: int = option(64, "training batch size", ge=1)
     lr: float = option(1e-3, "Adam learning rate", gt=0.0)
-    region: str = option("top-left", "location fooling: where the maps are moved", choices=REGIONS)
+    region: str = option("frame", "location fooling: where the maps are moved", choices=REGIONS)
     topk: float = option(0.1, "top-k fooling: fraction of the original map's pixels driven down", gt=0.0, le=1.0)
     classes: tuple = option((0, 1), "active fooling: the two classes whose explanations are swapped",
                             check=_two_classes)
     transfer: tuple = option(("gradcam++", "layercam", "gradient"),
                              "explainers measured besides the fooled one (transfer)", check=_known_explainers)
+    split: str | None = option(None, "test split measured (default: the data's first test split)")
     subset: int | None = option(256, "test images measured (default all with None)", ge=1)
     eval_batch_size: int = option(64, "batch size of the measurement", ge=1)
     examples: int = option(4, "original vs fooled example maps saved for the report", ge=0)
@@ -199,14 +200,16 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
     Returns (results, examples): results hold ``acc_before``/``acc_after`` and, per explainer
     (the fooled one first, then the transfer ones), ``fsr``, ``test_loss`` and ``rank_corr``
     (Spearman, original vs fooled map, mean over images); for ``active`` also ``rank_corr_swap``
-    (fooled map of class a vs original map of class b). ``examples``: the first images with their
+    (fooled map of class a vs original map of class b), for the passive kinds ``fsr_before`` (the
+    original maps against the same threshold: the FSR without any fooling). ``examples``: the first images with their
     original and fooled maps of the fooled explainer.
     """
     from consistcam.utils import model_device, progress_bar
 
     device = model_device(fooled)
     explainers = cfg.explainers
-    per: dict[str, dict[str, list[Tensor]]] = {e: {"loss": [], "rho": [], "swap": [], "ok": []} for e in explainers}
+    per: dict[str, dict[str, list[Tensor]]] = {e: {"loss": [], "rho": [], "swap": [], "ok": [], "ok_before": []}
+                                               for e in explainers}
     correct_before = correct_after = total = 0
     examples: dict[str, list[Tensor]] = {}
     for batch in progress_bar(batches, "measuring", progress):
@@ -239,6 +242,8 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
                 per[e]["loss"].append(loss)
                 per[e]["rho"].append(spearman(f, o))
                 per[e]["ok"].append(fooling_success(cfg.kind, loss))
+                # the original model's own maps against the same threshold: what counts as fooled without fooling
+                per[e]["ok_before"].append(fooling_success(cfg.kind, _test_loss(cfg.kind, o, o, cfg.region, cfg.topk)))
                 orig, fool = (o,), (f,)
             have = len(examples.get("label", []))
             if e == cfg.explainer and have < cfg.examples:
@@ -259,11 +264,14 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
         cat = {k: torch.cat(v).float() for k, v in lists.items() if v}
         entry = {"fsr": cat["ok"].mean().item(), "test_loss": cat["loss"].mean().item(),
                  "rank_corr": cat["rho"].nanmean().item(), "rank_corr_std": _nanstd(cat["rho"])}
+        if "ok_before" in cat:
+            entry["fsr_before"] = cat["ok_before"].mean().item()
         if "swap" in cat:
             entry["rank_corr_swap"] = cat["swap"].nanmean().item()
         results["explainers"][e] = entry
     results["fsr"] = results["explainers"][cfg.explainer]["fsr"]
     results["rank_corr"] = results["explainers"][cfg.explainer]["rank_corr"]
+    results["fsr_before"] = results["explainers"][cfg.explainer].get("fsr_before")
     results["fsr_range"] = list(FSR_RANGES.get(cfg.kind, ())) or None
     return results, {k: torch.cat(v) for k, v in examples.items()}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-REGIONS = ("top-left", "frame")
+REGIONS = ("frame", "top-left")
 
 
 def location_target(shape: tuple[int, ...], region: str = "top-left", device: torch.device | str = "cpu",

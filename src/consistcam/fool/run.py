@@ -53,7 +53,7 @@ def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str |
     data_kw = {"skip_bad": True} if run_option(run_dir, "skip_bad", False) else {}
     transform = build_transform(info.get("image_size"), "none")
     train = build_dataset(data, "train", transform, **data_kw)
-    test_split = eval_splits(data)[0]
+    test_split = cfg.split or eval_splits(data)[0]
     test = build_dataset(data, test_split, transform, **data_kw)
     num_classes = len(info["classes"]) or train.num_classes
     if train.num_classes != num_classes:
