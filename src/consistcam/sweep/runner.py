@@ -1,0 +1,154 @@
+"""Running a sweep: train each member (resuming an interrupted one, skipping a complete one),
+evaluate it once, and collect the metrics every evaluated member saved.
+
+Members run one after the other in this process through the library (``Trainer.from_config``, then
+the same code ``consistcam evaluate`` runs), so a sweep needs no shell and its runs are ordinary
+run folders: ``consistcam train --resume DIR/<member>`` or ``consistcam evaluate`` work on them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from consistcam.sweep.grid import Member
+from consistcam.train import TrainConfig
+from consistcam.train.config import merge
+from consistcam.train.run_folder import read_status
+from consistcam.utils import atomic_write
+
+EVAL_MARKER = "sweep_evaluate.json"  # in the evaluation folder: the arguments it was evaluated with
+IGNORED = ("out", "workers", "device")  # may differ between invocations without changing the run
+
+
+def member_config(config: str | Path | None, base: Mapping, member: Member, root: Path) -> TrainConfig:
+    """The validated training config of ``member``: CONFIG, then ``base`` (--set), then the arm's
+    overrides, then its seed and folder; an error names the member."""
+    overrides = merge(merge(dict(base), member.arm.nested()), {"seed": member.seed, "out": str(root / member.folder)})
+    try:
+        return TrainConfig.from_yaml(config, overrides) if config else TrainConfig.from_dict(overrides)
+    except ValueError as err:
+        raise type(err)(f"sweep arm {member.arm.name!r}: {err}") from None
+
+
+def _resolved(d: Mapping) -> dict:
+    """A config mapping with defaults filled in (old layouts upgraded), for comparing two configs."""
+    return {k: v for k, v in TrainConfig.from_dict({**d, "out": "x"}).to_dict().items() if k not in IGNORED}
+
+
+def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse a run folder that holds a different run (the CONFIG file or the grid changed)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    saved = _resolved(yaml.safe_load(path.read_text()) or {})
+    mine = _resolved(cfg.to_dict())
+    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if diff:
+        raise ValueError(f"{run_dir} holds a run whose config differs from this sweep member's in {diff}; "
+                         f"use another --out or delete that folder")
+
+
+def train_member(cfg: TrainConfig, progress: bool = False) -> str:
+    """Train (or finish) one member; returns what was done: ``skipped`` (complete), ``resumed``, ``trained``."""
+    from consistcam.train import Trainer
+
+    run_dir = Path(cfg.out)
+    state = read_status(run_dir)["state"] if run_dir.is_dir() else "missing"
+    if run_dir.is_dir():
+        check_same_config(run_dir, cfg)
+    if state == "complete":
+        return "skipped"
+    resume = run_dir.is_dir() and any((run_dir / f).is_file() for f in ("config.yaml", "checkpoint.safetensors"))
+    trainer = Trainer.from_config(cfg, progress=progress, resume=resume)
+    trainer.fit()
+    return "resumed" if resume else "trained"
+
+
+def _model_stamp(run_dir: Path) -> str:
+    """Content hash of the trained model: a re-trained member is evaluated again, a copied one is not."""
+    model = run_dir / "model.safetensors"
+    if not model.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with model.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_evaluated(run_dir: Path, evaluate_args: Sequence[str]) -> bool:
+    """RUN/eval/metrics.json exists and was written by a sweep with the same evaluation arguments
+    from the model now in the folder."""
+    marker = run_dir / "eval" / EVAL_MARKER
+    if not (marker.is_file() and (run_dir / "eval" / "metrics.json").is_file()):
+        return False
+    try:
+        saved = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    return saved == {"evaluate_args": list(evaluate_args), "model_sha256": _model_stamp(run_dir)}
+
+
+def evaluate_member(run_dir: Path, evaluate_args: Sequence[str]) -> bool:
+    """Evaluate with ``consistcam evaluate RUN *evaluate_args`` (same parser, same code); returns
+    False when it was already evaluated with these arguments."""
+    if is_evaluated(run_dir, evaluate_args):
+        return False
+    from consistcam.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", str(run_dir), *evaluate_args, "--quiet"])
+    if args.out is not None:
+        raise ValueError("--evaluate-args: --out is not allowed (each member is evaluated into RUN/eval)")
+    args.func(args)
+    stamp = {"evaluate_args": list(evaluate_args), "model_sha256": _model_stamp(run_dir)}
+    atomic_write(run_dir / "eval" / EVAL_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(stamp) + "\n"))
+    return True
+
+
+@dataclass
+class Collected:
+    """Metrics of every evaluated member: ``values[split][metric][arm name][seed]``."""
+
+    values: dict[str, dict[str, dict[str, dict[int, float]]]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # member folders without an evaluation
+
+
+def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -> Collected:
+    """Read RUN/eval/metrics.json of each member (numeric metrics only, as saved by evaluate)."""
+    from consistcam.report import read_evaluation
+
+    out = Collected()
+    for m in items:
+        run_dir = root / m.folder
+        if not is_evaluated(run_dir, evaluate_args):
+            out.missing.append(m.folder)
+            continue
+        for split, metrics in read_evaluation(run_dir).splits.items():
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out.values.setdefault(split, {}).setdefault(key, {}).setdefault(m.arm.name, {})[m.seed] = \
+                        float(value)
+    return out
+
+
+def run_members(root: Path, config: str | Path | None, base: Mapping, items: Sequence[Member],
+                evaluate_args: Sequence[str], progress: bool = False,
+                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, str]:
+    """Train and evaluate ``items`` in order; every config is validated before the first run starts.
+    Returns {folder: what was done}."""
+    configs = [member_config(config, base, m, root) for m in items]
+    done = {}
+    for k, (m, cfg) in enumerate(zip(items, configs), 1):
+        log(f"[sweep] {k}/{len(items)} {m.folder}: training")
+        action = train_member(cfg, progress)
+        evaluated = evaluate_member(root / m.folder, evaluate_args)
+        done[m.folder] = action + (", evaluated" if evaluated else "")
+        log(f"[sweep] {k}/{len(items)} {m.folder}: {done[m.folder]}")
+    return done
