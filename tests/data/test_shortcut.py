@@ -116,3 +116,12 @@ def test_tiny_imagenet_shortcut_builds():
     assert len(ds) == 500 and ds.num_classes == 10
     image, label, box, mask = ds.load(0)
     assert image.shape == (3, 64, 64) and mask is None and box.shape == (1, 4)
+
+
+def test_cached_composites_are_the_composites():
+    cached, fresh = _build("train"), _build("train", "")
+    fresh._cache_left = 0  # never caches
+    for k in (0, 3, 0, 3):  # second round served from the cache
+        a, b = cached.load(k), fresh.load(k)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+    assert set(cached._cache) == {0, 3} and not fresh._cache

@@ -4,6 +4,7 @@ over any of those with boxes or masks: ``shortcut:tinyimagenet:PATH``, ``shortcu
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from consistcam._registry import Registry
@@ -57,10 +58,17 @@ def _path_loader(cls, kind: str, example: str):
     return build
 
 
+@functools.lru_cache(maxsize=4)
+def _shortcut_base(inner: str, split: str, options: tuple) -> LocatedDataset:
+    """The base split of a shortcut set, read once for all the splits built on it (train and val
+    share the base training split; test and test_correlated its evaluation split). Read-only."""
+    return build_dataset(inner, split, None, **dict(options))
+
+
 def _shortcut(arg: str, split: str, transform, **kw) -> LocatedDataset:
     opts, inner = parse_shortcut_arg(arg)
     base_split = "train" if split in ("train", "val") else eval_splits(inner)[0]
-    base = build_dataset(inner, base_split, None, **kw)
+    base = _shortcut_base(inner, base_split, tuple(sorted(kw.items())))
     return ShortcutBackgrounds(base, split, transform=transform, **opts)
 
 

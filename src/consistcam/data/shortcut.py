@@ -72,12 +72,16 @@ class ShortcutBackgrounds(LocatedDataset):
             fraction of it (smaller strips would be blown up into blur).
         val_fraction: share of each class of the base training split held out as ``val``.
         seed: seed of the held-out split, the groups, the partners.
+        cache_bytes: composites are deterministic, so each is kept in memory after its first load
+            (up to this many bytes; 0 = never): later epochs then cost an index, not two image
+            reads and a resize.
     """
 
     has_boxes = True
 
     def __init__(self, base: LocatedDataset, split: str, rho: float = 0.9, area: float = 0.5,
-                 min_strip: float = 0.15, val_fraction: float = 0.1, seed: int = 0, transform=None) -> None:
+                 min_strip: float = 0.15, val_fraction: float = 0.1, seed: int = 0, transform=None,
+                 cache_bytes: int = 1 << 30) -> None:
         super().__init__(transform)
         if split not in SPLITS:
             raise ValueError(f"unknown shortcut split {split!r}; known: {', '.join(SPLITS)}")
@@ -127,6 +131,8 @@ class ShortcutBackgrounds(LocatedDataset):
             pool = pool[pool != i]
             partner.append(int(pool[torch.randint(len(pool), (1,), generator=g)]))
         self.partner = partner
+        self._cache: dict[int, tuple] = {}
+        self._cache_left = cache_bytes
 
     @staticmethod
     def _members(labels: Tensor, split: str, val_fraction: float, seed: int) -> Tensor:
@@ -157,6 +163,17 @@ class ShortcutBackgrounds(LocatedDataset):
         return len(self.index)
 
     def load(self, index: int):
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        out = self._composite(index)
+        size = out[0].numel() + (out[3].numel() if out[3] is not None else 0)
+        if size <= self._cache_left:
+            self._cache[index] = out
+            self._cache_left -= size
+        return out
+
+    def _composite(self, index: int):
         i = self.index[index]
         image, label, boxes, mask = self.base.load(i)
         h, w = image.shape[-2:]
