@@ -123,15 +123,15 @@ def test_random_projection_preserves_inner_products():
     torch.testing.assert_close(RandomProjection(1024, seed=3, block=700, cache_mb=0)(a), pa)
     assert not torch.allclose(RandomProjection(1024, seed=4, block=700)(a), pa)
     # unbiased: averaged over many projections the estimate converges to the exact inner product
-    est = torch.stack([(RandomProjection(64, seed=s)(a[:1]) * RandomProjection(64, seed=s)(b[:1])).sum()
-                       for s in range(200)])
-    assert abs(est.mean() - exact[0]) < 3 * est.std() / 200 ** 0.5
+    u, v = a[:1, :200], b[:1, :200]
+    est = torch.stack([(RandomProjection(16, seed=s)(u) * RandomProjection(16, seed=s)(v)).sum() for s in range(100)])
+    assert abs(est.mean() - (u * v).sum()) < 3 * est.std() / 100 ** 0.5
 
 
 def test_projected_full_gradients_approximate_the_exact_tracin():
     torch.manual_seed(0)
     model = TinyNet(2).eval()
-    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 2, (8,))
+    x, y = torch.rand(8, 3, 6, 6), torch.randint(0, 2, (8,))
     batches = [{"image": x, "label": y, "id": torch.arange(8)}]
     test = {"image": x[:2], "label": y[:2], "id": torch.arange(2)}
     exact = tracin([TracInCheckpoint(model, 1.0)], classifier_gradients("all"), batches, test)

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from consistcam.cli import main
 from consistcam.config import ConfigError
-from consistcam.influence import tracin
 from consistcam.train.callbacks import kept_checkpoints
 from consistcam.train.checkpoint import read_metadata
 from consistcam.vae import (
@@ -117,9 +116,6 @@ def test_vae_tracin_is_the_lr_weighted_sum_of_gradient_products(vae_run):
         expected_self += 1e-3 * gi.square().sum(1)
     torch.testing.assert_close(result.influence, expected, rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(result.self_influence, expected_self, rtol=1e-5, atol=1e-12)
-    # the generic core gives the same numbers for the same featurizer
-    again = tracin(vae_checkpoints(vae_run), featurize, [{"image": images, "id": torch.arange(24)}], test_batch)
-    torch.testing.assert_close(again.self_influence, result.self_influence)
 
 
 def test_cli_vae_train_and_influence(tmp_path, capsys):
