@@ -214,6 +214,17 @@ def test_erm_and_ecl_train_multilabel_with_map_and_f1(tmp_path):
     assert torch.equal(ecl.strategy.weights, saved["weights"])
 
 
+def test_multilabel_task_on_single_label_data_scores_the_one_class(tmp_path):
+    cfg = _config(tmp_path, "ecl", data="demo:n=24,n_test=8,size=16", task="multilabel", epochs=1,
+                  ecl={**ECL, "warmup": 0})
+    trainer = Trainer.from_config(cfg, progress=False)
+    record = trainer.fit()[0]
+    assert trainer.task.multilabel and {"test/mAP", "test/f1_per_class"} <= set(record)
+    saved = load_file(str(tmp_path / "ecl" / "consistency" / "epoch_000.safetensors"))
+    labels = torch.tensor(trainer.data.train.labels)
+    assert torch.equal(saved["pair_class"], labels) and torch.equal(saved["E"], saved["pair_E"])
+
+
 def test_single_label_peers_refuse_multilabel_data(tmp_path):
     for method in ("cgc", "sgt"):
         with pytest.raises(ValueError, match=f"{method} explains one class per image"):
