@@ -8,7 +8,9 @@
 * ``proponents``: rate of the test image's class among its top-k proponents vs. the class's share
   of the training set (chance), on test images explained at their label.
 * ``ecl``: for the run's last ECL scoring round, Spearman(E, self-influence) and the mean
-  self-influence of the top and bottom E deciles (ECL down-weights high E, up-weights low E).
+  self-influence of the top and bottom E deciles (ECL down-weights high E, up-weights low E);
+  ``ecl_first_round``: the same for the first round's E against the self-influence of the
+  checkpoints before it (warm-up epochs, v = 1: no re-weighting has touched the trajectory yet).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def _decile_means(values: Tensor, by: Tensor) -> tuple[float, float]:
     return float(values[order[-n:]].mean()), float(values[order[:n]].mean())
 
 
+def _ecl_row(check: str, scores_file: Path, ids: Tensor, self_influence: Tensor, loss: Tensor) -> dict:
+    """E of one scoring round against self-influence (and the final loss), matched by sample id."""
+    scores = load_file(str(scores_file))
+    pos = {int(i): n for n, i in enumerate(ids)}
+    keep = torch.tensor([pos[int(i)] for i in scores["ids"]])
+    si, e = self_influence[keep], scores["E"].double()
+    top_si, bottom_si = _decile_means(si, e)
+    top_loss, bottom_loss = _decile_means(loss[keep].double(), e)
+    return {"check": check, "round": scores_file.name, "spearman_E_selfinf": round(spearman(e, si), 4),
+            "spearman_E_loss": round(spearman(e, loss[keep]), 4), "selfinf_top_E_decile": round(top_si, 5),
+            "selfinf_bottom_E_decile": round(bottom_si, 5), "selfinf_all": round(float(si.mean()), 5),
+            "loss_top_E_decile": round(top_loss, 4), "loss_bottom_E_decile": round(bottom_loss, 4)}
+
+
 def run_checks(run: str | Path, n_test: int = 20, k: int = 10, batch_size: int = 256) -> list[dict]:
     from consistcam.data import build_dataset, build_transform
     from consistcam.train.checkpoint import load_model
@@ -66,8 +82,10 @@ def run_checks(run: str | Path, n_test: int = 20, k: int = 10, batch_size: int =
     assert torch.equal(ids, result.ids)
     labels = torch.tensor([int(data.train[i]["label"]) for i in range(len(ids))])
     rows = []
+    last = tracin(checkpoints[-1:], classifier_gradients("last"), data.loader(batch_size))
     row = {"check": "self", "run": str(run), "n_train": len(ids), "checkpoints": len(checkpoints),
-           "spearman_selfinf_loss": round(spearman(result.self_influence, loss), 4)}
+           "spearman_selfinf_loss": round(spearman(result.self_influence, loss), 4),
+           "spearman_last_checkpoint_selfinf_loss": round(spearman(last.self_influence, loss), 4)}
     base = getattr(data.train, "dataset", data.train)
     if hasattr(base, "background_class"):
         unusual = base.background_class[ids] != labels
@@ -83,17 +101,12 @@ def run_checks(run: str | Path, n_test: int = 20, k: int = 10, batch_size: int =
                  "same_class_chance": round(sum(chance) / len(chance), 4)})
     rounds = sorted((run / "consistency").glob("epoch_*.safetensors"))
     if rounds:
-        scores = load_file(str(rounds[-1]))
-        pos = {int(i): n for n, i in enumerate(ids)}
-        keep = torch.tensor([pos[int(i)] for i in scores["ids"]])
-        si, e = result.self_influence[keep], scores["E"].double()
-        top_si, bottom_si = _decile_means(si, e)
-        top_loss, bottom_loss = _decile_means(loss[keep].double(), e)
-        rows.append({"check": "ecl", "round": rounds[-1].name, "spearman_E_selfinf": round(spearman(e, si), 4),
-                     "spearman_E_loss": round(spearman(e, loss[keep]), 4),
-                     "selfinf_top_E_decile": round(top_si, 5), "selfinf_bottom_E_decile": round(bottom_si, 5),
-                     "selfinf_all": round(float(si.mean()), 5), "loss_top_E_decile": round(top_loss, 4),
-                     "loss_bottom_E_decile": round(bottom_loss, 4)})
+        rows.append(_ecl_row("ecl", rounds[-1], ids, result.self_influence, loss))
+        first = int(rounds[0].stem.split("_")[1])
+        before = [c for c in checkpoints if int(c.name.split()[-1]) < first]
+        if before:
+            early = tracin(before, classifier_gradients("last"), data.loader(batch_size))
+            rows.append(_ecl_row("ecl_first_round", rounds[0], ids, early.self_influence, loss))
     return rows
 
 

@@ -48,13 +48,15 @@ def _train(base: dict, out: Path, **changes) -> Path:
     return train_vae(cfg, overwrite=True)
 
 
-def check_self(base: dict, out: Path, extra: str, extra_n: int, seed: int, samples: int) -> dict:
-    run = _train(base, out / f"self_s{seed}", extra=extra, extra_n=extra_n, seed=seed)
-    result, images = vae_tracin(run, samples=samples, seed=seed)
+def check_self(base: dict, out: Path, extra: str, extra_n: int, seed: int, samples: int, params: str = "last") -> dict:
+    run = out / f"self_s{seed}"
+    if not (run / "model.safetensors").is_file():
+        run = _train(base, run, extra=extra, extra_n=extra_n, seed=seed)
+    result, images = vae_tracin(run, samples=samples, seed=seed, params=params)
     data = load_vae_data(VAEConfig(**{**base, "extra": extra, "extra_n": extra_n}), keep_excluded=True)
     loss = elbo_per_sample(load_vae(run), images, result.ids)
     top = result.self_influence.argsort(descending=True)[:extra_n]
-    return {"check": "self", "seed": seed, "n_train": len(images), "extra_n": extra_n,
+    return {"check": "self", "seed": seed, "params": params, "n_train": len(images), "extra_n": extra_n,
             "spearman_selfinf_loss": round(spearman(result.self_influence, loss), 4),
             "auc_extra": round(auc(result.self_influence, data.is_extra), 4),
             "extra_in_top_n": int(data.is_extra[top].sum()), "auc_extra_by_loss": round(auc(loss, data.is_extra), 4)}
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=20, help="test images of the proponent-similarity check")
     p.add_argument("--samples", type=int, default=8, help="noise draws per loss in the gradients")
     p.add_argument("--checks", default="self,proponents,removal")
+    p.add_argument("--params", default="last", help="gradients of the self-influence check: last or all")
     args = p.parse_args(argv)
     base = {"data": args.data, "image_size": 32, "latent_dim": 16, "widths": [16, 32, 64], "epochs": args.epochs,
             "batch_size": 64, "lr": 1e-3, "keep_every": 1}
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = args.checks.split(",")
     for seed in args.seeds:
         if "self" in checks:
-            print(json.dumps(check_self(base, out, args.extra, args.extra_n, seed, args.samples)), flush=True)
+            row = check_self(base, out, args.extra, args.extra_n, seed, args.samples, args.params)
+            print(json.dumps(row), flush=True)
         if "proponents" in checks:
             print(json.dumps(check_proponents(base, out, seed, args.n_test, 10, args.samples)), flush=True)
         if "removal" in checks:
