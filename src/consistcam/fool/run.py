@@ -17,10 +17,8 @@ from torch.utils.data import DataLoader, Subset
 
 from consistcam.config import to_dict
 from consistcam.fool.finetune import FoolConfig, fool_model, frozen_copy, measure_fooling
+from consistcam.report.results import FOOL_EXAMPLES_FILE, FOOL_FILE  # one definition: the report reads them
 from consistcam.utils import atomic_save_tensors, atomic_write, seed_everything
-
-FOOL_FILE = "fool.json"
-FOOL_EXAMPLES_FILE = "fool_examples.safetensors"
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

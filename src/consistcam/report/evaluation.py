@@ -14,9 +14,17 @@ from pathlib import Path
 
 from torch import Tensor
 
-from consistcam.report.figures import consistency_grid, histograms, rounds_figure, training_curves
-from consistcam.report.html import img, metrics_table, write_report
-from consistcam.report.results import SavedEvaluation, read_evaluation, read_history, read_rounds, skipped_counts
+from consistcam.report.figures import consistency_grid, fooling_grid, histograms, rounds_figure, training_curves
+from consistcam.report.glossary import describe
+from consistcam.report.html import comparison_table, glossary, img, metrics_table, write_report
+from consistcam.report.results import (
+    SavedEvaluation,
+    read_evaluation,
+    read_fooling,
+    read_history,
+    read_rounds,
+    skipped_counts,
+)
 
 # ranking key -> heading (the keys the evaluation pass ranks by; others are shown by their name)
 RANKING_LABELS = {"energy_gain": "energy inside the object above the uniform baseline",
@@ -64,33 +72,123 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
     return _write(path, title, results, per_sample, examples, runs, notes, classes)
 
 
-def _read_run(run_dir: Path) -> tuple[list[dict], list, dict]:
-    """What the report shows of a run folder: its epoch records, ECL rounds (ValueError if damaged)
-    and the entries skipped by --skip-bad."""
-    return read_history(run_dir), read_rounds(run_dir), skipped_counts(run_dir)
+def _read_run(run_dir: Path) -> tuple[list[dict], list, dict, tuple[dict, dict] | None]:
+    """What the report shows of a run folder: its epoch records, ECL rounds (ValueError if damaged),
+    the entries skipped by --skip-bad and, for a fooled run, fool.json with its example maps."""
+    return read_history(run_dir), read_rounds(run_dir), skipped_counts(run_dir), read_fooling(run_dir)
+
+
+def difference_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(column, reference) of the difference columns: each run against the first run of the same
+    split (columns ``run/split``); columns that share no split (one run's splits) against the first."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.rsplit("/", 1)[-1] if "/" in name else "", []).append(name)
+    pairs = [(name, group[0]) for group in groups.values() for name in group[1:]]
+    return pairs or [(name, names[0]) for name in names[1:]]
+
+
+def _better(metric: str) -> str:
+    info = describe(metric)
+    return info[1] if info else ""
+
+
+def _tooltip(metric: str) -> str | None:
+    info = describe(metric)
+    return info[0] if info else None
+
+
+def _metric_sections(results: dict[str, dict]) -> list[tuple[str, str]]:
+    """The metric table (with the better direction and the difference columns) and the glossary
+    of the metrics it shows."""
+    scalars = {name: _scalars(r) for name, r in results.items()}
+    pairs = difference_pairs(list(scalars))
+    shown = dict.fromkeys(k for r in scalars.values() for k in r)
+    entries = {k: info for k in shown if (info := describe(k)) is not None}
+    sections = [("Metrics", comparison_table(scalars, pairs, _better, _tooltip))]
+    if entries:
+        sections.append(("What the metrics mean", glossary(entries)))
+    return sections
+
+
+def _per_class_sections(results: dict[str, dict], per_sample: Mapping | None,
+                        classes: list[str] | None) -> list[tuple[str, str]]:
+    """Per-class accuracy (with difference columns) and, where per-sample results carry labels,
+    the per-class mean E and energy inside the object."""
+    sections = []
+    per_class = {name: r["acc_per_class"] for name, r in results.items() if isinstance(r.get("acc_per_class"), list)}
+    n = max((len(v) for v in per_class.values()), default=0)
+    for saved in (per_sample or {}).values():
+        if "label" in saved and len(saved["label"]):
+            n = max(n, int(saved["label"].max()) + 1)
+
+    def label(c: int) -> str:
+        return f"{c}: {classes[c]}" if classes and len(classes) == n else f"class {c}"
+
+    if per_class:
+        table = {name: {label(c): v[c] for c in range(len(v))} for name, v in per_class.items()}
+        sections.append((f"Per-class accuracy ({n} classes)",
+                         comparison_table(table, difference_pairs(list(table)), lambda k: "higher",
+                                                          label="class")))
+    columns: dict[str, dict[str, float]] = {}
+    for name, saved in (per_sample or {}).items():
+        if "label" not in saved:
+            continue
+        labels = saved["label"].long()
+        for key in ("E", "energy"):
+            if key not in saved or len(saved[key]) != len(labels):
+                continue
+            values = saved[key].float()
+            columns[f"{name}: {key}"] = {label(c): values[labels == c].nanmean().item()
+                                         for c in range(n) if bool((labels == c).any())}
+    if columns:
+        sections.append(("Per-class mean E and energy inside the object (higher is better)", metrics_table(columns)))
+    return sections
+
+
+def _fooling_sections(name: str, fooling: tuple[dict, dict]) -> list[tuple[str, str]]:
+    """What ``consistcam fool`` measured (fool.json) and its original vs fooled maps."""
+    doc, examples = fooling
+    cfg = doc.get("config", {}) if isinstance(doc.get("config"), dict) else {}
+    head = {"kind": cfg.get("kind"), "fooled explainer": cfg.get("explainer"), "lam": cfg.get("lam"),
+            "steps": cfg.get("steps"), "epochs": cfg.get("epochs"), "source run": doc.get("source"),
+            "measured on": f"{doc.get('images', '?')} images of {doc.get('split', '?')}",
+            "accuracy before": doc.get("acc_before"), "accuracy after": doc.get("acc_after")}
+    about = metrics_table({"": {k: v for k, v in head.items() if v is not None}})
+    per_explainer = {e: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                     for e, m in doc["explainers"].items()}
+    table = comparison_table(per_explainer, [], _better, _tooltip)  # columns: explainers
+    entries = {k: info for k in dict.fromkeys(k for m in per_explainer.values() for k in m)
+               if (info := describe(k)) is not None}
+    note = (f"<p class='note'>FSR range of this kind: {html.escape(str(doc.get('fsr_range')))}; the first "
+            "explainer is the one the model was fooled against, the others measure transfer.</p>")
+    sections = [(f"{name}: fooled by adversarial model manipulation ({cfg.get('kind', '?')})",
+                 about + note + table + glossary(entries))]
+    if examples:
+        sections.append((f"{name}: original vs fooled maps ({cfg.get('explainer', '?')})",
+                         img(fooling_grid(examples), "original vs fooled maps")))
+    return sections
 
 
 def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: Mapping | None,
-           examples: Mapping | None, runs: Mapping[str, tuple[list[dict], list]], notes: str,
+           examples: Mapping | None, runs: Mapping[str, tuple], notes: str,
            classes: list[str] | None) -> Path:
     """The report from data already read (reading is where damage is found, so callers decide what a
     damaged file means: an error for one run, a left-out run in a comparison)."""
     sections = []
     if notes:
         sections.append(("About", f"<p class='note'>{html.escape(str(notes))}</p>"))
-    sections.append(("Metrics", metrics_table({name: _scalars(r) for name, r in results.items()})))
-    per_class = {name: r["acc_per_class"] for name, r in results.items() if isinstance(r.get("acc_per_class"), list)}
-    if per_class:
-        n = max(len(v) for v in per_class.values())
-        label = (lambda c: f"{c}: {classes[c]}") if classes and len(classes) == n else (lambda c: f"class {c}")
-        table = {name: {label(c): v[c] for c in range(len(v))} for name, v in per_class.items()}
-        sections.append((f"Per-class accuracy ({n} classes)", metrics_table(table)))
+    sections.extend(_metric_sections(results))
+    sections.extend(_per_class_sections(results, per_sample, classes))
     e_values = {f"E, {name}": s["E"] for name, s in (per_sample or {}).items() if len(s.get("E", ())) > 0}
     if e_values:
         sections.append(("Explanation consistency E of the test images", img(histograms(e_values), "E histograms")))
     for name, saved in (examples or {}).items():
         sections.extend((f"{name}: {heading}", body) for heading, body in example_grids(saved))
-    for name, (hist, rounds, skipped) in runs.items():
+    for name, (_, _, _, fooling) in runs.items():
+        if fooling is not None:
+            sections.extend(_fooling_sections(name, fooling))
+    for name, (hist, rounds, skipped, _) in runs.items():
         if hist:
             sections.append((f"{name}: training curves", img(training_curves({name: hist}), "training curves")))
         weights = rounds_figure(rounds)

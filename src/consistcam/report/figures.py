@@ -130,3 +130,31 @@ def histograms(values: Mapping[str, Sequence[float] | Tensor], bins: int = 40) -
         ax.set_title(plain(name), fontsize=9)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+FOOL_COLUMNS = (("original", "original map"), ("fooled", "fooled map"), ("original_b", "original, class b"),
+                ("fooled_b", "fooled, class b"))
+
+
+def fooling_grid(examples: Mapping[str, Tensor], title: str = "") -> str:
+    """One row per saved example of ``consistcam fool``: the image, then its original and fooled
+    maps (and, for active fooling, the two maps of the second class) as overlays."""
+    columns = [c for c in FOOL_COLUMNS if c[0] in examples]
+    n = len(examples["image"])
+    fig, axes = _panel_grid(n, 1 + len(columns), 1.6, 1.7)
+    for i in range(n):
+        picture = examples["image"][i].float()
+        panels = [("image", picture.permute(1, 2, 0))] + [(name, overlay(picture, examples[key][i]))
+                                                          for key, name in columns]
+        for j, (name, panel) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(panel.clamp(0, 1).cpu().numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+        if "label" in examples:
+            axes[i, 0].set_ylabel(f"label {int(examples['label'][i])}", fontsize=7)
+    if title:
+        fig.suptitle(plain(title), fontsize=9)
+    return to_data_uri(fig)

@@ -190,3 +190,27 @@ def skipped_counts(run_dir: Path) -> dict[str, dict[str, int]]:
         split, kind = parts[0], (parts[1] if len(parts) >= 4 else "image")  # 3 columns: written before kinds
         counts.setdefault(split, {})[kind] = counts.setdefault(split, {}).get(kind, 0) + 1
     return counts
+
+
+FOOL_FILE = "fool.json"
+FOOL_EXAMPLES_FILE = "fool_examples.safetensors"
+
+
+def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:
+    """``fool.json`` and its example maps of a run written by ``consistcam fool`` (None for a run
+    that was not fooled); a damaged file is a ValueError naming it."""
+    path = Path(run_dir) / FOOL_FILE
+    if not path.is_file():
+        return None
+    fix = f"re-run `consistcam fool SOURCE --out {run_dir} --overwrite`"
+    try:
+        doc = json.loads(path.read_text(errors="replace"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("explainers"), dict) or not all(
+            isinstance(v, dict) for v in doc["explainers"].values()):
+        raise ValueError(f"{path}: no 'explainers' object of fooling metrics per explainer; {fix}")
+    examples: dict[str, Tensor] = {}
+    if (Path(run_dir) / FOOL_EXAMPLES_FILE).is_file():
+        examples = load_tensors(Path(run_dir) / FOOL_EXAMPLES_FILE, fix, required=("image", "original", "fooled"))
+    return doc, examples
