@@ -29,10 +29,10 @@ def add_command(sub, formatter_class) -> None:
                        formatter_class=formatter_class, epilog=EPILOG)
     s.add_argument("config", nargs="?", help="YAML file of training options every member starts from "
                    "(put it first; default: the built-in defaults)")
-    s.add_argument("--grid", action="extend", nargs="+", default=[], metavar="KEY=V1,V2",
+    s.add_argument("--grid", action="extend", nargs="+", metavar="KEY=V1,V2",
                    help="option values to sweep; several keys give their cartesian product; dotted keys for a "
                         "method's options (ecl.consistency.steps=1,3); KEY=[..] for values with commas")
-    s.add_argument("--arm", action="append", default=[], metavar="'KEY=V [KEY=V ...]'",
+    s.add_argument("--arm", action="append", metavar="'KEY=V [KEY=V ...]'",
                    help="an explicit arm (repeat for several); combined with every --grid point")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="an option for every member (as train --set)")
     s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of every arm")
@@ -47,7 +47,7 @@ def add_command(sub, formatter_class) -> None:
     s.add_argument("--list", action="store_true", help="list the members (shard, state) and exit")
     s.add_argument("--table-only", action="store_true", help="run nothing; write the table from what is evaluated")
     s.add_argument("--progress", action="store_true", help="progress bars and per-epoch lines of each run")
-    s.add_argument("--evaluate-args", nargs=argparse.REMAINDER, default=[],
+    s.add_argument("--evaluate-args", nargs=argparse.REMAINDER,
                    help="everything after it goes to `consistcam evaluate RUN` (must come last; --out not allowed)")
     s.set_defaults(func=cmd_sweep)
 
@@ -68,8 +68,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for key in ("seed", "out"):
         if key in base:
             raise ValueError(f"--set {key}=...: the sweep sets {key} per member; use {g.RESERVED[key]}")
-    grid = [g.parse_grid_item(item) for item in args.grid]
-    arms = g.expand_arms(grid, [g.parse_assignments(a) for a in args.arm],
+    grid = [g.parse_grid_item(item) for item in args.grid or []]
+    arms = g.expand_arms(grid, [g.parse_assignments(a) for a in args.arm or []],
                          base_method=_base_method(args.config, base, TrainConfig), methods=STRATEGIES.names())
     items = g.members(arms, args.seeds)
     root = Path(args.out)
@@ -87,11 +87,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.table_only:
         run_members(root, args.config, base, mine, evaluate_args, progress=args.progress)
     collected = collect(root, items, evaluate_args)
-    command = "consistcam " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from_shell = Path(sys.argv[0]).name in ("consistcam", "__main__.py")  # else main(argv) from Python
+    command = "consistcam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if from_shell else None
     header = (f"Sweep `{root}`: {len(arms)} arms x seeds {', '.join(map(str, args.seeds))}"
               f" ({len(items) - len(collected.missing)} of {len(items)} members evaluated).")
-    meta = {"command": command, "config": args.config, "set": args.set or [], "grid": args.grid, "arm": args.arm,
-            "seeds": args.seeds, "evaluate_args": evaluate_args}
+    meta = {"command": command, "config": args.config, "set": args.set or [], "grid": args.grid or [],
+            "arm": args.arm or [], "seeds": args.seeds, "evaluate_args": evaluate_args}
     names = [a.name for a in arms]
     out = write_outputs(root, collected, names, baseline.name if baseline else None, args.confidence,
                         [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
