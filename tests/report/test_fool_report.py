@@ -109,3 +109,31 @@ def test_damaged_fool_json_is_named(evaluated, tmp_path):
     (broken / FOOL_FILE).write_text("{\"explainers\": ")
     with pytest.raises(ValueError, match=r"fool\.json: not valid JSON.*consistcam fool"):
         render_evaluation(broken / "eval", tmp_path / "x.html")
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_fooled_report_renders_in_headless_chromium(evaluated, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    _, fooled = evaluated
+    report = render_evaluation(fooled / "eval", tmp_path / "fooled.html")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get(report.resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
+        assert len(images) == 6 and all(c and w > 50 and h > 50 for c, w, h in images), images
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent);")
+        assert "What the metrics mean" in headings and any("original vs fooled" in h for h in headings)
+        assert driver.execute_script("return document.querySelectorAll('td.diff').length;") > 0
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
