@@ -67,7 +67,7 @@ class FoolConfig:
     steps: int | None = option(None, "stop after this many optimizer steps (the fooling budget; default: epochs)",
                                ge=1)
     batch_size: int = option(64, "training batch size", ge=1)
-    lr: float = option(1e-3, "Adam learning rate", gt=0.0)
+    lr: float = option(3e-4, "Adam learning rate", gt=0.0)
     region: str = option("frame", "location fooling: where the maps are moved", choices=REGIONS)
     topk: float = option(0.1, "top-k fooling: fraction of the original map's pixels driven down", gt=0.0, le=1.0)
     classes: tuple = option((0, 1), "active fooling: the two classes whose explanations are swapped",
