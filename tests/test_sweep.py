@@ -19,6 +19,7 @@ from consistcam.sweep import grid as g
 from consistcam.sweep.runner import Collected, check_same_config, member_config, train_member
 from consistcam.sweep.stats import paired, summarize, t_quantile
 from consistcam.sweep.table import build_rows, markdown, write_outputs
+from consistcam.train.run_folder import write_status
 
 METHODS = ("erm", "ecl", "cgc")
 TINY = ["--set", "data=demo:n=16,n_test=8,size=16", "--set", "epochs=2", "--set", "batch_size=8",
@@ -209,12 +210,17 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     items = g.members(g.expand_arms([g.parse_grid_item("lr=0.05")], methods=METHODS), [0])
     base = {"data": "demo:n=16,n_test=8,size=16", "epochs": 1, "batch_size": 8}
     cfg = member_config(None, base, items[0], tmp_path)
-    assert train_member(cfg) == "trained" and train_member(cfg) == "skipped"
+    run_dir = Path(cfg.out)
+    run_dir.mkdir()
+    cfg.save_yaml(run_dir / "config.yaml")  # what a finished run of this member leaves (no need to train it)
+    write_status(run_dir, "complete", epochs=1)
+    assert train_member(cfg) == "skipped"
     changed = member_config(None, {**base, "weight_decay": 0.0}, items[0], tmp_path)
     with pytest.raises(ValueError, match=r"lr=0.05_s0 holds a run whose config differs .*weight_decay"):
-        check_same_config(Path(changed.out), changed)
+        check_same_config(run_dir, changed)
     with pytest.raises(ValueError, match="differs"):
         train_member(changed)
+    check_same_config(run_dir, member_config(None, {**base, "device": "cpu", "workers": 1}, items[0], tmp_path))
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):
