@@ -120,7 +120,7 @@ def _create_timm(name: str, pretrained: bool, num_classes: int, kwargs: dict) ->
     except ImportError as err:
         raise ImportError("timm models need `pip install consistcam[timm]`") from err
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as err:  # an option the architecture does not take
         raise ValueError(f"timm model {name!r} does not accept {sorted(kwargs)}: {err}") from err
     except RuntimeError as err:
@@ -129,6 +129,12 @@ def _create_timm(name: str, pretrained: bool, num_classes: int, kwargs: dict) ->
         raise _offline_error(f"timm:{name}", err) from err
     except OSError as err:
         raise _offline_error(f"timm:{name}", err) from err
+    # Attention through timm's explicit softmax(QK^T)V instead of the fused kernel: PyTorch's fused CPU attention
+    # has no second derivative, which differentiable explanations (CGC's loss, explanation attacks) need.
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return model
 
 
 def _offline_error(name: str, err: Exception) -> RuntimeError:
