@@ -37,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from consistcam.config import option, validate
 from consistcam.data.geometry import apply_crop_flip, random_crop_flip
-from consistcam.explain.api import explain_checked
+from consistcam.explain import explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 
@@ -147,7 +147,7 @@ class CGC(Strategy):
         with keep_batchnorm_updates(model):
             # explain() without its input check: the batch is already [0, 1] images, and the check's
             # host sync would stall every training step
-            maps, logits = explain_checked(model, CheckedInputs(both, targets), method=cfg.method,
+            maps, logits = explain(model, CheckedInputs(both, targets), method=cfg.method,
                                            differentiable=True, normalize=False, return_logits=True)
         maps = maps.float()  # the embedding divides by sums: float32 also under bfloat16 autocast
         anchors = cgc_embedding(maps[n:])  # G(T(x))

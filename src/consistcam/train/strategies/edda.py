@@ -40,6 +40,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from consistcam.config import option, registered, validate
 from consistcam.explain import METHODS, explain
+from consistcam.explain.inputs import CheckedInputs
 from consistcam.metrics.faithfulness import pixel_ranks
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 from consistcam.train.strategies.sgt import masked_count
@@ -137,9 +138,12 @@ class EDDA(Strategy):
         cfg = self.config
         if cfg.occlusion == "random":
             return random_scores(images, cfg.random_grid), labels if cfg.target == "label" else None
+        # the unwrapped model (no DDP reducer for a pass without parameter gradients); the batch came from
+        # the data pipeline, so explain's input check (a host sync per step) is skipped
+        module = self.ctx.module
         if cfg.target == "label":
-            return explain(self.ctx.model, images, labels, method=cfg.method, layer=cfg.layer), labels
-        maps, logits = explain(self.ctx.model, images, None, method=cfg.method, layer=cfg.layer, return_logits=True)
+            return explain(module, CheckedInputs(images, labels), method=cfg.method, layer=cfg.layer), labels
+        maps, logits = explain(module, CheckedInputs(images), method=cfg.method, layer=cfg.layer, return_logits=True)
         return maps, logits.argmax(1)
 
     def terms(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:

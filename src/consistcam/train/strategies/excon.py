@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from consistcam.config import option, registered, validate
 from consistcam.data.geometry import apply_crop_flip, random_crop_flip
 from consistcam.explain import METHODS, explain, resolve_layer
+from consistcam.explain.inputs import CheckedInputs
 from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
@@ -197,7 +198,8 @@ class ExCon(Strategy):
         ends), the clean ``logits`` and the clean ``features`` (detached). ``crops`` (2N, 5) fixes the
         backup and second crops (default: drawn from the global RNG, seeded per epoch by the trainer).
         """
-        cfg, model = self.config, self.ctx.model
+        # passes without parameter gradients use the unwrapped model (no DDP reducer involved)
+        cfg, model = self.config, self.ctx.module
         n = len(images)
         images, labels = images.detach(), self.ctx.task.targets_for_explanation(labels)  # single-label only
         if crops is None:
@@ -208,7 +210,8 @@ class ExCon(Strategy):
         with classifier_inputs(self.classifier) as seen:
             if explaining:
                 targets = labels if cfg.target == "label" else None
-                maps, logits = explain(model, images, targets, method=cfg.method, layer=layer, return_logits=True)
+                maps, logits = explain(model, CheckedInputs(images, targets), method=cfg.method, layer=layer,
+                                       return_logits=True)  # a batch of the data pipeline: no input check
             else:
                 with torch.no_grad(), preserved_state(model):
                     logits = model(images)
