@@ -41,6 +41,10 @@ class ConsistencyConfig:
     weight_power: float = option(1.0, "v proportional to (1 - E) ** power", gt=0.0)
     weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
     seed: int = option(0, "seed of the attack's random start")
+    fold_batchnorm: bool = option(True, "scoring pass (score_dataset): run a copy of the model with eval-mode "
+                                  "BatchNorm folded into the convolutions (same function up to float rounding)")
+    channels_last: bool = option(True, "scoring pass (score_dataset): channels-last layout for the copy and the "
+                                 "images (faster convolutions on the CPU; float rounding only)")
     explainer_options: dict = option(help="extra options of the explainer (e.g. steps, batch_size)",
                                      default_factory=dict)
 

@@ -21,6 +21,19 @@ def normalize_maps(maps: Tensor, eps: float = 1e-7) -> Tensor:
     return (maps - lo) / (hi - lo + eps)
 
 
+def _forward(model: nn.Module, images: Tensor, channels_last: bool) -> Tensor:
+    """``model(images)``, with ``channels_last`` on channels-last images (oneDNN's preferred layout;
+    by default only for non-differentiable maps, so training losses keep their exact arithmetic).
+    A model that ``view``s its feature maps as contiguous fails on that layout and is simply run
+    again on the images as given."""
+    if not channels_last or images.is_contiguous(memory_format=torch.channels_last):
+        return model(images)
+    try:
+        return model(images.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        return model(images)
+
+
 def list_explainers() -> list[str]:
     return METHODS.names()
 
@@ -35,6 +48,7 @@ def explain(
     normalize: bool = True,
     return_logits: bool = False,
     reshape_transform: Reshape | None = None,
+    channels_last: bool | None = None,
     **options,
 ) -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
     """Class-activation heatmaps for a batch, on the model's device.
@@ -62,6 +76,9 @@ def explain(
             consistency scorer uses them instead of a second forward).
         reshape_transform: maps the layer's output to (N, K, h, w) and is applied identically to its
             gradient, for layers that emit tokens (see :func:`vit_reshape_transform`); needs ``layer``.
+        channels_last: run the forward on channels-last images (``None``: on the CPU when not
+            ``differentiable``, where oneDNN convolutions are ~15 % faster in that layout); the maps
+            differ from the contiguous layout's by float rounding only.
         **options: method options (``batch_size`` for scorecam, ``steps``/``baseline`` for
             integrated-gradcam).
 
@@ -82,7 +99,8 @@ def explain(
         index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
                                         torch.tensor(counts, device=images.device))
         maps = explain(model, checked.replace(images=images[index], counts=None), None, method, layer,
-                       differentiable, normalize, reshape_transform=reshape_transform, **options)
+                       differentiable, normalize, reshape_transform=reshape_transform,
+                       channels_last=channels_last, **options)
         return list(maps.split(counts))
 
     # timm ViT/DeiT/Swin: default layer and token reshape chosen from the model type (layers.transformer_defaults)
@@ -94,7 +112,8 @@ def explain(
     layer_module = resolve_layer(model, layer, images)
     with preserved_state(model, freeze_params=not differentiable), torch.enable_grad():
         with capture(layer_module) as cap:
-            logits = model(images)
+            fast = channels_last if channels_last is not None else (not differentiable and images.device.type == "cpu")
+            logits = _forward(model, images, fast)
         if logits.dim() != 2:
             raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
         if cap.activation is None:
