@@ -16,7 +16,7 @@ import torch
 from consistcam.cli import main
 from consistcam.config import ConfigError
 from consistcam.sweep import grid as g
-from consistcam.sweep.runner import Collected, check_same_config, member_config, train_member
+from consistcam.sweep.runner import Collected, check_same_config, collect, member_config, train_member
 from consistcam.sweep.stats import paired, summarize, t_quantile
 from consistcam.sweep.table import build_rows, markdown, write_outputs
 from consistcam.train.run_folder import write_status
@@ -144,14 +144,15 @@ def test_verdict_on_hand_made_numbers():
 
 def test_table_rows_markdown_csv_and_plot(tmp_path):
     c = Collected({"test": {"acc": {"method=erm": {0: 0.4, 1: 0.5, 2: 0.6}, "method=ecl": {0: 0.5, 1: 0.6, 2: 0.7}},
-                            "deletion": {"method=erm": {0: 0.2, 1: 0.2, 2: 0.2}}}}, missing=["x_s3"])
+                            "deletion": {"method=erm": {0: 0.2, 1: 0.2, 2: 0.2}}}}, missing=["x_s3", "x_s4"],
+                  missing_seeds={"x": [3, 4]})
     arms = ["method=erm", "method=ecl"]
     rows = build_rows(c, arms, "method=erm")
     ecl = next(r for r in rows if r["arm"] == "method=ecl")
     assert ecl["verdict"] == "higher" and ecl["diff_mean"] == pytest.approx(0.1) and ecl["n_pairs"] == 3
-    text = markdown(rows, arms, None, "method=erm", 0.95, missing=c.missing)
+    text = markdown(rows, arms, None, "method=erm", 0.95, missing=c.missing_seeds)
     assert "| `method=erm` | 0,1,2 | 0.500 ± 0.100 |" in text
-    assert "0.600 ± 0.100; Δ +0.100 ± 0.000 (higher)" in text and "x_s3" in text
+    assert "0.600 ± 0.100; Δ +0.100 ± 0.000 (higher)" in text and "left out): `x` seeds 3,4." in text
     out = write_outputs(tmp_path, c, arms, "method=erm", plot_metric="test/acc")
     with out["csv"].open() as f:
         table = list(csv.DictReader(f))
@@ -233,3 +234,24 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert main(["sweep", "--grid", "lr=0.1", "--shard", "2/2", "--out", str(tmp_path)]) == 2
     assert "--shard" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_collect_reads_splits_and_the_summary_and_metrics_pick_split_columns(tmp_path):
+    items = g.members(g.expand_arms([g.parse_grid_item("method=erm,ecl")], methods=METHODS), [0, 1])
+    for k, m in enumerate(items):
+        eval_dir = tmp_path / m.folder / "eval"
+        eval_dir.mkdir(parents=True)
+        doc = {"meta": {}, "splits": {"val": {"acc": 0.5 + k / 10, "n_images": 9, "acc_per_class": [0.1]}},
+               "summary": {"worst_group_acc": 0.1 * k, "group_acc": {"a/aligned": 0.3}}}
+        (eval_dir / "metrics.json").write_text(json.dumps(doc))
+        (eval_dir / "sweep_evaluate.json").write_text(json.dumps({"evaluate_args": [], "model_sha256": ""}))
+        if k == 3:
+            (eval_dir / "sweep_evaluate.json").write_text(json.dumps({"evaluate_args": ["--subset", "5"],
+                                                                      "model_sha256": ""}))
+    c = collect(tmp_path, items, [])
+    assert c.values["val"]["acc"] == {"method=erm": {0: 0.5, 1: 0.6}, "method=ecl": {0: 0.7}}
+    assert c.values["summary"]["worst_group_acc"]["method=ecl"] == {0: pytest.approx(0.2)}
+    assert "group_acc" not in c.values["summary"] and c.missing_seeds == {"method=ecl": [1]}
+    rows = build_rows(c, ["method=erm", "method=ecl"], "method=erm")
+    text = markdown(rows, ["method=erm", "method=ecl"], ["acc", "summary/worst_group_acc"], "method=erm", 0.95)
+    assert "**summary**\n\n| arm | seeds | worst_group_acc |" in text and "| arm | seeds | acc | n_images |" not in text

@@ -41,7 +41,7 @@ def add_command(sub, formatter_class) -> None:
     s.add_argument("--baseline", help="arm the others are compared with: its name or KEY=V words that select one "
                                       "arm (default: the arm with method erm, if exactly one)")
     s.add_argument("--confidence", type=float, default=0.95, help="level of the paired t-interval of the verdict")
-    s.add_argument("--metrics", help="comma-separated metrics of the markdown table (default: the key ones "
+    s.add_argument("--metrics", help="comma-separated [SPLIT/]METRIC columns of the markdown (default: the key ones "
                                      "present; CSV/JSON hold all)")
     s.add_argument("--plot-metric", help="[SPLIT/]METRIC of the plot (default: acc on the first split)")
     s.add_argument("--list", action="store_true", help="list the members (shard, state) and exit")

@@ -24,7 +24,8 @@ from consistcam.train.run_folder import read_status
 from consistcam.utils import atomic_write
 
 EVAL_MARKER = "sweep_evaluate.json"  # in the evaluation folder: the arguments it was evaluated with
-IGNORED = ("out", "workers", "device")  # may differ between invocations without changing the run
+IGNORED = ("out", "workers", "device")
+SUMMARY = "summary"  # may differ between invocations without changing the run
 
 
 def member_config(config: str | Path | None, base: Mapping, member: Member, root: Path) -> TrainConfig:
@@ -118,10 +119,12 @@ class Collected:
 
     values: dict[str, dict[str, dict[str, dict[int, float]]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # member folders without an evaluation
+    missing_seeds: dict[str, list[int]] = field(default_factory=dict)  # the same, as {arm name: seeds}
 
 
 def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -> Collected:
-    """Read RUN/eval/metrics.json of each member (numeric metrics only, as saved by evaluate)."""
+    """Read RUN/eval/metrics.json of each member: the numeric metrics of every split, and those of its
+    ``summary`` (figures over several splits) under the pseudo-split ``summary``."""
     from consistcam.report import read_evaluation
 
     out = Collected()
@@ -129,8 +132,14 @@ def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -
         run_dir = root / m.folder
         if not is_evaluated(run_dir, evaluate_args):
             out.missing.append(m.folder)
+            out.missing_seeds.setdefault(m.arm.name, []).append(m.seed)
             continue
-        for split, metrics in read_evaluation(run_dir).splits.items():
+        saved = read_evaluation(run_dir)  # validates the file; names it if damaged
+        splits = dict(saved.splits)
+        summary = json.loads((saved.eval_dir / "metrics.json").read_text()).get("summary")
+        if isinstance(summary, dict):  # across-split figures (shortcut data: acc_correlated, worst_group_acc, ...)
+            splits[SUMMARY] = summary
+        for split, metrics in splits.items():
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     out.values.setdefault(split, {}).setdefault(key, {}).setdefault(m.arm.name, {})[m.seed] = \

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from consistcam.sweep.runner import Collected
@@ -19,8 +19,8 @@ from consistcam.sweep.stats import paired, summarize
 from consistcam.utils import atomic_write
 
 # shown in the markdown table by default (those the evaluation wrote); everything goes to CSV/JSON
-KEY_METRICS = ("acc", "acc_decorrelated", "acc_correlated", "worst_group_acc", "energy", "pointing_game",
-               "consistency_E", "bg_gap")
+KEY_METRICS = ("acc", "acc_decorrelated", "acc_correlated", "worst_group_acc", "shortcut_gap", "energy",
+               "pointing_game", "consistency_E", "bg_gap")
 FIELDS = ("split", "metric", "arm", "n", "mean", "std", "values", "baseline", "n_pairs", "diff_mean", "diff_std",
           "half_width", "verdict")
 
@@ -63,7 +63,7 @@ def cell(row: dict) -> str:
 
 
 def markdown(rows: Sequence[dict], arms: Sequence[str], metrics: Sequence[str] | None, baseline: str | None,
-             confidence: float, header: str = "", missing: Sequence[str] = ()) -> str:
+             confidence: float, header: str = "", missing: Mapping[str, Sequence[int]] | None = None) -> str:
     """One table per split: arms as rows, the chosen metrics as columns."""
     lines = [header] if header else []
     if baseline:
@@ -73,10 +73,12 @@ def markdown(rows: Sequence[dict], arms: Sequence[str], metrics: Sequence[str] |
     else:
         lines.append("Cells: mean ± std over seeds (no baseline arm: pass --baseline to compare).")
     if missing:
-        lines.append(f"Not evaluated yet (left out): {', '.join(missing)}.")
+        lines.append("Not evaluated yet (left out): " + "; ".join(
+            f"`{arm}` seeds {','.join(map(str, seeds))}" for arm, seeds in missing.items()) + ".")
     for split in dict.fromkeys(r["split"] for r in rows):
         present = list(dict.fromkeys(r["metric"] for r in rows if r["split"] == split))
-        chosen = [m for m in (metrics or KEY_METRICS) if m in present] or present
+        wanted = [m.removeprefix(f"{split}/") for m in (metrics or KEY_METRICS)]  # METRIC or SPLIT/METRIC
+        chosen = [m for m in dict.fromkeys(wanted) if m in present] or present
         lookup = {(r["metric"], r["arm"]): r for r in rows if r["split"] == split}
         lines += ["", f"**{split}**", "", "| arm | seeds | " + " | ".join(chosen) + " |",
                   "|---|---|" + "---|" * len(chosen)]
@@ -149,7 +151,7 @@ def write_outputs(root: Path, collected: Collected, arms: Sequence[str], baselin
     """Write ROOT/sweep.md, sweep.csv, sweep.json and sweep.png; returns the paths written."""
     rows = build_rows(collected, arms, baseline, confidence)
     out = {"md": root / "sweep.md", "csv": root / "sweep.csv", "json": root / "sweep.json"}
-    text = markdown(rows, arms, metrics, baseline, confidence, header, collected.missing)
+    text = markdown(rows, arms, metrics, baseline, confidence, header, collected.missing_seeds)
     atomic_write(out["md"], lambda tmp: Path(tmp).write_text(text))
     atomic_write(out["csv"], lambda tmp: Path(tmp).write_text(to_csv(rows)))
     doc = {"meta": meta or {}, "baseline": baseline, "confidence": confidence, "arms": list(arms),
