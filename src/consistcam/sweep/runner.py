@@ -20,7 +20,7 @@ import yaml
 from consistcam.sweep.grid import Member
 from consistcam.train import TrainConfig
 from consistcam.train.config import merge
-from consistcam.train.run_folder import read_status
+from consistcam.train.run_folder import read_metrics, read_status
 from consistcam.utils import atomic_write
 
 EVAL_MARKER = "sweep_evaluate.json"  # in the evaluation folder: the arguments it was evaluated with
@@ -138,7 +138,10 @@ def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -
         splits = dict(saved.splits)
         summary = json.loads((saved.eval_dir / "metrics.json").read_text()).get("summary")
         if isinstance(summary, dict):  # across-split figures (shortcut data: acc_correlated, worst_group_acc, ...)
-            splits[SUMMARY] = summary
+            splits[SUMMARY] = dict(summary)
+        epochs = read_metrics(run_dir / "metrics.jsonl")
+        if epochs and all("time_s" in r for r in epochs):  # the cost of the method: training wall time
+            splits.setdefault(SUMMARY, {})["train_time_s"] = sum(r["time_s"] for r in epochs)
         for split, metrics in splits.items():
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
