@@ -226,16 +226,13 @@ def test_multilabel_task_on_single_label_data_scores_the_one_class(tmp_path):
 
 
 def test_single_label_peers_refuse_multilabel_data(tmp_path):
-    for method in ("cgc", "sgt"):
+    for method in ("cgc", "sgt", "edda", "excon"):
         with pytest.raises(ValueError, match=f"{method} explains one class per image"):
             Trainer.from_config(_config(tmp_path, method), progress=False)
     with pytest.raises(ValueError, match="task: 'single'"):
         Trainer.from_config(_config(tmp_path, task="single"), progress=False)
 
 
-@pytest.mark.xfail(raises=KeyError, strict=False,
-                   reason="evaluation/run.py shortcut_summary reads results[split]['acc'], which multi-label "
-                          "results (mAP) lack; passes once it checks for the key")
 def test_cli_train_multilabel_ecl_then_evaluate(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", DATA, "--task", "multilabel", "--method", "ecl", "--epochs", "2",
@@ -246,3 +243,5 @@ def test_cli_train_multilabel_ecl_then_evaluate(tmp_path):
                  "--no-report"]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["splits"]["test"]
     assert 0 <= metrics["mAP"] <= 1 and 0 <= metrics["energy"] <= 1
+    assert len(metrics["f1_per_class"]) == 4 and metrics["f1_macro"] == pytest.approx(
+        sum(metrics["f1_per_class"]) / 4, abs=1e-3)

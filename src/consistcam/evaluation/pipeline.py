@@ -1,7 +1,8 @@
 """The evaluation pass: one streaming loop over a loader computing every protocol of
 docs/evaluation.md that the data allows, for one or more explainers.
 
-Keys of the result: recognition (``acc``, ``acc_top5``, ``acc_per_class``; ``mAP`` for multi-label
+Keys of the result: recognition (``acc``, ``acc_top5``, ``acc_per_class``; ``mAP``, ``f1_macro``,
+``f1_per_class`` and ``acc`` = exact match for multi-label
 data), then per explainer: localisation (``energy``, ``energy_uniform_baseline``,
 ``energy_small_objects``, ``pointing_game``, ``pointing_game_class_mean``, ``mask_iou@0.3``,
 ``mask_iou@0.5``), faithfulness (``insertion``, ``deletion``, ``ins_minus_del``, ``average_drop``,
@@ -21,7 +22,12 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MultilabelAveragePrecision,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
 
 from consistcam.consistency import ConsistencyConfig, explanation_consistency, unpack_batch
 from consistcam.data.masks import mask_from_boxes
@@ -220,6 +226,8 @@ def evaluate_model(
     top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
     per_class = MulticlassAccuracy(num_classes, average="none").to(device)
     mean_ap = MultilabelAveragePrecision(num_classes, average="macro").to(device)
+    f1 = MultilabelF1Score(num_classes, average="none").to(device)  # per class, at probability 0.5
+    exact = MultilabelExactMatch(num_classes).to(device)  # every class of the image right
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
     per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
                 for _ in explainers]
@@ -240,7 +248,9 @@ def evaluate_model(
             if labels.dim() == 2:  # multi-hot: mAP, and localisation per (image, positive class)
                 multilabel = True
                 with torch.no_grad():
-                    mean_ap.update(model(images), labels.long())
+                    logits = model(images)
+                for metric in (mean_ap, f1, exact):
+                    metric.update(logits, labels.long())
                 if "localization" in protocols and boxes is not None and batch.get("box_labels") is not None:
                     heat, gt, classes = _multilabel_maps(model, images, labels, boxes, batch["box_labels"], configs)
                     for maps, metrics in zip(heat, per_expl):
@@ -271,7 +281,9 @@ def evaluate_model(
                         predictions[(attack, eps)] = model(adv).argmax(1)
                 robust.update(predictions, labels)
     if multilabel:
-        result = {"mAP": mean_ap.compute().item()}
+        per_class_f1 = f1.compute()
+        result = {"mAP": mean_ap.compute().item(), "acc": exact.compute().item(),
+                  "f1_macro": per_class_f1.mean().item(), "f1_per_class": [round(v, 4) for v in per_class_f1.tolist()]}
         for name, metrics in zip(explainers, per_expl):
             prefix = "" if name == explainers[0] else f"{name}/"
             result.update({prefix + k: v for k, v in metrics.compute_localization().items()})

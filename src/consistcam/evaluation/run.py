@@ -62,7 +62,7 @@ DECORRELATED, CORRELATED = "test", "test_correlated"
 def _group_inputs(ds, per_sample: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
     """(predictions, labels, background aligned/conflicting) of each evaluated image from the
     evaluation's per-sample results; None for data without background groups."""
-    if ds.groups is None or "pred" not in per_sample:
+    if ds.groups is None or ds.multilabel or "pred" not in per_sample:
         return None
     groups = torch.tensor(ds.groups)[per_sample["id"]]
     return per_sample["pred"], per_sample["label"], alignment(per_sample["label"], groups)
@@ -80,9 +80,9 @@ def shortcut_summary(results: dict, group_inputs: dict[str, tuple[torch.Tensor, 
     splits) and the per-group and worst-group accuracy over both splits together: the same objects
     on aligned and on conflicting backgrounds, so every (class, alignment) cell is well populated."""
     out: dict = {}
-    if CORRELATED in results:
+    if "acc" in results.get(CORRELATED, {}):  # multi-label results: exact-match accuracy
         out["acc_correlated"] = results[CORRELATED]["acc"]
-    if DECORRELATED in results:
+    if "acc" in results.get(DECORRELATED, {}):
         out["acc_decorrelated"] = results[DECORRELATED]["acc"]
     if "acc_correlated" in out and "acc_decorrelated" in out:
         out["shortcut_gap"] = out["acc_correlated"] - out["acc_decorrelated"]

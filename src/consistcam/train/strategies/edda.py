@@ -130,6 +130,7 @@ class EDDA(Strategy):
     """Adds explanation-driven occlusions: non-salient occluded keeps the label, salient occluded loses confidence."""
 
     Config = EDDAConfig
+    single_label = True  # occlusions / masked views of one explained class per image
     config: EDDAConfig
 
     def scores(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:

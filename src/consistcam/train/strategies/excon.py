@@ -170,6 +170,7 @@ class ExCon(Strategy):
     """Supervised contrastive learning whose positive view keeps only the explained (salient) pixels."""
 
     Config = ExConConfig
+    single_label = True  # occlusions / masked views of one explained class per image
     config: ExConConfig
 
     def __init__(self, config: ExConConfig | None = None) -> None:
