@@ -16,7 +16,7 @@ CC=${CC:-.venv/bin/consistcam}
 PRESET=${PRESET:-cpu}
 OUT=${OUT:-runs/compare}
 SEEDS=${SEEDS:-"0 1 2"}
-METHODS=${METHODS:-erm,ecl,cgc,edda,sgt,excon}
+METHODS=${METHODS:-erm,ecl,cgc,edda,sgt,excon,lico}
 DATASETS=${DATASETS:-"demo shortcut_tinyimagenet tinyimagenet"}
 METRICS=${METRICS:-"acc,summary/acc_correlated,summary/acc_decorrelated,summary/worst_group_acc,energy,pointing_game,bg_gap,insertion,deletion,consistency_E,summary/train_time_s"}
 # every run is evaluated the same way: Grad-CAM, localisation, faithfulness, consistency, BG-gap
