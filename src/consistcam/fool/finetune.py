@@ -245,7 +245,7 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
                 # the original model's own maps against the same threshold: what counts as fooled without fooling
                 per[e]["ok_before"].append(fooling_success(cfg.kind, _test_loss(cfg.kind, o, o, cfg.region, cfg.topk)))
                 orig, fool = (o,), (f,)
-            have = len(examples.get("label", []))
+            have = sum(len(t) for t in examples.get("label", []))  # images so far, not batches
             if e == cfg.explainer and have < cfg.examples:
                 k = cfg.examples - have
                 fields = {"image": images[:k], "label": labels[:k], "original": orig[0][:k], "fooled": fool[0][:k]}

@@ -124,7 +124,7 @@ def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
 
     v = sub.add_parser("vae", help="a small convolutional VAE and VAE-TracIn (train, influence)",
                        formatter_class=formatter_class)
-    vsub = v.add_subparsers(dest="vae_command", required=True)
+    vsub = v.add_subparsers(dest="vae_command", required=True, help="what to do with the VAE")
     t = vsub.add_parser("train", help="train a conv VAE; the run folder keeps TracIn's checkpoints",
                         formatter_class=formatter_class,
                         epilog="example:\n  consistcam vae train --data demo --epochs 10 --out runs/vae_demo\n"
