@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from consistcam.cli import _int_at_least
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive = _int_at_least(1)  # argparse type: an integer >= 1
 
 
 def cmd_influence(args: argparse.Namespace) -> int:

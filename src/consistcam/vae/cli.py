@@ -7,24 +7,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from consistcam.cli import _int_at_least, _yaml_value
 
-def _yaml_value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive = _int_at_least(1)  # argparse type: an integer >= 1
 
 
 def _read_ids(path: str) -> list[int]:
