@@ -184,3 +184,27 @@ def test_each_switch_alone(fold, cl):
     fast = score_dataset(model, _batches(images, labels, 16),
                          ConsistencyConfig(fold_batchnorm=fold, channels_last=cl, **CFG))
     assert (fast.E - exact.E).abs().mean() < 1e-3
+
+
+def test_multilabel_scoring_uses_the_fast_copy_within_tolerance():
+    # score_multilabel_dataset runs on the same folded, channels-last copy as score_dataset: the
+    # same per-pair E up to the stated tolerance, and exactly the exact path with both switches off
+    from consistcam.consistency.multilabel import multilabel_consistency, score_multilabel_dataset
+
+    model = trained_tiny_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels, _ = square_images(32, seed=14)
+    hot = F.one_hot(labels, 2).float()
+    hot[::3] = 1.0  # every third image has both classes
+    batches = [{**b, "label": hot[b["id"]]} for b in _batches(images, labels, 16)]
+    exact_cfg = ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG)
+    exact = score_multilabel_dataset(model, batches, exact_cfg)
+    fast = score_multilabel_dataset(model, batches, ConsistencyConfig(**CFG))
+    diff = (fast["pair_E"] - exact["pair_E"]).abs()
+    assert len(diff) == 32 + len(range(0, 32, 3))
+    assert diff.mean() < 1e-3 and diff.max() < 0.05, (diff.mean(), diff.max())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    generator = torch.Generator().manual_seed(7)
+    want = [multilabel_consistency(model, b["image"], b["label"], exact_cfg, generator=generator)["E"]
+            for b in batches]
+    assert torch.equal(exact["E"], torch.cat(want))

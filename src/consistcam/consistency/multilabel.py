@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from consistcam.attack import mask_from_heatmap
 from consistcam.consistency.config import ConsistencyConfig
-from consistcam.consistency.score import explanation_consistency, unpack_batch
+from consistcam.consistency.score import explanation_consistency, scoring_batches
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES
 from consistcam.explain import explain
 from consistcam.models.state import preserved_state
@@ -173,16 +173,14 @@ def score_multilabel_dataset(
     :data:`IMAGE_KEYS` of the images with at least one positive class, and :data:`PAIR_KEYS` of their
     pairs (``pair_ids`` = the image's id). Weights are left to the caller
     (:func:`~consistcam.consistency.consistency_weights` of ``E``): under DDP they must be computed
-    after the shards are gathered. The attack's random start is seeded from ``config.seed``."""
-    from consistcam.utils import model_device, progress_bar
-
+    after the shards are gathered. The attack's random start is seeded from ``config.seed``. Runs on
+    the same BatchNorm-folded, channels-last copy as :func:`~consistcam.consistency.score_dataset`
+    (``config.fold_batchnorm``, ``config.channels_last``)."""
     cfg = config or ConsistencyConfig()
-    device = torch.device(device) if device is not None else model_device(model)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     parts: dict[str, list[Tensor]] = {k: [] for k in ("ids", *IMAGE_KEYS, *PAIR_KEYS)}
-    for batch in progress_bar(loader, desc="consistency", enabled=progress):
-        images, labels, ids, boxes, masks = unpack_batch(batch, device)
-        out = multilabel_consistency(model, images, labels, cfg, reduce=reduce, boxes=boxes, masks=masks,
+    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg,
+                                                                                       progress, device):
+        out = multilabel_consistency(scorer, images, labels, scfg, reduce=reduce, boxes=boxes, masks=masks,
                                      generator=generator)
         keep = out["positives"] > 0
         parts["ids"].append(ids[keep])

@@ -157,6 +157,27 @@ def scoring_model(model: nn.Module, config: ConsistencyConfig, example: Tensor) 
     return clone, dataclasses.replace(config, layer=layer)
 
 
+def scoring_batches(model: nn.Module, loader: Iterable, config: ConsistencyConfig, progress: bool,
+                    device: torch.device | str | None):
+    """The batches of a scoring pass, each as ``(scorer, config, generator, (images, labels, ids,
+    boxes, masks))``: on the device, images in the scorer's layout, ``scorer`` and ``config`` from
+    :func:`scoring_model` (made once, from the first batch, which tells the default layer's name),
+    and one generator seeded from ``config.seed`` for the attack's random starts."""
+    from consistcam.utils import model_device, progress_bar
+
+    device = torch.device(device) if device is not None else model_device(model)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    scorer, cfg = None, config
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    for batch in progress_bar(loader, desc="consistency", enabled=progress):
+        images, labels, ids, boxes, masks = unpack_batch(batch, device)
+        if scorer is None:
+            scorer, cfg = scoring_model(model, config, images)
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=layout)
+        yield scorer, cfg, generator, (images, labels, ids, boxes, masks)
+
+
 def score_dataset(
     model: nn.Module,
     loader: Iterable,
@@ -176,22 +197,13 @@ def score_dataset(
     ``config.channels_last``): the same function up to float rounding, made once per pass, about
     1.5x faster on the CPU (docs/benchmarks.md); ``model`` itself is not touched.
     """
-    from consistcam.utils import model_device, progress_bar
-
     cfg = config or ConsistencyConfig()
-    device = torch.device(device) if device is not None else model_device(model)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     keys = ("E", "S", "P", "pred", "pred_adv", "flipped", "fg_area")
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "ids")}
-    scorer, layout = None, torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for batch in progress_bar(loader, desc="consistency", enabled=progress):
-        images, labels, ids, boxes, masks = unpack_batch(batch, device)
-        if scorer is None:  # the first batch tells the default layer's name
-            scorer, cfg = scoring_model(model, cfg, images)
-        if images.dim() == 4:
-            images = images.contiguous(memory_format=layout)
+    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg,
+                                                                                       progress, device):
         with torch.no_grad():
-            out = explanation_consistency(scorer, images, labels, cfg, boxes=boxes, masks=masks, generator=generator)
+            out = explanation_consistency(scorer, images, labels, scfg, boxes=boxes, masks=masks, generator=generator)
         for k in keys:
             parts[k].append(out[k].detach())
         parts["ids"].append(ids)

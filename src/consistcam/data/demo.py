@@ -48,6 +48,20 @@ def _shape_masks(kind: Tensor, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> 
     return masks[torch.arange(len(kind)), kind]
 
 
+def _striped_background(bg_class: Tensor, num_classes: int, size: int, g: torch.Generator) -> Tensor:
+    """(N, 3, H, W) float backgrounds: the group's colour x stripes at the group's orientation, random
+    period and phase, plus pixel noise (draws period, phase, noise from ``g`` in that order)."""
+    n = len(bg_class)
+    ys = torch.arange(size, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(size, dtype=torch.float32)[None, None, :]
+    angle = (bg_class.float() * math.pi / num_classes)[:, None, None]
+    period = (4 + 3 * torch.rand(n, generator=g))[:, None, None]
+    phase = (2 * math.pi * torch.rand(n, generator=g))[:, None, None]
+    stripes = torch.sin(2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
+    background = BACKGROUND_COLOURS[bg_class][:, :, None, None] * (0.75 + 0.25 * stripes[:, None])
+    return background + 0.06 * torch.randn(n, 3, size, size, generator=g)
+
+
 def make_demo_split(n: int, num_classes: int = 4, size: int = 32, rho: float = 0.9, seed: int = 0,
                     split: str = "train") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(uint8 images N x 3 x H x W, labels, masks N x H x W bool, background class per image)."""
@@ -68,16 +82,7 @@ def make_demo_split(n: int, num_classes: int = 4, size: int = 32, rho: float = 0
     cy = r + (size - 2 * r) * torch.rand(n, generator=g)
     cx = r + (size - 2 * r) * torch.rand(n, generator=g)
     masks = _shape_masks(labels, cy, cx, r, size)
-    # background: class colour x stripes at a class orientation, random phase and period
-    ys = torch.arange(size, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(size, dtype=torch.float32)[None, None, :]
-    angle = (bg_class.float() * math.pi / num_classes)[:, None, None]
-    period = (4 + 3 * torch.rand(n, generator=g))[:, None, None]
-    phase = (2 * math.pi * torch.rand(n, generator=g))[:, None, None]
-    stripes = torch.sin(2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
-    colour = BACKGROUND_COLOURS[bg_class][:, :, None, None]
-    background = colour * (0.75 + 0.25 * stripes[:, None])
-    background = background + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    background = _striped_background(bg_class, num_classes, size, g)
     fg_colour = 0.35 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
     fg = fg_colour + 0.04 * torch.randn(n, 3, size, size, generator=g)
     images = torch.where(masks[:, None], fg, background).clamp(0, 1)
@@ -120,14 +125,7 @@ def make_multilabel_demo_split(n: int, num_classes: int = 4, size: int = 32, rho
     cy = (cells // grid) * cell_size + r + (cell_size - 2 * r) * torch.rand(n, objects, generator=g)
     cx = (cells % grid) * cell_size + r + (cell_size - 2 * r) * torch.rand(n, objects, generator=g)
     masks = _shape_masks(classes.flatten(), cy.flatten(), cx.flatten(), r.flatten(), size).view(n, objects, size, size)
-    ys = torch.arange(size, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(size, dtype=torch.float32)[None, None, :]
-    angle = (bg_class.float() * math.pi / num_classes)[:, None, None]
-    period = (4 + 3 * torch.rand(n, generator=g))[:, None, None]
-    phase = (2 * math.pi * torch.rand(n, generator=g))[:, None, None]
-    stripes = torch.sin(2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
-    images = BACKGROUND_COLOURS[bg_class][:, :, None, None] * (0.75 + 0.25 * stripes[:, None])
-    images = images + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    images = _striped_background(bg_class, num_classes, size, g)
     for k in range(objects):
         colour = 0.35 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
         fg = colour + 0.04 * torch.randn(n, 3, size, size, generator=g)
