@@ -102,6 +102,42 @@ def test_resume_is_bit_identical_with_workers_and_weight_ema(tmp_path):
     assert not torch.equal(first, full.strategy.weights)  # the EMA state really carried over
 
 
+def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_E(tmp_path):
+    from consistcam.consistency import consistency_weights
+
+    trainer = Trainer.from_config(tiny(tmp_path, "ecl", epochs=2, ecl={"warmup": 0, "score_fraction": 0.25}),
+                                  progress=False)
+    trainer.fit()
+    first = load_file(str(tmp_path / "consistency" / "epoch_000.safetensors"))
+    second = load_file(str(tmp_path / "consistency" / "epoch_001.safetensors"))
+    assert first["ids"].tolist() == second["ids"].tolist() == list(range(96))  # the first round scores all
+    assert (first["scored_epoch"] == 0).all()
+    rescored = second["scored_epoch"] == 1
+    assert rescored.sum().item() == 24 and (second["scored_epoch"][~rescored] == 0).all()
+    assert torch.equal(second["E"][~rescored], first["E"][~rescored])  # kept exactly
+    assert not torch.equal(second["E"][rescored], first["E"][rescored])  # really re-scored (a trained epoch later)
+    # v comes from every sample's E, mean 1
+    assert torch.allclose(second["weights"], consistency_weights(second["E"]), atol=1e-6)
+    assert second["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
+    again = Trainer.from_config(tiny(tmp_path / "again", "ecl", epochs=2, ecl={"warmup": 0, "score_fraction": 0.25}),
+                                progress=False)
+    again.fit()  # the subset is drawn from (seed, epoch): the same in a second run
+    assert torch.equal(load_file(str(tmp_path / "again" / "consistency" / "epoch_001.safetensors"))["scored_epoch"],
+                       second["scored_epoch"])
+
+
+def test_resume_is_bit_identical_with_score_fraction(tmp_path):
+    full, resumed = _resume_matches(tmp_path, method="ecl", ecl={"score_fraction": 0.5})
+    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
+    assert torch.equal(full.strategy.last["E"], resumed.strategy.last["E"])
+
+
+def test_score_fraction_is_refused_for_multilabel_data(tmp_path):
+    with pytest.raises(ValueError, match="score_fraction"):
+        Trainer.from_config(tiny(tmp_path, "ecl", data="demo:n=96,size=16,objects=2",
+                                 ecl={"score_fraction": 0.5}), progress=False)
+
+
 def test_resume_rejects_a_changed_config(tmp_path):
     Trainer.from_config(tiny(tmp_path), progress=False).fit()
     with pytest.raises(ValueError, match=r"config differs .*lr"):

@@ -37,6 +37,21 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
+def _hooked_dry_run(model: nn.Module, modules, hook, example: Tensor) -> None:
+    """One forward of ``example``'s first image in eval mode without gradients, with the forward
+    ``hook`` on each of ``modules``: how the layer finders look at a model. Hooks are always removed
+    and the model's train/eval flags restored."""
+    handles = []
+    try:
+        for m in modules:
+            handles.append(m.register_forward_hook(hook))
+        with preserved_state(model, eval_mode=True), torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def find_target_layer(model: nn.Module, example: Tensor) -> str:
     """Name of the last spatial feature stage: the last module (outermost on ties) to finish with a
     (N, C, h, w) output, h·w > 1, that is not pooling/identity/dropout.
@@ -50,7 +65,6 @@ def find_target_layer(model: nn.Module, example: Tensor) -> str:
         return hit
     names = {m: n for n, m in model.named_modules() if n}
     last: list[str] = []
-    handles = []
 
     def hook(module: nn.Module, _i: object, out: object) -> None:
         if (
@@ -62,14 +76,7 @@ def find_target_layer(model: nn.Module, example: Tensor) -> str:
         ):
             last.append(names[module])
 
-    try:
-        for m in names:
-            handles.append(m.register_forward_hook(hook))
-        with preserved_state(model, eval_mode=True), torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked_dry_run(model, names, hook, example)
     if not last:
         raise ValueError(
             f"could not find a spatial feature layer in {type(model).__name__} for input shape "
@@ -159,13 +166,7 @@ def find_block_layers(model: nn.Module, example: Tensor, deepest: nn.Module,
                 tuple(out.shape), size):
             order.append((name, (out.shape[-2], out.shape[-1])))
 
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
-        with preserved_state(model, eval_mode=True), torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked_dry_run(model, names, hook, example)
     if not done[0]:
         raise ValueError(f"layer {names[deepest]!r} did not run in the forward pass of {type(model).__name__}")
     area = deepest_size[0] * deepest_size[1]
@@ -231,14 +232,8 @@ def _swin_default(model: nn.Module, prefix: str, swin: nn.Module, example: Tenso
         return hit
     stages = list(swin.layers)
     sizes: dict[int, tuple[int, ...]] = {}
-    handles = [s.register_forward_hook(lambda _m, _i, o, i=i: sizes.__setitem__(i, tuple(o.shape)))
-               for i, s in enumerate(stages)]
-    try:
-        with preserved_state(model, eval_mode=True), torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    index = {stage: i for i, stage in enumerate(stages)}
+    _hooked_dry_run(model, stages, lambda m, _i, o: sizes.__setitem__(index[m], tuple(o.shape)), example)
     spatial = [i for i, shape in sizes.items() if len(shape) == 4 and shape[1] * shape[2] > 1]
     i = max(spatial) if spatial else len(stages) - 1
     head = f"{prefix}." if prefix else ""

@@ -107,9 +107,14 @@ class TrainData:
                           pin_memory=self.pin_memory)
 
     def scoring_loader(self, batch_size: int, keep_locations: bool = False, rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
-        """The training images without augmentation, in id order (under DDP: this rank's shard)."""
-        return self.loader(shard(self._view(self.eval_transform, keep_locations), rank, world_size), batch_size)
+                       world_size: int = 1, ids: list[int] | None = None) -> DataLoader:
+        """The training images without augmentation, in id order (under DDP: this rank's shard);
+        only the samples ``ids`` (sorted sample ids) if given."""
+        if ids is None:
+            view = self._view(self.eval_transform, keep_locations)
+        else:
+            view = Subset(self.train.view(self.eval_transform, keep_locations), list(ids))
+        return self.loader(shard(view, rank, world_size), batch_size)
 
     def eval_loader(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
         return self.loader(shard(self.eval_sets[split], rank, world_size), batch_size)

@@ -48,7 +48,8 @@ class StrategyContext:
     progress: bool = False
     dist: DistInfo = field(default_factory=DistInfo)  # rank, world size and process group under DDP
     run_dir: Path | None = None
-    scoring_loader_fn: Callable[[int, bool], DataLoader] | None = field(default=None, repr=False)
+    classes: tuple[str, ...] = ()  # the training data's class names in label order (empty if unknown)
+    scoring_loader_fn: Callable[[int, bool, list[int] | None], DataLoader] | None = field(default=None, repr=False)
 
     @property
     def module(self) -> nn.Module:
@@ -65,12 +66,13 @@ class StrategyContext:
         """Rank 0 (or the only process): the one that writes files."""
         return self.dist.is_main
 
-    def scoring_loader(self, batch_size: int, keep_locations: bool = False) -> DataLoader:
-        """The training images without augmentation, in id order, with boxes/masks if asked
-        (under DDP: this rank's shard; combine per-sample results with :meth:`gather`)."""
+    def scoring_loader(self, batch_size: int, keep_locations: bool = False, ids: list[int] | None = None) -> DataLoader:
+        """The training images without augmentation, in id order, with boxes/masks if asked; only
+        the sample ids ``ids`` (sorted) if given (under DDP: this rank's shard; combine per-sample
+        results with :meth:`gather`)."""
         if self.scoring_loader_fn is None:
             raise RuntimeError("this context has no training data attached")
-        return self.scoring_loader_fn(batch_size, keep_locations)
+        return self.scoring_loader_fn(batch_size, keep_locations, ids)
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's rows of ``t`` concatenated (identity in one process)."""

@@ -2,7 +2,9 @@
 
 Warm up with v = 1 for ``warmup`` epochs; then every ``update_every`` epochs score the training
 set (explain, attack the background only, E = lam·S + (1 - lam)·P) and train on
-mean_i(v_i · L_i) with v = 1 - E normalised to mean 1, matched to samples by id. Multi-label data:
+mean_i(v_i · L_i) with v = 1 - E normalised to mean 1, matched to samples by id. With
+``score_fraction`` < 1 the rounds after the first re-score a random subset and the other samples
+keep their last E (v is still derived from every sample's E). Multi-label data:
 each positive class of an image is scored against the background of all its objects and the
 classes' E are reduced to one E per image (``multilabel_reduce``; consistcam.consistency.multilabel).
 """
@@ -28,6 +30,9 @@ class ECLConfig:
     warmup: int = option(2, "epochs trained with v = 1 before the first scoring pass", ge=0)
     update_every: int = option(2, "epochs between scoring passes", ge=1)
     score_batch_size: int = option(250, "batch size of the scoring pass", ge=1)
+    score_fraction: float = option(1.0, "share of the training set re-scored in each round after the first: a "
+                                   "seeded random subset (the same on every rank); the others keep the E of "
+                                   "their last scoring (single-label data)", gt=0.0, le=1.0)
     multilabel_reduce: str = option("mean", "multi-label data: one E per image from its positive classes' E "
                                     "(mean, or min: the least consistent class decides)", choices=REDUCTIONS)
     consistency: ConsistencyConfig = option(help="the consistency scorer (see docs/method.md)",
@@ -46,8 +51,13 @@ class ECL(Strategy):
 
     def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
+        if ctx.task.multilabel and self.config.score_fraction < 1:
+            raise ValueError("ecl.score_fraction < 1 is for single-label data: multi-label rounds score every image")
         self.weights = torch.ones(ctx.num_samples, device=ctx.device)
         self.rounds = 0
+        # every sample's fields from its last scoring (score_fraction < 1 merges a round into them);
+        # scored_epoch is -1 for a sample never scored
+        self.last: dict[str, Tensor] = {}
 
     def due(self, epoch: int) -> bool:
         cfg = self.config
@@ -59,7 +69,9 @@ class ECL(Strategy):
         ctx = self.ctx
         cfg = self.config.consistency
         scorer = dataclasses.replace(cfg, seed=ctx.seed * 1000 + epoch)
-        loader = ctx.scoring_loader(self.config.score_batch_size, keep_locations=cfg.mask not in ("heatmap", "none"))
+        subset = self._subset(epoch) if self.rounds > 0 and self.config.score_fraction < 1 else None
+        loader = ctx.scoring_loader(self.config.score_batch_size, keep_locations=cfg.mask not in ("heatmap", "none"),
+                                    ids=subset)
         show = ctx.progress and ctx.is_main
         if ctx.task.multilabel:
             shard = score_multilabel_dataset(ctx.module, loader, scorer, reduce=self.config.multilabel_reduce,
@@ -70,6 +82,8 @@ class ECL(Strategy):
         fields = self._gather_by_id(shard)
         if not len(fields["ids"]):
             raise ValueError("ecl: no training image has a positive class to score (all labels are empty)")
+        if self.config.score_fraction < 1:
+            fields = self._merge(fields, epoch)
         previous = self.weights[fields["ids"]] if self.rounds > 0 else None
         fields["weights"] = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power,
                                                 previous=previous, ema=cfg.weight_ema)
@@ -78,6 +92,28 @@ class ECL(Strategy):
         self.rounds += 1
         ctx.save_tensors(f"consistency/epoch_{epoch:03d}.safetensors", fields)
         return {f"consistency/{k}": v for k, v in summary(fields).items()}
+
+    def _subset(self, epoch: int) -> list[int]:
+        """The sorted sample ids re-scored this round: a random ``score_fraction`` of the trained ids,
+        drawn from (seed, epoch) alone, so every rank and every resume draws the same."""
+        ids = self.ctx.train_ids.cpu()
+        g = torch.Generator().manual_seed(self.ctx.seed * 1000 + epoch)
+        k = max(1, round(self.config.score_fraction * len(ids)))
+        return ids[torch.randperm(len(ids), generator=g)[:k]].sort().values.tolist()
+
+    def _merge(self, fields: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        """This round's fields written over every sample's last ones; returns the fields of every
+        sample scored so far (id order) with ``scored_epoch``, the epoch each was last scored at."""
+        n, ids = self.ctx.num_samples, fields["ids"]
+        if not self.last:
+            self.last = {k: torch.zeros(n, dtype=v.dtype, device=v.device) for k, v in fields.items() if k != "ids"}
+            self.last["scored_epoch"] = torch.full((n,), -1, dtype=torch.long, device=ids.device)
+        for k, v in fields.items():
+            if k != "ids":
+                self.last[k][ids] = v.to(self.last[k])
+        self.last["scored_epoch"][ids] = epoch
+        known = (self.last["scored_epoch"] >= 0).nonzero()[:, 0]
+        return {"ids": known, **{k: v[known] for k, v in self.last.items()}}
 
     def _gather_by_id(self, shard: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every rank's per-sample fields in sample-id order (per-pair fields, multi-label, in (id,
@@ -95,11 +131,13 @@ class ECL(Strategy):
         return self.weights[ids]
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"weights": self.weights, "rounds": torch.tensor(self.rounds)}
+        return {"weights": self.weights, "rounds": torch.tensor(self.rounds),
+                **{f"last.{k}": v for k, v in self.last.items()}}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.weights = state["weights"].to(self.ctx.device)
         self.rounds = int(state["rounds"])
+        self.last = {k[len("last."):]: v.to(self.ctx.device) for k, v in state.items() if k.startswith("last.")}
 
 
 def summary(fields: dict[str, Tensor]) -> dict[str, float]:

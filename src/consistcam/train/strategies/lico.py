@@ -148,17 +148,6 @@ def layer_outputs(layer: nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def dataset_classes(ctx: StrategyContext) -> list[str] | None:
-    """The training set's class names, found through the context's scoring loader (None without data)."""
-    if ctx.scoring_loader_fn is None:
-        return None
-    ds = ctx.scoring_loader(1).dataset
-    while not hasattr(ds, "classes") and hasattr(ds, "dataset"):
-        ds = ds.dataset  # Subset / shard wrappers
-    classes = getattr(ds, "classes", None)
-    return list(classes) if classes else None
-
-
 @register_strategy("lico")
 class LICO(Strategy):
     """Aligns image features with learnable language prompts of the classes (manifold + optimal transport)."""
@@ -198,7 +187,7 @@ class LICO(Strategy):
         for p in (self.context, self.temperature):
             p.data = p.data.to(ctx.device)
         self.classifier = classifier_layer(ctx.module)
-        names = list(self.config.class_names) or dataset_classes(ctx)
+        names = list(self.config.class_names or ctx.classes)
         if not names:
             raise ValueError("lico needs the class names for its prompts: set lico.class_names (label order)")
         if len(names) != self.classifier.out_features:
