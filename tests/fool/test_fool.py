@@ -106,7 +106,9 @@ def test_each_kind_lowers_its_fooling_loss(kind, explainer):
     torch.manual_seed(0)
     model = trained_tiny_net()
     images, labels, _ = square_images(32, seed=5)
-    lr = 1e-2 if explainer == "gradient" else 3e-3  # input gradients of a ReLU net move slowly
+    # input gradients of a ReLU net move slowly; Grad-CAM maps at 3e-3 oscillate (the active swap
+    # rose 0.104 -> 0.124 in CI with 2 threads); at 1e-3 every kind descends with 1 and 2 threads
+    lr = 1e-2 if explainer == "gradient" else 1e-3
     cfg = FoolConfig(kind=kind, explainer=explainer, lam=5.0, lr=lr, epochs=10, batch_size=32, classes=(0, 1))
     original = frozen_copy(model)
 
