@@ -48,12 +48,17 @@ def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
     p.add_argument("--top", type=_positive, default=10, help="proponents/opponents (or self-ranked samples) shown")
     p.add_argument("--params", default="last",
                    help="gradients of: last (the last linear layer), all, or a module name such as model.layer4")
+    add_tracin_options(p, batch_size=256, seed_help="seed of the random projection")
+    p.set_defaults(func=cmd_influence)
+
+
+def add_tracin_options(p: argparse.ArgumentParser, *, batch_size: int, seed_help: str) -> None:
+    """The options every TracIn command shares (classifier and VAE)."""
     p.add_argument("--project", type=_positive, metavar="K",
                    help="random projection of the gradients to K dims (for --params all on large models)")
     p.add_argument("--last", type=_positive, metavar="N", help="use only the last N kept checkpoints")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random projection")
-    p.add_argument("--batch-size", type=_positive, default=256, help="training samples per gradient batch")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--batch-size", type=_positive, default=batch_size, help="training samples per gradient batch")
     p.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="output folder (default: RUN/influence)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_influence)

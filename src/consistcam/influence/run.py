@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from consistcam.influence.gradients import classifier_gradients
 from consistcam.influence.html import Row, write_grid_html
-from consistcam.influence.tracin import TracInCheckpoint, TracInResult, tracin
+from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
 from consistcam.train.callbacks import KEPT_FORMAT, kept_checkpoints
 from consistcam.train.checkpoint import read_metadata
 from consistcam.utils import atomic_save_tensors
@@ -55,12 +55,7 @@ def run_checkpoints(run_dir: str | Path, last: int | None = None) -> list[TracIn
     if not kept:
         raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no kept checkpoints: TracIn needs them; "
                                 "train with --keep-checkpoints every=N (e.g. every=1 for short runs)")
-    out = []
-    for epoch, path in list(kept.items())[-last if last else 0:]:
-        meta = read_metadata(path)
-        out.append(TracInCheckpoint(lambda p=path: load_kept_model(p), float(meta["lr"]),
-                                    float(meta.get("interval_epochs", 1)), name=f"epoch {epoch}"))
-    return out
+    return kept_tracin_checkpoints(kept, load_kept_model, last)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,21 @@ class TracInCheckpoint:
 
     def load(self) -> nn.Module:
         return self.model if isinstance(self.model, nn.Module) else self.model()
+
+
+def kept_tracin_checkpoints(kept: dict[int, Path], loader: Callable[[Path], nn.Module],
+                            last: int | None = None) -> list[TracInCheckpoint]:
+    """The kept checkpoints ``{epoch: path}`` of a run (classifier or VAE) in epoch order, only the
+    ``last`` few if given, each loaded lazily by ``loader`` and weighted by the learning rate and
+    number of epochs stored in its metadata."""
+    from consistcam.train.checkpoint import read_metadata
+
+    out = []
+    for epoch, path in list(kept.items())[-last if last else 0:]:
+        meta = read_metadata(path)
+        out.append(TracInCheckpoint(lambda p=path: loader(p), float(meta["lr"]),
+                                    float(meta.get("interval_epochs", 1)), name=f"epoch {epoch}"))
+    return out
 
 
 @dataclass

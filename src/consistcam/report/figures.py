@@ -66,6 +66,15 @@ GRID_COLUMNS = (("image", None, "image"), ("image", "heatmap", "heatmap"), ("adv
                 ("adversarial", "heatmap_adv", "its heatmap"))
 
 
+def _show(ax, panel: Tensor, title: str = "") -> None:
+    """One (H, W, 3) picture in a grid cell, without ticks; ``title`` over the first row."""
+    ax.imshow(panel.clamp(0, 1).cpu().numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
 def consistency_grid(rows: Mapping[str, Tensor], title: str = "") -> str:
     """One row per example: image, its heatmap, background-attacked image, its heatmap (the last two
     where ``rows`` has them); E and v beside each row where given."""
@@ -76,12 +85,7 @@ def consistency_grid(rows: Mapping[str, Tensor], title: str = "") -> str:
         for j, (image, heat, name) in enumerate(columns):
             picture = rows[image][i].float()
             panel = picture.permute(1, 2, 0) if heat is None else overlay(picture, rows[heat][i])
-            ax = axes[i, j]
-            ax.imshow(panel.clamp(0, 1).cpu().numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
+            _show(axes[i, j], panel, name if i == 0 else "")
         label = "\n".join(f"{key}={float(rows[key][i]):.3f}" for key in ("E", "v") if key in rows)
         axes[i, 0].set_ylabel(label, fontsize=7)
     if title:
@@ -147,12 +151,7 @@ def fooling_grid(examples: Mapping[str, Tensor], title: str = "") -> str:
         panels = [("image", picture.permute(1, 2, 0))] + [(name, overlay(picture, examples[key][i]))
                                                           for key, name in columns]
         for j, (name, panel) in enumerate(panels):
-            ax = axes[i, j]
-            ax.imshow(panel.clamp(0, 1).cpu().numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
+            _show(axes[i, j], panel, name if i == 0 else "")
         if "label" in examples:
             axes[i, 0].set_ylabel(f"label {int(examples['label'][i])}", fontsize=7)
     if title:

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from consistcam.cli import _int_at_least, _yaml_value
+from consistcam.influence.cli import add_tracin_options
 
 _positive = _int_at_least(1)  # argparse type: an integer >= 1
 
@@ -136,11 +137,5 @@ def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
     i.add_argument("--params", default="last", help="gradients of: last (encoder.head + decoder.out), all, or a "
                                                      "module name")
     i.add_argument("--samples", type=_positive, default=16, help="reparameterisation draws averaged in each loss")
-    i.add_argument("--project", type=_positive, metavar="K", help="random projection of the gradients to K dims")
-    i.add_argument("--last", type=_positive, metavar="N", help="use only the last N kept checkpoints")
-    i.add_argument("--seed", type=int, default=0, help="seed of the noise draws and the projection")
-    i.add_argument("--batch-size", type=_positive, default=128, help="training images per gradient batch")
-    i.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
-    i.add_argument("--out", help="output folder (default: RUN/influence)")
-    i.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tracin_options(i, batch_size=128, seed_help="seed of the noise draws and the projection")
     i.set_defaults(func=cmd_vae_influence)

@@ -18,9 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from consistcam.influence.gradients import RandomProjection, per_sample_gradients, select_parameters
-from consistcam.influence.tracin import TracInCheckpoint, TracInResult, tracin
+from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
 from consistcam.train.callbacks import kept_checkpoints
-from consistcam.train.checkpoint import read_metadata
 from consistcam.vae.loss import elbo_loss
 from consistcam.vae.model import LAST_LAYERS, ConvVAE
 from consistcam.vae.train import load_vae, load_vae_data, read_vae_config
@@ -90,12 +89,7 @@ def vae_checkpoints(run: str | Path, last: int | None = None) -> list[TracInChec
     kept = kept_checkpoints(run)
     if not kept:
         raise FileNotFoundError(f"{Path(run) / 'checkpoints'} holds no checkpoints: is {run} a VAE run folder?")
-    out = []
-    for epoch, path in list(kept.items())[-last if last else 0:]:
-        meta = read_metadata(path)
-        out.append(TracInCheckpoint(lambda p=path: load_vae(p), float(meta["lr"]),
-                                    float(meta.get("interval_epochs", 1)), name=f"epoch {epoch}"))
-    return out
+    return kept_tracin_checkpoints(kept, load_vae, last)
 
 
 def vae_tracin(run: str | Path, test_images: Tensor | None = None, *, params: str = "last", samples: int = 16,
