@@ -204,3 +204,19 @@ def test_explanation_objective_from_config_uses_the_differentiable_explainer(mon
     e_expl = explanation_consistency(model, images, labels, ConsistencyConfig(objective="explanation", **kw))["E"]
     assert differentiable == [True, True]  # one per step; the reference maps are the clean heatmaps
     assert not torch.allclose(e_ce, e_expl, atol=1e-3)
+
+
+def test_rank_weights_depend_only_on_the_order_of_e():
+    e = torch.tensor([0.9, 0.1, 0.5])
+    # 1 - E = [0.1, 0.9, 0.5] -> ranks [1, 3, 2] / 3, mean 2/3 -> [0.5, 1.5, 1.0]
+    v = consistency_weights(e, scheme="rank")
+    assert v.tolist() == pytest.approx([0.5, 1.5, 1.0])
+    squeezed = 0.99 + 0.01 * e  # E bunched near 1, the case where literal weights degenerate
+    assert torch.allclose(consistency_weights(squeezed, scheme="rank"), v)
+    ties = consistency_weights(torch.tensor([0.2, 0.2, 0.8, 0.8]), scheme="rank")
+    assert ties.tolist() == pytest.approx([1.4, 1.4, 0.6, 0.6])  # mean ranks 3.5, 3.5, 1.5, 1.5
+    assert consistency_weights(torch.ones(4), scheme="rank").tolist() == [1.0, 1.0, 1.0, 1.0]
+    tempered = consistency_weights(e, scheme="rank", power=0.5, floor=0.5)
+    assert tempered.mean().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="weight scheme"):
+        consistency_weights(e, scheme="softmax")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from consistcam.config import from_dict, option, registered, validate
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
+from consistcam.consistency.weights import WEIGHT_SCHEMES
 from consistcam.explain import METHODS
 
 ATTACKS = ("pgd", "fgsm", "noise", "none")
@@ -39,6 +40,8 @@ class ConsistencyConfig:
     lam: float = option(0.5, "E = lam * S + (1 - lam) * P", ge=0.0, le=1.0)
     weight_floor: float = option(0.0, "v = floor + (1 - floor) * v", ge=0.0, lt=1.0)
     weight_power: float = option(1.0, "v proportional to (1 - E) ** power", gt=0.0)
+    weight_scheme: str = option("value", "v from the value of 1 - E, or from its rank over the data set "
+                                "(rank: only the order of E matters)", choices=WEIGHT_SCHEMES)
     weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
     seed: int = option(0, "seed of the attack's random start")
     fold_batchnorm: bool = option(True, "scoring pass (score_dataset): run a copy of the model with eval-mode "

@@ -214,5 +214,5 @@ def score_dataset(
     cat = {k: v[order] for k, v in cat.items()}
     prev = previous_weights.weights if isinstance(previous_weights, ConsistencyScores) else previous_weights
     weights = consistency_weights(cat["E"], floor=cfg.weight_floor, power=cfg.weight_power, previous=prev,
-                                  ema=cfg.weight_ema)
+                                  ema=cfg.weight_ema, scheme=cfg.weight_scheme)
     return ConsistencyScores(ids=cat["ids"], weights=weights, **{k: cat[k] for k in keys})

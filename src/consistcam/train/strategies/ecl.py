@@ -86,7 +86,7 @@ class ECL(Strategy):
             fields = self._merge(fields, epoch)
         previous = self.weights[fields["ids"]] if self.rounds > 0 else None
         fields["weights"] = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power,
-                                                previous=previous, ema=cfg.weight_ema)
+                                                previous=previous, ema=cfg.weight_ema, scheme=cfg.weight_scheme)
         self.weights = torch.ones_like(self.weights)  # images without a positive class (multi-label) keep 1
         self.weights[fields["ids"]] = fields["weights"].to(self.weights)
         self.rounds += 1
