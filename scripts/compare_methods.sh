@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every training method on equal terms: one preset per data set (same model, epochs, batch, seeds),
 # the same evaluation for every run, then one table per data set (mean ± std over seeds, paired
-# difference to ERM, verdict) and one report.html with every run side by side.
+# difference to ERM, verdict) and one report.html per data set with every run side by side.
 #
 #   scripts/compare_methods.sh                       # CPU preset, every method, seeds 0 1 2
 #   PRESET=gpu scripts/compare_methods.sh            # configs/compare/*_gpu.yaml (ResNet-18, 64 px, CUDA)
@@ -33,8 +33,11 @@ for data in $DATASETS; do
     --metrics "$METRICS" "${extra[@]}" --evaluate-args "${EVAL[@]}"
   echo "$data: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 done
+# one report.html per data set with every method's runs side by side (after the last shard)
 if [ -z "${SHARD:-}" ]; then
-  runs=$(find "$OUT" -mindepth 3 -maxdepth 3 -path '*/eval/metrics.json' -printf '%h\n' | xargs -r -n1 dirname | sort)
-  # shellcheck disable=SC2086
-  [ -n "$runs" ] && $CC report $runs --out "$OUT/report.html" --title "consistcam: every method, $PRESET preset"
+  for data in $DATASETS; do
+    runs=$(find "$OUT/$data" -mindepth 3 -maxdepth 3 -path '*/eval/metrics.json' -printf '%h\n' | xargs -r -n1 dirname | sort)
+    # shellcheck disable=SC2086
+    [ -n "$runs" ] && $CC report $runs --out "$OUT/$data/report.html" --title "consistcam: every method on $data, $PRESET preset"
+  done
 fi
