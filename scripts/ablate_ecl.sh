@@ -18,6 +18,9 @@
 #                       all gives E = 1 and v = 1 for every image: ERM by construction, not run)
 #   gt                  the attack's foreground mask from the ground-truth box, not the heatmap
 #   steps1, steps5      PGD steps 1 / 5 (preset 3)
+#   layer3              Grad-CAM (h, h_adv and the mask) at an earlier stage, $LAYER (default
+#                       model.layer3 of cc_resnet10: 8x8 at 32 px instead of layer4's 4x4), the
+#                       CPU stand-in for the 32 vs 64 px question (64 px costs 4x)
 # Interrupted members resume and finished ones are skipped (consistcam sweep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,7 @@ for data in $DATASETS; do
       gt) spec="method=ecl $C.mask=gt" ;;
       steps1) spec="method=ecl $C.steps=1" ;;
       steps5) spec="method=ecl $C.steps=5" ;;
+      layer3) spec="method=ecl $C.layer=${LAYER:-model.layer3}" ;;
       *) echo "error: unknown arm '$arm' (see the list at the top of $0)" >&2; exit 2 ;;
     esac
     arms+=(--arm "$spec")
