@@ -118,6 +118,11 @@ def test_demo_is_deterministic_and_correlated():
     _, labels, _, bg = make_demo_split(2000, split="test")
     assert abs((bg == labels).float().mean().item() - 0.25) < 0.04
     assert masks.flatten(1).any(1).all()
+    # val: the same decorrelated distribution as test, but other images (picking on val, reporting on test)
+    images_val, labels_val, _, bg_val = make_demo_split(2000, split="val")
+    assert abs((bg_val == labels_val).float().mean().item() - 0.25) < 0.04
+    assert not torch.equal(images_val, make_demo_split(2000, split="test")[0])
+    assert not torch.equal(labels_val, labels)
     batch = collate([DemoShapes("test", transform=build_transform())[i] for i in range(4)])
     assert batch["mask"].shape == (4, 1, 32, 32) and len(batch["boxes"]) == 4
 

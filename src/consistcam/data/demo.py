@@ -28,7 +28,9 @@ BACKGROUND_COLOURS = torch.tensor([
     [0.20, 0.35, 0.75], [0.75, 0.25, 0.20], [0.25, 0.65, 0.25],
     [0.75, 0.65, 0.15], [0.55, 0.25, 0.65], [0.15, 0.60, 0.65],
 ])
-SPLITS = {"train": 0, "test": 1, "test_correlated": 2, "val": 1}
+# val is drawn like test (decorrelated) but from its own seed: picking on val and reporting on test
+# must not see the same images (val was an alias of test until 2026-12-03)
+SPLITS = {"train": 0, "test": 1, "test_correlated": 2, "val": 3}
 
 
 def _shape_masks(kind: Tensor, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
