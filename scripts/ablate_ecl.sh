@@ -33,6 +33,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 ARMS=${ARMS:-"erm ecl every literal rank s_only p_only noise gt steps1 steps5"}
 DATASETS=${DATASETS:-"shortcut_tinyimagenet demo"}
 METRICS=${METRICS:-"acc,worst_group_acc,energy,pointing_game"}
+BASELINE=${BASELINE:-method=erm}  # BASELINE=method=ecl TABLE_ONLY=1: every arm against the preset
 EVAL=(--explainer gradcam --protocols localization --split val --split test --split test_correlated --no-background
       --no-report)
 C=ecl.consistency
@@ -66,7 +67,7 @@ for data in $DATASETS; do
   done
   start=$(date +%s)
   # shellcheck disable=SC2086
-  $CC sweep "$config" "${arms[@]}" --seeds $SEEDS --out "$OUT/$data" --baseline method=erm \
+  $CC sweep "$config" "${arms[@]}" --seeds $SEEDS --out "$OUT/$data" --baseline "$BASELINE" \
     --metrics "$METRICS" --plot-metric val/acc "${extra[@]}" --evaluate-args "${EVAL[@]}"
   echo "$data: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 done
