@@ -117,7 +117,9 @@ def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_
     assert torch.equal(second["E"][~rescored], first["E"][~rescored])  # kept exactly
     assert not torch.equal(second["E"][rescored], first["E"][rescored])  # really re-scored (a trained epoch later)
     # v comes from every sample's E, mean 1
-    assert torch.allclose(second["weights"], consistency_weights(second["E"]), atol=1e-6)
+    cfg = trainer.strategy.config.consistency
+    assert torch.allclose(second["weights"], consistency_weights(second["E"], floor=cfg.weight_floor,
+                                                                 power=cfg.weight_power), atol=1e-6)
     assert second["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
     again = Trainer.from_config(tiny(tmp_path / "again", "ecl", epochs=2, ecl={"warmup": 0, "score_fraction": 0.25}),
                                 progress=False)

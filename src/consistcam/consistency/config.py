@@ -38,8 +38,11 @@ class ConsistencyConfig:
     similarity: str = option("cosine", "heatmap similarity S", check=registered(SIMILARITIES))
     prediction: str = option("js", "prediction consistency P", check=registered(PREDICTION_CONSISTENCIES))
     lam: float = option(0.5, "E = lam * S + (1 - lam) * P", ge=0.0, le=1.0)
-    weight_floor: float = option(0.0, "v = floor + (1 - floor) * v", ge=0.0, lt=1.0)
-    weight_power: float = option(1.0, "v proportional to (1 - E) ** power", gt=0.0)
+    # tempered by default: the literal v = 1 - E (power 1, floor 0) lost accuracy against these values
+    # on the shortcut benchmark's val split and energy on the demo's (docs/results.md, ECL ablations)
+    weight_floor: float = option(0.5, "v = floor + (1 - floor) * v (0 with power 1: the paper's literal "
+                                 "v = 1 - E)", ge=0.0, lt=1.0)
+    weight_power: float = option(0.5, "v proportional to (1 - E) ** power", gt=0.0)
     weight_scheme: str = option("value", "v from the value of 1 - E, or from its rank over the data set "
                                 "(rank: only the order of E matters)", choices=WEIGHT_SCHEMES)
     weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
