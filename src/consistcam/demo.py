@@ -12,6 +12,8 @@ from consistcam.train import TrainConfig, Trainer
 # The ECL preset of the demo. The paper's literal weights (v = 1 - E, mean 1) put almost all the
 # weight on a few samples when E is close to 1 for most of them (see docs/results.md); the spec's
 # power and floor options temper that.
+# the comparison preset configs/compare/demo_cpu.yaml; no arm of the ECL ablations (docs/results.md)
+# beat it on the demo val split
 DEMO_CONSISTENCY = {"steps": 3, "weight_power": 0.5, "weight_floor": 0.5}
 
 
