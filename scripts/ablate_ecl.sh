@@ -34,7 +34,7 @@ ARMS=${ARMS:-"erm ecl every literal rank s_only p_only noise gt steps1 steps5"}
 DATASETS=${DATASETS:-"shortcut_tinyimagenet demo"}
 METRICS=${METRICS:-"acc,worst_group_acc,energy,pointing_game"}
 BASELINE=${BASELINE:-method=erm}  # BASELINE=method=ecl TABLE_ONLY=1: every arm against the preset
-EVAL=(--explainer gradcam --protocols localization --split val --split test --split test_correlated --no-background
+EVAL=(--device "${DEVICE:-auto}" --explainer gradcam --protocols localization --split val --split test --split test_correlated --no-background
       --no-report)
 C=ecl.consistency
 extra=()

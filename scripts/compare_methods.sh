@@ -7,6 +7,7 @@
 #   PRESET=gpu scripts/compare_methods.sh            # configs/compare/*_gpu.yaml (ResNet-18, 64 px, CUDA)
 #   SHARD=0/2 scripts/compare_methods.sh & SHARD=1/2 scripts/compare_methods.sh   # two processes
 #   DATASETS=demo METHODS=erm,ecl SEEDS="0 1" scripts/compare_methods.sh
+#   DEVICE=cuda:1 scripts/compare_methods.sh          # evaluation device (default auto: the run's device)
 #
 # Interrupted runs resume and finished ones are skipped (consistcam sweep), so re-running after a
 # stop costs nothing but what is missing. TABLE_ONLY=1 rebuilds the tables from what is evaluated.
@@ -20,7 +21,7 @@ METHODS=${METHODS:-erm,ecl,cgc,edda,sgt,excon,lico}
 DATASETS=${DATASETS:-"demo shortcut_tinyimagenet tinyimagenet"}
 METRICS=${METRICS:-"acc,summary/acc_correlated,summary/acc_decorrelated,summary/worst_group_acc,energy,pointing_game,bg_gap,insertion,deletion,consistency_E,summary/train_time_s"}
 # every run is evaluated the same way: Grad-CAM, localisation, faithfulness, consistency, BG-gap
-EVAL=(--explainer gradcam --protocols localization,faithfulness,consistency --faithfulness-steps 16)
+EVAL=(--explainer gradcam --protocols localization,faithfulness,consistency --faithfulness-steps 16 --device "${DEVICE:-auto}")
 extra=()
 [ -n "${SHARD:-}" ] && extra+=(--shard "$SHARD")
 [ -n "${TABLE_ONLY:-}" ] && extra+=(--table-only)

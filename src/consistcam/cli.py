@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from consistcam.config import ConfigError
+from consistcam.run.device import DEVICE_HELP
 
 
 def _parse_set(items: list[str] | None) -> dict:
@@ -152,7 +153,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         if size:
             image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        image = image.to(args.device)
+        image = image.to(next(model.parameters()).device)
         if args.target is not None and args.target >= len(info["classes"]):
             raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
         target = None if args.target is None else torch.tensor([args.target])
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_int_at_least(1), default=200, help="evaluation batch size")
     e.add_argument("--workers", type=_int_at_least(0), default=0, help="data loader worker processes")
     e.add_argument("--seed", type=int, default=0, help="seed of attacks, crops and background partners")
-    e.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--out", help="output folder (default: RUN/eval)")
     e.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
     e.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--target", type=_int_at_least(0), help="class to explain (default: the prediction)")
     x.add_argument("--size", type=_int_at_least(1), help="resize images to this size (default: the training size)")
     x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
-    x.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
+    x.add_argument("--device", default="auto", help=DEVICE_HELP)
     x.add_argument("--allow-incomplete", action="store_true", help="use a run whose training was interrupted")
     x.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
                    help="skip unreadable image files with a warning (default: what the run was trained with)")

@@ -105,7 +105,7 @@ def evaluate_run(
     batch_size: int = 200,
     workers: int = 0,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     out: str | Path | None = None,
     examples: int = 4,
     report: bool = True,
@@ -125,10 +125,12 @@ def evaluate_run(
     an interrupted run is refused unless ``allow_incomplete``.
     """
     from consistcam.report import render_evaluation
+    from consistcam.run.device import resolve_device
     from consistcam.train import load_model  # only for the model; evaluation never trains
     from consistcam.train.run_folder import require_complete
 
     run_dir = run_folder(run)
+    device = resolve_device(device, run_dir)  # auto: the run's device where it exists here
     require_complete(run_dir, allow_incomplete)
     model, info = load_model(run, device)
     data = data or run_data(run_dir)

@@ -9,6 +9,7 @@ import shlex
 import sys
 
 from consistcam.fool.finetune import FoolConfig
+from consistcam.run.device import DEVICE_HELP
 
 # options with several values on the command line
 _LISTS = {"classes": dict(nargs=2, type=int, metavar=("A", "B")), "transfer": dict(nargs="*", metavar="EXPLAINER")}
@@ -34,7 +35,7 @@ def add_command(sub, formatter_class) -> None:
             extra = {"type": float}
         extra.setdefault("metavar", f.name.upper())
         p.add_argument(flag, dest=f"fool_{f.name}", default=None, help=option_help(FoolConfig, f.name), **extra)
-    p.add_argument("--device", default="cpu", help="device (cpu, cuda, cuda:1)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
     p.add_argument("--allow-incomplete", action="store_true", help="fool an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no summary")

@@ -26,7 +26,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str | torch.device = "cpu",
+def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str | torch.device = "auto",
              overwrite: bool = False, allow_incomplete: bool = False, progress: bool = True,
              command: str = "") -> dict:
     """Fine-tune the model of ``run`` with ``cfg``'s fooling and write the run folder ``out``.

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from consistcam.influence.gradients import classifier_gradients
 from consistcam.influence.html import Row, write_grid_html
 from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
+from consistcam.run.device import resolve_device
 from consistcam.train.callbacks import KEPT_FORMAT, kept_checkpoints
 from consistcam.train.checkpoint import read_metadata
 from consistcam.utils import atomic_save_tensors
@@ -131,7 +132,7 @@ def predict(model: nn.Module, images: Tensor, device: torch.device) -> Tensor:
 
 def influence_for_run(run: str | Path, tests: Sequence[str] = (), *, self_influence: bool = False, top: int = 10,
                       params: str = "last", projection: int | None = None, last: int | None = None, seed: int = 0,
-                      batch_size: int = 256, device: str = "cpu", out: str | Path | None = None,
+                      batch_size: int = 256, device: str = "auto", out: str | Path | None = None,
                       progress: bool = False) -> tuple[TracInResult, Path]:
     """TracIn of a run: influence of every training sample on each test image (labelled with its
     true class for ``SPLIT:INDEX``, with the final model's prediction for files) and/or the
@@ -145,7 +146,7 @@ def influence_for_run(run: str | Path, tests: Sequence[str] = (), *, self_influe
         raise ValueError(f"--top must be >= 1, got {top}")
     checkpoints = run_checkpoints(run_dir, last)
     data = run_data(run_dir)
-    dev = torch.device(device)
+    dev = resolve_device(device, run_dir)
     test_batch, names = None, []
     if tests:
         images, labels, names = load_test_images(tests, data)

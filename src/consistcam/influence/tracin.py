@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from consistcam.run.device import resolve_device
 from consistcam.utils import progress_bar
 
 Featurizer = Callable[[nn.Module, dict], Tensor]
@@ -100,7 +101,7 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def tracin(checkpoints: Sequence[TracInCheckpoint], gradients: Featurizer, train_batches: Iterable[dict],
-           test_batch: dict | None = None, *, device: str | torch.device = "cpu",
+           test_batch: dict | None = None, *, device: str | torch.device = "auto",
            progress: bool = False) -> TracInResult:
     """TracInCP self-influence of every training sample and, with ``test_batch``, the influence of
     every training sample on every test sample.
@@ -111,7 +112,7 @@ def tracin(checkpoints: Sequence[TracInCheckpoint], gradients: Featurizer, train
     """
     if not checkpoints:
         raise ValueError("tracin: no checkpoints given (a run keeps them with --keep-checkpoints every=N)")
-    device = torch.device(device)
+    device = resolve_device(device)
     ids: Tensor | None = None
     self_inf: Tensor | None = None
     influence: Tensor | None = None

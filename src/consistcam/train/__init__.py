@@ -16,7 +16,7 @@ from consistcam.train.strategies import (
     register_strategy,
 )
 from consistcam.train.task import Task, weighted_cross_entropy
-from consistcam.train.trainer import Schedule, Trainer, build_optimizer, resolve_device, train
+from consistcam.train.trainer import Schedule, Trainer, build_optimizer, train
 
 __all__ = [
     "ECL",
@@ -41,7 +41,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "register_strategy",
-    "resolve_device",
     "save_checkpoint",
     "save_model",
     "train",

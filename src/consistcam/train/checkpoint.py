@@ -83,11 +83,14 @@ def save_model(path: str | Path, model: nn.Module, arch: str, num_classes: int, 
     atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path, meta)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from ``model.safetensors`` (or a run folder holding one)."""
+def load_model(path: str | Path, device: str | torch.device = "auto") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from ``model.safetensors`` (or a run folder holding one) on ``device``
+    (``auto``: the run's device where it exists here, else CUDA when present, else the CPU)."""
     from consistcam.models import create
+    from consistcam.run.device import resolve_device
 
     path = Path(path)
+    device = resolve_device(device, path)  # before reading anything: a missing GPU is a one-line error
     if path.is_dir():
         path = path / "model.safetensors"
     meta = read_metadata(path)

@@ -22,6 +22,7 @@ from torch import nn
 from consistcam.config import ConfigError
 from consistcam.models import create
 from consistcam.models.state import preserved_state
+from consistcam.run.device import resolve_device
 from consistcam.train.callbacks import Callback, default_callbacks
 from consistcam.train.checkpoint import load_checkpoint
 from consistcam.train.config import TrainConfig
@@ -48,26 +49,6 @@ from consistcam.utils import atomic_write, fault_point, progress_bar, seed_every
 
 class NonFiniteLossError(ValueError):
     """Training produced a NaN or infinite loss."""
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable device is a clear error, not a deep traceback."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} requested but no CUDA GPU is available (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: 'mps' requested but MPS is not available")
-    return device
 
 
 @dataclass(frozen=True)

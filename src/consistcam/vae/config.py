@@ -32,7 +32,7 @@ class VAEConfig:
     exclude: list[int] = option(help="sample ids left out of training (removal-and-retraining checks)",
                                 default_factory=list)
     seed: int = option(0, "seed of initialisation, shuffling and the reparameterisation noise", ge=0)
-    device: str = option("cpu", "device: cpu, cuda, cuda:N or mps")
+    device: str = option("auto", "device: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
     out: str = option("runs/vae", "run folder")
 
     def __post_init__(self) -> None:

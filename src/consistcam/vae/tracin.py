@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from consistcam.influence.gradients import RandomProjection, per_sample_gradients, select_parameters
 from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
+from consistcam.run.device import resolve_device
 from consistcam.train.callbacks import kept_checkpoints
 from consistcam.vae.loss import elbo_loss
 from consistcam.vae.model import LAST_LAYERS, ConvVAE
@@ -94,7 +95,7 @@ def vae_checkpoints(run: str | Path, last: int | None = None) -> list[TracInChec
 
 def vae_tracin(run: str | Path, test_images: Tensor | None = None, *, params: str = "last", samples: int = 16,
                projection: int | None = None, last: int | None = None, seed: int = 0, batch_size: int = 128,
-               device: str = "cpu", progress: bool = False) -> tuple[TracInResult, Tensor]:
+               device: str = "auto", progress: bool = False) -> tuple[TracInResult, Tensor]:
     """VAE-TracIn of a run over all its training images (excluded ones included, so removal
     experiments can score them): returns the result and the training images (in ``ids`` order)."""
     cfg = read_vae_config(run)
@@ -106,7 +107,7 @@ def vae_tracin(run: str | Path, test_images: Tensor | None = None, *, params: st
         ids = torch.arange(len(test_images))
         test = {"image": test_images, "id": ids, "noise_id": ids + TEST_ID_OFFSET}
     result = tracin(vae_checkpoints(run, last), elbo_gradients(params, samples, cfg.beta, seed, projection),
-                    batches, test, device=device, progress=progress)
+                    batches, test, device=resolve_device(device, run), progress=progress)
     return result, data.images
 
 

@@ -97,7 +97,7 @@ def read_vae_config(run: str | Path) -> VAEConfig:
 
 def train_vae(cfg: VAEConfig, overwrite: bool = False, progress: bool = False) -> Path:
     """Train and write the run folder; returns its path."""
-    from consistcam.train.trainer import resolve_device
+    from consistcam.run.device import resolve_device
 
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)

@@ -1,0 +1,70 @@
+"""One device rule for every command and API: ``auto`` (the default everywhere) means CUDA when it
+is there, else the CPU; a command that opens a run folder prefers the device the run was trained
+on when that device exists here; a device that is not there is a one-line error, never a deep
+traceback from ``model.to``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from consistcam.config import ConfigError
+
+DEVICE_HELP = ("device: auto (the run's device if it exists here, else cuda when available, else cpu), "
+               "cpu, cuda, cuda:N or mps")
+
+
+def _auto() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _available(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used here (None when it can)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is available (torch.cuda.is_available() is False)"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"only {torch.cuda.device_count()} GPU(s) exist"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available"
+    if device.type not in ("cpu", "cuda", "mps"):
+        return "expected auto, cpu, cuda, cuda:N or mps"
+    return None
+
+
+def resolve_device(name: str | torch.device | None = "auto", run_dir: str | Path | None = None) -> torch.device:
+    """The ``torch.device`` for ``name``; ``auto``/None picks the device of ``run_dir`` (its
+    config.yaml) when that exists here, else CUDA when present, else the CPU."""
+    if isinstance(name, torch.device):
+        problem = _available(name)
+        if problem:
+            raise ConfigError(f"device: {str(name)!r} requested but {problem} (use --device auto or cpu)")
+        return name
+    if name is None or name == "auto":
+        preferred = run_device(run_dir) if run_dir is not None else None
+        if preferred is not None and preferred.type != "cpu" and _available(preferred) is None:
+            return preferred
+        if preferred is not None and preferred.type == "cpu":
+            return preferred
+        return _auto()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
+    problem = _available(device)
+    if problem:
+        raise ConfigError(f"device: {name!r} requested but {problem} (use --device auto or cpu)")
+    return device
+
+
+def run_device(run_dir: str | Path) -> torch.device | None:
+    """The device a run folder was configured for (None: no config, or ``auto``/unreadable)."""
+    path = Path(run_dir)
+    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    try:
+        name = (yaml.safe_load(config.read_text()) or {}).get("device", "auto")
+        return None if name in (None, "auto") else torch.device(str(name))
+    except (OSError, ValueError, RuntimeError, AttributeError, yaml.YAMLError):
+        return None
