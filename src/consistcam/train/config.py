@@ -112,6 +112,12 @@ class TrainConfig:
     channels_last: bool = option(False, "channels-last memory format")
     seed: int = option(0, "seed of initialisation, shuffling, augmentation and attacks", ge=0)
     workers: int = option(0, "data loader worker processes", ge=0)
+    preload: str = option("auto", "decode the training images once into memory on the training device and augment "
+                          "them there (flip, crop_flip): auto = when they fit (a quarter of the free memory, at most "
+                          "8 GiB) and the method needs no boxes/masks; on = required; off = the DataLoader path",
+                          choices=("auto", "on", "off"))
+    deterministic: bool = option(False, "bit-identical reruns on CUDA: cuDNN deterministic kernels, no cuDNN "
+                                 "autotuning, torch.use_deterministic_algorithms (warn-only); slower convolutions")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N or mps", check=_device_check)
     subset: int | None = option(None, "train on the first N samples only (quick looks)", ge=1)
     skip_bad: bool = option(False, "skip unreadable images and bad annotations (listed in RUN/skipped.txt)")

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from consistcam.data import LocatedDataset, build_dataset, build_transform, collate, eval_splits
+from consistcam.config import ConfigError
+from consistcam.data import DataError, LocatedDataset, build_dataset, build_transform, collate, eval_splits
+from consistcam.train.preload import PreloadedImages, PreloadedLoader, decode_transform, preload_problem
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -45,6 +47,25 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
+def _mix(seed: int, sample_id: int) -> int:
+    """A 63-bit seed from (epoch seed, sample id): neighbouring ids get unrelated streams."""
+    return (seed * 0x9E3779B97F4A7C15 + (sample_id + 1) * 0xBF58476D1CE4E5B9) % (1 << 63)
+
+
+class PerSampleSeed:
+    """Apply ``transform`` with the random stream of (``seed``, the sample's id): the augmentation of
+    a sample depends on the epoch seed and its id only, not on which worker process loads it or in
+    what order, so ``workers`` never changes a result. The caller's random state is left untouched."""
+
+    def __init__(self, transform, seed: int) -> None:
+        self.transform, self.seed = transform, seed
+
+    def __call__(self, sample: dict) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, int(sample["id"])))
+            return self.transform(sample)
+
+
 @dataclass
 class TrainData:
     """Training set (un-transformed base), its eval splits, and the two transforms."""
@@ -56,7 +77,10 @@ class TrainData:
     subset: int | None = None
     workers: int = 0
     pin_memory: bool = False
+    augment: str | None = None  # the name train_transform was built from (None: a custom transform)
+    image_size: int | None = None
     indices: list[int] = field(init=False)
+    preloaded: PreloadedImages | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         n = len(self.train)
@@ -71,7 +95,26 @@ class TrainData:
         eval_tf = build_transform(image_size, "none")
         train = build_dataset(spec, "train", None, **kw)
         eval_sets = {split: build_dataset(spec, split, eval_tf, **kw) for split in eval_splits(spec)}
-        return cls(train, eval_sets, build_transform(image_size, augment), eval_tf, subset, workers, pin_memory)
+        return cls(train, eval_sets, build_transform(image_size, augment), eval_tf, subset, workers, pin_memory,
+                   augment, image_size)
+
+    def preload(self, mode: str, device: torch.device, needs_locations: bool = False) -> str | None:
+        """Decode the training images once onto ``device`` (``mode`` on/auto) and train from there;
+        returns why not (``auto`` falls back to the DataLoader path; ``on`` makes that an error)."""
+        if mode == "off":
+            return "preload is off"
+        view = self.train.view(decode_transform(self.image_size), keep_locations=False)
+        view = Subset(view, self.indices) if len(self.indices) < len(self.train) else view
+        side = max(view[0]["image"].shape[-2:])
+        problem = preload_problem(self.augment, self.image_size, needs_locations, len(self.indices), device, side)
+        if problem is None:
+            try:
+                self.preloaded = PreloadedImages(view, self.augment, device, self.workers)
+            except DataError as err:  # images of several sizes without image_size
+                problem = str(err)
+        if problem is not None and mode == "on":
+            raise ConfigError(f"preload=on: {problem}; use preload=auto or off")
+        return problem
 
     @property
     def classes(self) -> list[str]:
@@ -99,7 +142,10 @@ class TrainData:
                      world_size: int = 1) -> DataLoader:
         """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x).
         ``batch_size`` is the global batch; under DDP each rank loads its share of it."""
-        view = self._view(self.train_transform, keep_locations)
+        if self.preloaded is not None and not keep_locations:
+            sampler = GlobalBatchSampler(len(self.preloaded), batch_size, seed, rank, world_size)
+            return PreloadedLoader(self.preloaded, sampler, seed)
+        view = self._view(PerSampleSeed(self.train_transform, seed), keep_locations)
         if world_size == 1:
             return self.loader(view, batch_size, shuffle=True, seed=seed)
         sampler = GlobalBatchSampler(len(view), batch_size, seed, rank, world_size)

@@ -112,7 +112,7 @@ class Trainer:
                  eval_batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
                  label_smoothing: float = 0.0, task: str = "auto", amp: bool = False, channels_last: bool = False,
                  progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
-                 dist_info: DistInfo | None = None, sync_bn: bool = False) -> None:
+                 dist_info: DistInfo | None = None, sync_bn: bool = False, preload: str = "off") -> None:
         self.device = resolve_device(device)
         self.dist = dist_info or DistInfo()
         self.module = model.to(self.device)  # the model itself; self.model is what trains (DDP-wrapped)
@@ -141,6 +141,9 @@ class Trainer:
             scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
                                                                              self.dist.world_size, ids))
         self.strategy.setup(self.ctx)
+        # after setup: a strategy may only then know whether it reads boxes or masks
+        self.preload_note = None if data.preloaded is not None else data.preload(preload, self.device,
+                                                                                 strategy.needs_locations)
         self.start_epoch = 0
         self.extended_from: int | None = None
         self.history: list[dict] = []
@@ -171,6 +174,8 @@ class Trainer:
         else:
             resume = cls._prepare_folder(run_dir, resume, overwrite)
         seed_everything(config.seed)
+        if config.deterministic:
+            set_deterministic()
         data = TrainData.from_spec(config.data, config.image_size, config.augment, subset=config.subset,
                                    skip_bad=config.skip_bad, workers=config.workers,
                                    pin_memory=device.type == "cuda")
@@ -184,7 +189,7 @@ class Trainer:
                       device=device, seed=config.seed, label_smoothing=config.label_smoothing, task=config.task,
                       amp=config.amp,
                       channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
-                      dist_info=dist_info, sync_bn=config.sync_bn)
+                      dist_info=dist_info, sync_bn=config.sync_bn, preload=config.preload)
         if resume:
             trainer.resume()
         return trainer
@@ -262,8 +267,7 @@ class Trainer:
             remove_stale_temporaries(self.run_dir)
             if self.config is not None:
                 self.config.save_yaml(self.run_dir / "config.yaml")
-            info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
-            write_status(self.run_dir, "running", epochs=self.epochs, **info)
+            write_status(self.run_dir, "running", epochs=self.epochs, **self._status_info())
         for cb in self.callbacks:
             cb.on_fit_start(self)
         last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
@@ -280,10 +284,16 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         if writes and last == self.epochs:
-            info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
             done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
-            write_status(self.run_dir, "complete", epochs=done, **info)  # last, after model.safetensors
+            write_status(self.run_dir, "complete", epochs=done, **self._status_info())  # last, after model.safetensors
         return self.history
+
+    def _status_info(self) -> dict:
+        """What status.json records beside the state: an epoch extension, the input pipeline used."""
+        info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
+        info["input_pipeline"] = "preloaded" if self.data.preloaded is not None else \
+            f"dataloader ({self.preload_note})"
+        return info
 
     def run_epoch(self, epoch: int) -> dict:
         t0 = time.time()
@@ -396,6 +406,18 @@ class Trainer:
         counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
                                 self.dist)
         return (counts[0] / counts[1].clamp_min(1)).item()
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels for bit-identical reruns on CUDA (cuBLAS needs its workspace setting
+    before its first call). Warn-only: an op without a deterministic CUDA kernel warns instead of
+    stopping the run; the GPU check compares two reruns bit for bit."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:
