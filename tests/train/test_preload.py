@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from consistcam.config import ConfigError
-from consistcam.train import TrainConfig, Trainer, TrainData
+from consistcam.train import TrainConfig, TrainData, Trainer
 from consistcam.train.preload import crop_flip, epoch_draws
 
 DEMO = "demo:n=64,size=16"

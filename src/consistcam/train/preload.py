@@ -123,7 +123,8 @@ class PreloadedImages:
         else:
             out = crop_flip(images, offsets[ids], flips[ids], self.height, self.width)
         # the same uint8 -> float conversion as the DataLoader path's v2.ToDtype(scale=True), bit for bit
-        batch = {"image": v2.functional.to_dtype(out, torch.float32, scale=True), "label": self.labels[positions], "id": ids}
+        image = v2.functional.to_dtype(out, torch.float32, scale=True)
+        batch = {"image": image, "label": self.labels[positions], "id": ids}
         if self.groups is not None:
             batch["group"] = self.groups[positions]
         return batch
