@@ -51,6 +51,9 @@ class ConsistencyConfig:
                                   "BatchNorm folded into the convolutions (same function up to float rounding)")
     channels_last: bool = option(True, "scoring pass (score_dataset): channels-last layout for the copy and the "
                                  "images (faster convolutions on the CPU; float rounding only)")
+    amp: str = option("auto", "scoring pass (score_dataset): bfloat16 autocast of the explained forwards and the "
+                      "attack; auto = on CUDA only (on the CPU bf16 is slower); E and v stay float32 "
+                      "(tests/consistency: v agrees with fp32 within 0.03)", choices=("auto", "bf16", "off"))
     explainer_options: dict = option(help="extra options of the explainer (e.g. steps, batch_size)",
                                      default_factory=dict)
 

@@ -72,6 +72,7 @@ def explanation_consistency(
             heat_adv, logits_adv = explain(model, explained.replace(images=adv), method=cfg.explainer,
                                            layer=cfg.layer, return_logits=True, **opts)
     p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
+    heat, heat_adv = heat.float(), heat_adv.float()  # under bf16 autocast the maps may come back in bf16
     s = SIMILARITIES.get(cfg.similarity)(heat, heat_adv)
     pc = PREDICTION_CONSISTENCIES.get(cfg.prediction)(p, p_adv, classes)
     e = (cfg.lam * s + (1 - cfg.lam) * pc).clamp(0, 1)
@@ -157,6 +158,16 @@ def scoring_model(model: nn.Module, config: ConsistencyConfig, example: Tensor) 
     return clone, dataclasses.replace(config, layer=layer)
 
 
+def scoring_uses_bf16(config: ConsistencyConfig, device: torch.device) -> bool:
+    """Whether a scoring pass on ``device`` runs under bfloat16 autocast (``amp``: auto = CUDA only)."""
+    return config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+
+
+def scoring_autocast(config: ConsistencyConfig, device: torch.device) -> torch.autocast:
+    """The autocast context of a scoring pass (a no-op unless :func:`scoring_uses_bf16`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=scoring_uses_bf16(config, device))
+
+
 def scoring_batches(model: nn.Module, loader: Iterable, config: ConsistencyConfig, progress: bool,
                     device: torch.device | str | None):
     """The batches of a scoring pass, each as ``(scorer, config, generator, (images, labels, ids,
@@ -202,7 +213,7 @@ def score_dataset(
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "ids")}
     for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg,
                                                                                        progress, device):
-        with torch.no_grad():
+        with torch.no_grad(), scoring_autocast(scfg, images.device):
             out = explanation_consistency(scorer, images, labels, scfg, boxes=boxes, masks=masks, generator=generator)
         for k in keys:
             parts[k].append(out[k].detach())
