@@ -42,13 +42,15 @@ def config(out: str, device: str) -> TrainConfig:
 def main() -> None:
     out, device, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     if device == "cuda":
-        torch.backends.cudnn.allow_tf32 = False  # float32 convolutions, so the two modes compare closely
+        torch.backends.cudnn.allow_tf32 = False  # float32 convolutions and deterministic kernels, so the two
+        torch.backends.cudnn.deterministic = True  # runs (separate processes) compare closely
         torch.cuda.set_device(0)
     if mode == "ddp":
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
         world = OneRankWorld(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=0)
         assert world.world_size == 1, "run with torchrun --nproc_per_node=1"
-        trainer_module.init_distributed = lambda dev: (world, dev)  # the process group joined above
+        # the process group joined above; on CUDA the rank's own GPU, as init_distributed gives it
+        trainer_module.init_distributed = lambda dev: (world, torch.device("cuda", 0) if dev.type == "cuda" else dev)
     trainer = Trainer.from_config(config(out, device), progress=False)
     trainer.fit()
     state = {f"model.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.module.state_dict().items()
