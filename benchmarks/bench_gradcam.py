@@ -21,49 +21,57 @@ from consistcam.explain import explain
 OURS = "consistcam"
 
 
+def _pytorch_grad_cam(model, x, targets) -> Callable[[], object]:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    pgc = GradCAM(model=model, target_layers=[model.layer4])
+    pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    return lambda: pgc(input_tensor=x, targets=pgc_targets)
+
+
+def _torchcam(model, x, targets) -> Callable[[], object]:
+    from torchcam.methods import GradCAM
+
+    tc = GradCAM(model, target_layer="layer4")
+    classes = targets.tolist()
+
+    def call():
+        maps = tc(classes, model(x))[0]
+        return F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return call
+
+
+def _captum(model, x, targets) -> Callable[[], object]:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    cap = LayerGradCam(model, model.layer4)
+
+    def call():
+        attr = cap.attribute(x, target=targets, relu_attributions=True)
+        return LayerAttribution.interpolate(attr, x.shape[-2:], "bilinear")
+    return call
+
+
+# name: (module to look for, pip package, builder)
+PEERS = {"pytorch-grad-cam": ("pytorch_grad_cam", "grad-cam", _pytorch_grad_cam),
+         "torchcam": ("torchcam", "torchcam", _torchcam),
+         "captum": ("captum", "captum", _captum)}
+
+
 def peers(model, x, targets) -> tuple[dict[str, Callable[[], object]], list[str]]:
-    """The installed peers' Grad-CAM calls, each on its own copy of the model (their hooks stay there),
-    and the names of the missing ones."""
+    """The peers' Grad-CAM calls, each on its own copy of the model (their hooks stay there), and a note for
+    each peer that is missing or does not import (pytorch-grad-cam imports scikit-learn and scipy)."""
     calls: dict[str, Callable[[], object]] = {}
     missing: list[str] = []
-    if installed("pytorch_grad_cam"):
+    for name, (module, package, build) in PEERS.items():
+        if not installed(module):
+            missing.append(f"{name}: not installed (pip install {package})")
+            continue
         try:
-            from pytorch_grad_cam import GradCAM
-            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        except ImportError as err:  # the package imports scikit-learn and scipy eagerly
-            missing.append(f"pytorch-grad-cam ({err})")
-        else:
-            pgc_model = copy.deepcopy(model)
-            pgc = GradCAM(model=pgc_model, target_layers=[pgc_model.layer4])
-            pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-            calls["pytorch-grad-cam"] = lambda: pgc(input_tensor=x, targets=pgc_targets)
-    else:
-        missing.append("pytorch-grad-cam (pip install grad-cam)")
-    if installed("torchcam"):
-        from torchcam.methods import GradCAM as TorchCamGradCAM
-
-        tc_model = copy.deepcopy(model)
-        tc = TorchCamGradCAM(tc_model, target_layer="layer4")
-        classes = targets.tolist()
-
-        def torchcam_call():
-            maps = tc(classes, tc_model(x))[0]
-            return F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        calls["torchcam"] = torchcam_call
-    else:
-        missing.append("torchcam (pip install torchcam)")
-    if installed("captum"):
-        from captum.attr import LayerAttribution, LayerGradCam
-
-        cap_model = copy.deepcopy(model)
-        cap = LayerGradCam(cap_model, cap_model.layer4)
-
-        def captum_call():
-            attr = cap.attribute(x, target=targets, relu_attributions=True)
-            return LayerAttribution.interpolate(attr, x.shape[-2:], "bilinear")
-        calls["captum"] = captum_call
-    else:
-        missing.append("captum (pip install captum)")
+            calls[name] = build(copy.deepcopy(model), x, targets)
+        except Exception as err:  # a broken install of a peer is a note, not the end of the benchmark
+            missing.append(f"{name}: {type(err).__name__}: {err}")
     return calls, missing
 
 
@@ -73,7 +81,7 @@ def main() -> None:
     others, missing = peers(model, x, targets)
     contenders.update(others)
     for note in missing:
-        print(f"note: skipped {note}: not installed")
+        print(f"note: skipped {note}")
     medians = bench({k: synchronized(fn, x.device) for k, fn in contenders.items()}, repeats=args.repeats)
     report(f"Grad-CAM, resnet50, batch {args.batch}, {args.size} px, {x.device}", medians, OURS, args.batch)
     write_json(args.json, {"bench": "gradcam", "arch": "resnet50", "batch": args.batch, "size": args.size,
