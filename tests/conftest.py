@@ -9,6 +9,19 @@ import torchvision
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+GPU_SKIP_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` on a machine without CUDA (CI), with the reason in the summary."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_IMAGENET = SHARED / "data" / "tiny-imagenet-10"
 
