@@ -40,6 +40,7 @@ class Step:
     json_out: Path | None = None
     threads: int = 16
     env: dict = field(default_factory=dict)
+    concurrent: bool = False  # starts together with the neighbouring concurrent steps (not timed work)
 
 
 def data_spec(kind: str, root: str) -> str:
@@ -67,7 +68,7 @@ def compare_steps(out: Path, entry: str, data_root: str, seeds: list[str], paral
     shards = min(parallel, len(methods.split(",")) * len(seeds))
     name = f"compare_{dataset}_{preset}"
     return [Step(name, [[*sweep, "--shard", f"{i}/{shards}", *EVALUATE] for i in range(shards)], 420,
-                 threads=max(1, 16 // shards)),
+                 threads=max(1, 12 // shards), concurrent=True),
             Step(name + "_table", [[*sweep, "--table-only", *EVALUATE]], 60)]
 
 
@@ -78,18 +79,22 @@ def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str],
             f"data={shortcut}", "--set", "deterministic=true", "--set", "epochs=2", "--set", "workers=2",
             "--out", str(out / f"determinism/run{k}"), "--quiet"] for k in (0, 1)]
     return [
-        Step("tests", [[PY, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"]], 150),
         Step("bench_evaluation", [[PY, str(bench / "bench_evaluation.py"), "--device", "cuda", "--size", "64",
                                    "--n", "1000", "--data", shortcut, "--json", str(out / "bench_evaluation.json")]],
              150, out / "bench_evaluation.json"),
         Step("bench_train", [[PY, str(bench / "bench_train_throughput.py"), "--device", "cuda", "--data",
-                              data_spec("plain", data_root), "--json", str(out / "bench_train.json")]], 120,
-             out / "bench_train.json"),
+                              data_spec("plain", data_root), "--preload", preload, "--epochs", epochs, "--json",
+                              str(out / "bench_train.jsonl")] for preload, epochs in (("on", "6"), ("off", "3"))],
+             150, out / "bench_train.jsonl"),
         Step("bench_ecl_scoring", [[PY, str(bench / "bench_ecl_scoring.py"), "--device", "cuda", "--json",
-                                    str(out / "bench_ecl_scoring.json")]], 90, out / "bench_ecl_scoring.json"),
+                                    str(out / "bench_ecl_scoring.jsonl")]], 90, out / "bench_ecl_scoring.jsonl"),
         Step("bench_gradcam", [[PY, str(bench / "bench_gradcam.py"), "--device", "cuda", "--batch", "64", "--size",
-                                "224", "--json", str(out / "bench_gradcam.json")]], 120, out / "bench_gradcam.json"),
-        Step("determinism", det, 120, threads=8),
+                                "224", "--repeats", "20", "--json", str(out / "bench_gradcam.jsonl")]], 120,
+             out / "bench_gradcam.jsonl"),
+        Step("tests", [[PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py",
+                        "tests/attack/test_attack.py::test_range_is_checked_on_gpu"]], 240, threads=2,
+             concurrent=True),
+        Step("determinism", det, 240, threads=2, concurrent=True),
         *(s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)),
     ]
 
@@ -98,28 +103,61 @@ def tail(text: str, n: int = 3000) -> str:
     return text[-n:]
 
 
-def run_step(step: Step, deadline: float) -> dict:
-    limit = max(5, min(step.limit_s, int(deadline - time.time())))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+def start_step(step: Step, logs: Path) -> list[subprocess.Popen]:
+    """Start every command of ``step``, output to logs/<step>_<k>.log (files, not pipes: concurrent
+    processes never block on a full pipe)."""
+    paths = [str(ROOT / "src"), str(ROOT), str(PEER_DIR), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p),
            "OMP_NUM_THREADS": str(step.threads), "PYTHONUNBUFFERED": "1", **step.env}
-    t0 = time.time()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in step.commands]
-    outputs, codes = [], []
+    logs.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=(logs / f"{step.name}_{k}.log").open("w"),
+                             stderr=subprocess.STDOUT) for k, cmd in enumerate(step.commands)]
+
+
+def finish_step(step: Step, procs: list[subprocess.Popen], t0: float, deadline: float, logs: Path) -> dict:
+    limit = max(5, min(step.limit_s, int(deadline - t0)))
+    codes = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=max(1, limit - (time.time() - t0)))
-            codes.append(p.returncode)
+            codes.append(p.wait(timeout=max(1, limit - (time.time() - t0))))
         except subprocess.TimeoutExpired:
             p.kill()
-            out, _ = p.communicate()
+            p.wait()
             codes.append(124)
-        outputs.append(out or "")
+    outputs = [(logs / f"{step.name}_{k}.log").read_text(errors="replace") for k in range(len(procs))]
     record = {"commands": [shlex.join(c) for c in step.commands], "rc": max(codes, key=abs),
               "seconds": round(time.time() - t0, 1), "tail": tail("\n".join(outputs))}
-    if step.json_out is not None and step.json_out.is_file():
-        record["result"] = json.loads(step.json_out.read_text())
+    if step.json_out is not None and step.json_out.is_file():  # JSON, or JSON lines (one per benchmark)
+        text = step.json_out.read_text()
+        try:
+            record["result"] = json.loads(text)
+        except ValueError:
+            record["result"] = [json.loads(line) for line in text.splitlines() if line.strip()]
     return record
+
+
+# The peers of the Grad-CAM benchmark, from wheels carried in .whl/ (the GPU machine has no network):
+# installed into a private folder, and only where the module does not import already.
+PEERS = {"captum": "captum-*.whl", "torchcam": "torchcam-*.whl", "ttach": "ttach-*.whl", "scipy": "scipy-*.whl",
+         "joblib": "joblib-*.whl", "threadpoolctl": "threadpoolctl-*.whl", "sklearn": "scikit_learn-*.whl",
+         "pytorch_grad_cam": "grad_cam-*.whl"}
+PEER_DIR = Path("/tmp/consistcam_peers")
+
+
+def install_peers() -> list[str]:
+    notes = []
+    for module, pattern in PEERS.items():
+        if subprocess.run([PY, "-c", f"import {module}"], capture_output=True).returncode == 0:
+            continue
+        wheels = sorted((ROOT / ".whl").glob(pattern))
+        if not wheels:
+            notes.append(f"{module}: not installed and no .whl/{pattern}")
+            continue
+        r = subprocess.run([PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(PEER_DIR),
+                            str(wheels[0])], capture_output=True, text=True)
+        notes.append(f"{module}: installed from {wheels[0].name}" if r.returncode == 0 else
+                     f"{module}: install failed: {tail(r.stderr, 300)}")
+    return notes
 
 
 def model_digest(run: Path) -> str | None:
@@ -191,7 +229,8 @@ def write_markdown(out: Path, results: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="check the steps' files and arguments; run nothing")
-    p.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check", help="output folder")
+    p.add_argument("--out", default="runs/gpu_check", help="work folder (run folders, logs, results)")
+    p.add_argument("--export", help="copy the results and an archive of the small files here (e.g. $OUT)")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/tiny-imagenet-10"),
                    help="tiny-imagenet-10 folder")
     p.add_argument("--only", help="comma-separated step names (default: all)")
@@ -201,6 +240,7 @@ def main() -> int:
                         "configs/compare/DATASET_PRESET.yaml")
     p.add_argument("--parallel", type=int, default=9, help="comparison members trained at once")
     p.add_argument("--budget", type=int, default=470, help="seconds for all steps together")
+    p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to test this script itself)")
     args = p.parse_args()
     out = Path(args.out).resolve()
     steps = build_steps(out, args.data_root, args.seeds.split(), args.compare.split(","), args.parallel)
@@ -214,21 +254,33 @@ def main() -> int:
         return dry_run(steps)
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.allow_cpu:
         print("error: no CUDA GPU here (torch.cuda.is_available() is False); use --dry-run", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.budget
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": torch.cuda.get_device_name(0),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (--allow-cpu)"
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu,
                "torch": torch.__version__, "steps": {}}
+    if any(s.name == "bench_gradcam" for s in steps):
+        results["peers"] = install_peers()
+    phases: list[list[Step]] = []  # each timed step alone; consecutive concurrent steps together
     for step in steps:
+        if step.concurrent and phases and phases[-1][0].concurrent:
+            phases[-1].append(step)
+        else:
+            phases.append([step])
+    for phase in phases:
         if time.time() > deadline - 5:
-            results["steps"][step.name] = {"rc": "skipped (budget)", "seconds": 0}
+            results["steps"].update({s.name: {"rc": "skipped (budget)", "seconds": 0} for s in phase})
             continue
-        print(f"== {step.name}", flush=True)
-        results["steps"][step.name] = rec = run_step(step, deadline)
-        print(f"   rc {rec['rc']} in {rec['seconds']} s", flush=True)
-        if step.name == "determinism":
+        print(f"== {', '.join(s.name for s in phase)}", flush=True)
+        t0 = time.time()
+        started = [(s, start_step(s, out / "logs")) for s in phase]
+        for step, procs in started:
+            results["steps"][step.name] = rec = finish_step(step, procs, t0, deadline, out / "logs")
+            print(f"   {step.name}: rc {rec['rc']} in {rec['seconds']} s", flush=True)
+        if "determinism" in results["steps"] and "determinism" not in results:
             a, b = out / "determinism/run0", out / "determinism/run1"
             digest = model_digest(a)
             results["determinism"] = {"tensors_equal": tensors_equal(a, b),
@@ -236,7 +288,27 @@ def main() -> int:
         (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
         write_markdown(out, results)
     print((out / "gpu_check.md").read_text())
+    if args.export:
+        export(out, Path(args.export))
     return 0
+
+
+def export(out: Path, dest: Path) -> None:
+    """gpu_check.json, gpu_check.md and one archive of the small files (logs, tables, every run's
+    metrics and config): a lease hands back only a few files."""
+    import shutil
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("gpu_check.json", "gpu_check.md"):
+        if (out / name).is_file():
+            shutil.copy(out / name, dest / name)
+    keep = ("*.log", "*.jsonl", "sweep.*", "metrics.json", "config.yaml", "status.json", "*.json")
+    with tarfile.open(dest / "gpu_check_files.tar.gz", "w:gz") as tar:
+        for pattern in keep:
+            for path in sorted(out.rglob(pattern)):
+                if path.is_file() and path.stat().st_size < 2 << 20:
+                    tar.add(path, arcname=str(path.relative_to(out)))
 
 
 if __name__ == "__main__":
