@@ -91,7 +91,7 @@ def test_masked_pgd_leaves_the_foreground_exactly(device, data):
 
 def test_consistency_scoring_matches_cpu(device, data):
     x, y, _ = data
-    cfg = ConsistencyConfig(steps=3, random_start=False)
+    cfg = ConsistencyConfig(steps=3, random_start=False, amp="off")  # fp32 against fp32 (bf16: the next tests)
     ref = explanation_consistency(trained_tiny_net(), x, y, cfg)
     out = explanation_consistency(trained_tiny_net().to(device), *_on(device, x, y), cfg)
     assert out["E"].device.type == device.type
@@ -104,10 +104,16 @@ def test_consistency_scoring_matches_cpu(device, data):
     assert scores.E.device.type == device.type
     assert torch.allclose(scores.E.cpu(), ref["E"], atol=1e-2)
     assert scores.weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+    # amp=auto, the default: bf16 on CUDA; E and v agree with fp32 within tests/consistency/test_amp.py's tolerance
+    auto = score_dataset(trained_tiny_net().to(device), loader, ConsistencyConfig(steps=3, random_start=False),
+                         device=device)
+    assert auto.E.dtype == torch.float32
+    assert (auto.E.cpu() - ref["E"]).abs().max().item() < 0.05
+    assert (auto.weights - scores.weights).abs().max().item() < 0.05
 
 
 def test_consistency_under_bf16_autocast_is_close_to_float32(device, data):
-    """No ConsistencyConfig option runs the scorer in bfloat16; torch.autocast around it does (explain()
+    """torch.autocast around a single call (what ConsistencyConfig.amp does inside score_dataset; explain()
     accepts float32 images under autocast). The result stays close to float32's."""
     model = trained_tiny_net().to(device)
     x, y, _ = _on(device, *data)
