@@ -57,13 +57,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.config import option, registered, validate
-from consistcam.data.geometry import apply_crop_flip, random_crop_flip
+from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import METHODS, explain, resolve_layer
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
 from consistcam.train.strategies.cgc import _check_scale
+from consistcam.train.strategies.crops import resized_crop_flip
 from consistcam.train.strategies.edda import occlude
 
 
@@ -204,7 +205,7 @@ class ExCon(Strategy):
         n = len(images)
         images, labels = images.detach(), self.ctx.task.targets_for_explanation(labels)  # single-label only
         if crops is None:
-            crops = random_crop_flip(2 * n, scale=cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
+            crops = resized_crop_flip(2 * n, images.shape[-2:], cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
         backup, view2 = apply_crop_flip(torch.cat([images, images]), crops).split(n)
         explaining = self.ctx.epoch >= cfg.warmup
         layer = resolve_layer(model, cfg.layer, images) if explaining else None  # its dry run stays outside
