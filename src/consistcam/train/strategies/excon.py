@@ -60,12 +60,12 @@ from consistcam.config import option, registered, validate
 from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import METHODS, explain, resolve_layer
 from consistcam.explain.inputs import CheckedInputs
-from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
 from consistcam.train.strategies.cgc import _check_scale
 from consistcam.train.strategies.crops import resized_crop_flip
 from consistcam.train.strategies.edda import occlude
+from consistcam.train.strategies.sgt import normalization
 
 
 @dataclass
@@ -161,7 +161,7 @@ def mask_below(model: nn.Module, images: Tensor, maps: Tensor, threshold: float 
     mask = maps <= threshold
     if fill != "normalized_zero":
         return occlude(images, mask, fill)
-    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    norm = normalization(model)
     value = norm.mean.to(images) if norm is not None else images.new_zeros(())
     return torch.where(mask, value, images)
 
