@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def flat_grad(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
@@ -22,15 +21,3 @@ def cosine(a: Tensor, b: Tensor) -> float:
 def relative_error(a: Tensor, b: Tensor) -> float:
     """max |a - b| / max |b|: the worst entry, on the scale of the reference gradient."""
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-@contextlib.contextmanager
-def captured_output(layer: nn.Module) -> Iterator[list[Tensor]]:
-    """Outputs of ``layer`` in the forwards inside the block (graph kept): the reference ports take
-    their feature maps from the forward pass as the authors' models return them."""
-    seen: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        handle.remove()

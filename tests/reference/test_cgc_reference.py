@@ -22,8 +22,9 @@ from consistcam.data.geometry import apply_crop_flip
 from consistcam.models import create
 from consistcam.train.strategies import StrategyContext, build_strategy
 from consistcam.train.strategies.crops import resized_crop_flip
+from consistcam.train.strategies.lico import layer_outputs
 from consistcam.train.task import Task
-from tests.reference.compare import captured_output, cosine, flat_grad, relative_error
+from tests.reference.compare import cosine, flat_grad, relative_error
 
 SIZE, N, LAM, TAU = 32, 8, 0.5, 0.5
 
@@ -96,7 +97,7 @@ def _project(model, images, labels, transforms, **options):
 
 def _reference(model, images, labels, transforms, params, our_crop: bool = False):
     def forward_vanilla(x):
-        with captured_output(model.model.layer4) as feats:
+        with layer_outputs(model.model.layer4) as feats:
             return model(x), feats[0]
 
     def grid_crop(maps, *_):  # the strategy's crop of the map (grid_sample) instead of slicing + interpolate

@@ -20,8 +20,9 @@ from consistcam.data.geometry import apply_crop_flip
 from consistcam.models import create
 from consistcam.train.strategies import StrategyContext, build_strategy
 from consistcam.train.strategies.crops import resized_crop_flip
+from consistcam.train.strategies.lico import layer_outputs
 from consistcam.train.task import Task
-from tests.reference.compare import captured_output, cosine, flat_grad, relative_error
+from tests.reference.compare import cosine, flat_grad, relative_error
 
 SIZE, N, CLASSES = 32, 8, 4
 
@@ -29,7 +30,7 @@ SIZE, N, CLASSES = 32, 8, 4
 # ---- port of the reference (DarrenZhang01/ExCon 2467c2f; Apache-2.0, SupConLoss BSD-2 Yonglong Tian) ----
 def ref_layer_grad_cam(model, layer, inputs, target, size, relu_attributions=False):
     """captum ``LayerGradCam.attribute`` (default relu_attributions=False) + ``LayerAttribution.interpolate``."""
-    with captured_output(layer) as acts:
+    with layer_outputs(layer) as acts:
         out = model(inputs)
     (grads,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), acts[0])
     cam = (grads.mean((2, 3), keepdim=True) * acts[0]).sum(1, keepdim=True)
@@ -132,7 +133,7 @@ def test_supcon_loss_and_gradient_match_the_reference_on_the_same_views(mode):
     v = t["views"]
     r = len(v["negatives"])
     first, second = torch.cat([v["view1"], v["negatives"]]), torch.cat([v["view2"], v["negatives"]])
-    with captured_output(twin.model.avgpool) as pooled:  # SupConResNet: encoder, then the MLP head
+    with layer_outputs(twin.model.avgpool) as pooled:  # SupConResNet: encoder, then the MLP head
         twin(torch.cat([first, second]))
     z = F.normalize(head(pooled[0].flatten(1)), dim=1)
     f1, f2 = z.split(N + r)

@@ -35,7 +35,7 @@ What the reference does, and where we differ (docs/methods.md):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +133,7 @@ def keep_batchnorm_updates(model: nn.Module) -> Iterator[None]:
                 buf.data.copy_(value)
 
 
-def _predicted_on_first(n: int):
+def _predicted_on_first(n: int) -> Callable[[Tensor], Tensor]:
     """Target of ``explain``: each row's logit of the class predicted on the first ``n`` rows (the first
     view), repeated for the rows after them (the argmax carries no gradient)."""
     def targets(logits: Tensor) -> Tensor:
@@ -178,7 +178,7 @@ class CGC(Strategy):
         ce = sum(self.ctx.task.loss(logits[v * n:(v + 1) * n], labels) for v in views)
         return {"ce": ce, "contrastive": contrastive, "logits": logits[:n]}
 
-    def _maps(self, images: Tensor, targets) -> tuple[Tensor, Tensor]:
+    def _maps(self, images: Tensor, targets: Tensor | Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """Differentiable maps and logits of one train-mode forward; BatchNorm running statistics move
         as a plain forward would move them (so two calls update them twice, as two forwards do)."""
         model = self.ctx.model
