@@ -13,6 +13,7 @@ from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
 from consistcam.train.strategies import StrategyContext, build_strategy
 from consistcam.train.strategies.cgc import CGCConfig, cgc_embedding, info_nce
+from consistcam.train.strategies.crops import resized_crop_flip
 from consistcam.train.task import Task
 
 TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)
@@ -75,24 +76,27 @@ def test_contrastive_term_alone_reaches_the_backbone_through_the_map():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_batchnorm_statistics_and_modes_follow_one_plain_forward_of_both_views():
+@pytest.mark.parametrize("forward", ["separate", "joint"])
+def test_batchnorm_statistics_and_modes_follow_plain_forwards_of_the_views(forward):
     torch.manual_seed(0)
     model = create("cc_resnet10", 4).train()
     model.model.layer1.eval()  # a frozen sub-module keeps its own mode
     reference = copy.deepcopy(model)
     modes = [m.training for m in model.modules()]
     images, labels = _batch()
-    transforms = random_crop_flip(8, torch.Generator().manual_seed(1), scale=(0.08, 1.0))
-    strategy = _strategy(model)
+    transforms = resized_crop_flip(8, (16, 16), generator=torch.Generator().manual_seed(1))
+    strategy = _strategy(model, forward=forward)
     loss = strategy.terms(images, labels, transforms)["ce"]
     loss.backward()  # in-place buffer restores must not break the graph
-    with torch.no_grad():
-        reference(torch.cat([images, apply_crop_flip(images, transforms)]))
+    second = apply_crop_flip(images, transforms)
+    with torch.no_grad():  # separate: one forward per view, in order (reference); joint: one of both
+        for views in ([images, second] if forward == "separate" else [torch.cat([images, second])]):
+            reference(views)
     assert [m.training for m in model.modules()] == modes
     for (name, buf), ref in zip(model.named_buffers(), reference.buffers(), strict=True):
         assert torch.allclose(buf, ref, atol=1e-6), name
     tracked = [m.num_batches_tracked.item() for m in model.modules() if isinstance(m, _BatchNorm)]
-    assert set(tracked) == {0, 1}  # 0: the eval-mode layer1, 1: every other BatchNorm, once per step
+    assert set(tracked) == {0, 2 if forward == "separate" else 1}  # 0: the eval-mode layer1
 
 
 def test_one_epoch_on_demo_data_trains_and_logs_the_contrastive_term(tmp_path):

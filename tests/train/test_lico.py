@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import nn
 
 from consistcam.cli import main
 from consistcam.config import ConfigError
@@ -24,6 +23,7 @@ from consistcam.train.strategies.lico import (
     transport_loss,
 )
 from consistcam.train.task import Task
+from tests.reference.test_lico_reference import ref_manifold_alignment
 
 HAVE_TRANSFORMERS = encoder_problem("hf:.") is None
 HAVE_MINILM = encoder_problem("minilm") is None
@@ -81,25 +81,12 @@ def test_transport_loss_gradient_is_the_entropic_ot_gradient_and_reaches_both_si
     assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gy, ry, atol=1e-5)  # envelope theorem
 
 
-def reference_ma(image, text, temp):
-    """Transcription of LICO ``pdists`` + ``_emb_SimMatrix`` / ``sim_matrix_pre`` + KLDivLoss('batchmean')."""
-    def pdists(a):
-        a = F.normalize(a, dim=1)
-        prod = torch.mm(a, a.t())
-        norm = prod.diag().unsqueeze(1).expand_as(prod)
-        return (norm + norm.t() - 2 * prod).clamp(min=1e-4).sqrt()
-
-    emb_matrix = F.softmax(pdists(image) / temp, dim=1)
-    label_distribution = F.softmax(pdists(text) / temp, dim=1)
-    return nn.KLDivLoss(log_target=False, reduction="batchmean")(emb_matrix.log(), label_distribution)
-
-
 def test_manifold_alignment_matches_the_reference_and_vanishes_when_geometries_agree():
     g = torch.Generator().manual_seed(2)
     image, text = torch.randn(6, 16, generator=g), torch.randn(6, 10, generator=g)
     for temp in (math.log(1 / 0.07), 0.1):
-        assert manifold_alignment(image, text, temp).item() == pytest.approx(reference_ma(image, text, temp).item(),
-                                                                             rel=1e-5, abs=1e-7)
+        expected = ref_manifold_alignment(image, text, temp).item()  # port of the reference
+        assert manifold_alignment(image, text, temp).item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
     rotation = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
     assert manifold_alignment(image, 3 * image @ rotation, 0.1).item() == pytest.approx(0.0, abs=1e-6)
     assert manifold_alignment(image, text, 0.1).item() > 1e-3
@@ -163,8 +150,16 @@ def test_clip_from_a_local_folder_pools_the_end_token_and_takes_the_context_vect
     assert ids.shape[0] == 4 and (ids[:, 1:4] == ids[0, 1]).all()  # "X X X" right after the start token
     text = strategy.text_features()
     (grad,) = torch.autograd.grad(text.sentence.sum(), strategy.context)
-    assert grad.abs().sum() > 0  # through the frozen encoder to the context vectors
-    assert all(not p.requires_grad for p in strategy.encoder.parameters())
+    assert grad.abs().sum() > 0  # through the encoder to the context vectors
+    trained = {id(p) for p in strategy.parameters(model)}
+    # the reference trains CLIP's weights too (default); train_text_encoder=false freezes them
+    assert all(p.requires_grad and id(p) in trained for p in strategy.encoder.parameters())
+    frozen = _strategy(model, text_encoder=f"clip:{clip_dir}", n_ctx=3, train_text_encoder=False)
+    assert all(not p.requires_grad for p in frozen.encoder.parameters())
+    assert not any(k.startswith("encoder.") for k in frozen.state_dict())
+    (grad,) = torch.autograd.grad(frozen.text_features().sentence.sum(), frozen.context)
+    assert grad.abs().sum() > 0
+    assert not frozen.encoder.model.training and not strategy.encoder.train().model.training  # no dropout
     with pytest.raises(ValueError, match="4 class names"):
         _strategy(create("cc_resnet10", 3), text_encoder=f"clip:{clip_dir}")
 
@@ -231,7 +226,10 @@ def test_one_epoch_on_demo_data_trains_the_prompts_and_checkpoints_them(tmp_path
         assert math.isfinite(record[key]), key
     assert record["train/ot"] > 0
     after = strategy.state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k in before)  # the optimizer stepped all of them
+    own = [k for k in before if not k.startswith("encoder.")]
+    assert all(not torch.equal(before[k], after[k]) for k in own)  # the optimizer stepped all of them
+    # and the text encoder's layers (its token embedding is replaced by the prompts: no gradient there)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.encoder.layer.5."))
     saved = load_file(str(tmp_path / "checkpoint.safetensors"))
     assert all(torch.equal(saved[f"strategy.{k}"], v) for k, v in after.items())
     model = load_file(str(tmp_path / "model.safetensors"))

@@ -20,14 +20,22 @@ What the reference does, and where we differ (docs/methods.md):
   flip), on the un-augmented centre crop the maps start from, and on the crop T(x). Here the
   trainer's batch is already augmented, so it plays both of the first two roles: ``ce_views=both``
   gives CE(x) + CE(T(x)) (summed, as theirs). Deviation: two terms instead of three.
-* one forward of the 2N images [x; T(x)] instead of two of N: BatchNorm batch statistics are taken
-  over both views together (theirs: per view). The running statistics are updated once per step.
+* forwards: the reference forwards x and T(x) separately, so train-mode BatchNorm normalises each view
+  with its own batch statistics and the running statistics move once per view. ``forward=separate``
+  (default) does the same; ``forward=joint`` forwards [x; T(x)] at once (one forward, statistics
+  mixed over both views, one running-statistics update), which changes the InfoNCE gradient
+  substantially in train mode (InfoNCE-gradient cosine to the reference 0.07-0.52 on a tiny ResNet;
+  tests/reference/test_cgc_reference.py).
+* second view: ``RandomResizedCrop.get_params`` on the centre crop (rejection sampling, 10 tries,
+  centred fallback), same here (:mod:`consistcam.train.strategies.crops`, whole-pixel boxes). The map
+  is cropped with ``grid_sample`` instead of integer slicing + ``interpolate``: the border pixels of a
+  crop blend with their outside neighbour (worst gradient entry within 2 % of the largest at 32 px).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +44,11 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from consistcam.config import option, validate
-from consistcam.data.geometry import apply_crop_flip, random_crop_flip
+from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
+from consistcam.train.strategies.crops import resized_crop_flip
 
 GRADIENT_CAMS = ("hirescam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
@@ -67,6 +76,10 @@ class CGCConfig:
     ce_views: str = option("both", "views the cross-entropy is taken on: both = CE(x) + CE(T(x)) (the reference "
                                    "sums its CE terms), original = CE(x), augmented = CE(T(x))",
                            choices=("both", "original", "augmented"))
+    forward: str = option("separate", "separate = one train-mode forward per view, so BatchNorm normalises each "
+                                      "view with its own batch statistics (reference); joint = one forward of "
+                                      "[x; T(x)] (statistics mixed over both views: a different gradient)",
+                          choices=("separate", "joint"))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -120,6 +133,15 @@ def keep_batchnorm_updates(model: nn.Module) -> Iterator[None]:
                 buf.data.copy_(value)
 
 
+def _predicted_on_first(n: int) -> Callable[[Tensor], Tensor]:
+    """Target of ``explain``: each row's logit of the class predicted on the first ``n`` rows (the first
+    view), repeated for the rows after them (the argmax carries no gradient)."""
+    def targets(logits: Tensor) -> Tensor:
+        classes = logits[:n].argmax(1)
+        return logits.gather(1, classes.repeat(len(logits) // n)[:, None]).squeeze(1)
+    return targets
+
+
 @register_strategy("cgc")
 class CGC(Strategy):
     """Trains Grad-CAM-style maps to follow crops and flips of the image (contrastive consistency)."""
@@ -134,21 +156,20 @@ class CGC(Strategy):
         ``transforms`` (N, 5) fixes the second view (default: drawn from the global RNG, which the
         trainer seeds per epoch).
         """
-        cfg, model = self.config, self.ctx.model
+        cfg = self.config
         n = images.shape[0]
         if transforms is None:
-            transforms = random_crop_flip(n, scale=cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
-        both = torch.cat([images, apply_crop_flip(images, transforms)])
-        if cfg.target == "label":
-            targets = labels.repeat(2)
-        else:  # the class predicted on the first view, for both views (argmax: no gradient through the choice)
-            def targets(logits: Tensor) -> Tensor:
-                return logits.gather(1, logits[:n].argmax(1).repeat(2)[:, None]).squeeze(1)
-        with keep_batchnorm_updates(model):
-            # explain() without its input check: the batch is already [0, 1] images, and the check's
-            # host sync would stall every training step
-            maps, logits = explain(model, CheckedInputs(both, targets), method=cfg.method,
-                                           differentiable=True, normalize=False, return_logits=True)
+            transforms = resized_crop_flip(n, images.shape[-2:], cfg.crop_scale, flip_p=cfg.flip_p,
+                                           device=images.device)
+        second = apply_crop_flip(images, transforms)
+        if cfg.forward == "joint":
+            maps, logits = self._maps(torch.cat([images, second]), labels.repeat(2) if cfg.target == "label"
+                                      else _predicted_on_first(n))
+        else:
+            maps1, logits1 = self._maps(images, labels if cfg.target == "label" else _predicted_on_first(n))
+            # the second view's map explains the class chosen on the first (reference: argmax, no gradient)
+            maps2, logits2 = self._maps(second, labels if cfg.target == "label" else logits1.detach().argmax(1))
+            maps, logits = torch.cat([maps1, maps2]), torch.cat([logits1, logits2])
         maps = maps.float()  # the embedding divides by sums: float32 also under bfloat16 autocast
         anchors = cgc_embedding(maps[n:])  # G(T(x))
         positives = cgc_embedding(apply_crop_flip(maps[:n], transforms))  # T(G(x))
@@ -156,6 +177,16 @@ class CGC(Strategy):
         views = {"both": (0, 1), "original": (0,), "augmented": (1,)}[cfg.ce_views]  # 0: x, 1: T(x); summed
         ce = sum(self.ctx.task.loss(logits[v * n:(v + 1) * n], labels) for v in views)
         return {"ce": ce, "contrastive": contrastive, "logits": logits[:n]}
+
+    def _maps(self, images: Tensor, targets: Tensor | Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """Differentiable maps and logits of one train-mode forward; BatchNorm running statistics move
+        as a plain forward would move them (so two calls update them twice, as two forwards do)."""
+        model = self.ctx.model
+        with keep_batchnorm_updates(model):
+            # explain() without its input check: the batch is already [0, 1] images, and the check's
+            # host sync would stall every training step
+            return explain(model, CheckedInputs(images, targets), method=self.config.method,
+                           differentiable=True, normalize=False, return_logits=True)
 
     def loss(self, batch: dict) -> StepOutput:
         t = self.terms(batch["image"], batch["label"])

@@ -14,10 +14,14 @@ What the reference does (``main_supcon.py::train_encoder``, ``data_aug.py::aug_n
   and a backup random view (RandomResizedCrop scale (0.2, 1), flip, colour jitter, grayscale). Here the
   trainer's batch (default augmentation: a flip) plays the un-augmented image; both random views are
   random resized crops + flips of it (``crop_scale``); colour jitter and grayscale are not applied.
-* map: captum ``LayerGradCam`` of the *label* at a fixed layer (ResNet-18 on CIFAR: ``layer2``, on
-  Tiny ImageNet: ``layer4``), upsampled bilinearly, min-max normalised per image, threshold 0.5
-  (``explanation <= tau``). Ours: ``explain`` at ``layer`` (default the last spatial stage). Deviation:
-  captum's default does not ReLU the map (``relu_attributions=False``); ``explain`` does, before upsampling.
+* map: captum ``LayerGradCam`` of the *label* at a fixed layer, the last convolution of a late block
+  (``explainer.py``: ResNet-18 ``layer4[1].conv2``, ``layer2[1].conv2`` on CIFAR; ResNet-50, which the
+  README commands train, ``layer4[2].conv3`` / ``layer2[3].conv3``): a conv output before that
+  block's BatchNorm, residual add and ReLU. Upsampled bilinearly, min-max normalised per image,
+  threshold 0.5 (``explanation <= tau``). Ours: ``explain`` at ``layer`` (default the last spatial
+  stage, i.e. after the block; set ``layer`` to e.g. ``model.layer4.0.conv2`` for the reference's
+  choice). Deviation: captum's default does not ReLU the map (``relu_attributions=False``);
+  ``explain`` does, before upsampling.
 * "zero": the reference zeroes *normalised* inputs, i.e. paints the data set's mean colour. Our
   models normalise inside, so ``fill=normalized_zero`` paints the model's ``Normalize`` mean (0 when
   the model has none); ``zero`` would be black.
@@ -27,8 +31,10 @@ What the reference does (``main_supcon.py::train_encoder``, ``data_aug.py::aug_n
   both views as a "background" sample that is never an anchor nor a positive, only a negative in
   the denominators. ``keep=masked`` (default) and ``negatives=true`` reproduce this; ``keep=clean``
   requires a correct clean prediction instead, ``both`` requires both. The two predictions come from
-  forwards in the model's current (train) mode, as theirs, but BatchNorm buffers are left unchanged.
-  Negatives are forwarded once and their projection duplicated (theirs: forwarded twice).
+  forwards in the model's current (train) mode, as theirs, but BatchNorm buffers are left unchanged
+  (theirs: the explanation and both prediction forwards update the running statistics too). The
+  SupCon batch is theirs, [view1; negatives; view2; negatives] in one forward, so train-mode
+  BatchNorm statistics are taken over the same images.
 * SupCon: ``SupConLoss(temperature=0.1)`` (README ``--temp=0.1``; argparse default 0.07) with
   ``base_temperature=0.07``, so the loss is scaled by 0.1/0.07; ``contrast_mode='all'``, positives =
   same label excluding self, mean over anchors.
@@ -57,14 +63,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.config import option, registered, validate
-from consistcam.data.geometry import apply_crop_flip, random_crop_flip
+from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import METHODS, explain, resolve_layer
 from consistcam.explain.inputs import CheckedInputs
-from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
 from consistcam.train.strategies.cgc import _check_scale
+from consistcam.train.strategies.crops import resized_crop_flip
 from consistcam.train.strategies.edda import occlude
+from consistcam.train.strategies.sgt import normalization
 
 
 @dataclass
@@ -160,7 +167,7 @@ def mask_below(model: nn.Module, images: Tensor, maps: Tensor, threshold: float 
     mask = maps <= threshold
     if fill != "normalized_zero":
         return occlude(images, mask, fill)
-    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    norm = normalization(model)
     value = norm.mean.to(images) if norm is not None else images.new_zeros(())
     return torch.where(mask, value, images)
 
@@ -204,7 +211,7 @@ class ExCon(Strategy):
         n = len(images)
         images, labels = images.detach(), self.ctx.task.targets_for_explanation(labels)  # single-label only
         if crops is None:
-            crops = random_crop_flip(2 * n, scale=cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
+            crops = resized_crop_flip(2 * n, images.shape[-2:], cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
         backup, view2 = apply_crop_flip(torch.cat([images, images]), crops).split(n)
         explaining = self.ctx.epoch >= cfg.warmup
         layer = resolve_layer(model, cfg.layer, images) if explaining else None  # its dry run stays outside
@@ -237,16 +244,18 @@ class ExCon(Strategy):
         n = len(images)
         v = self.views(images, labels, crops)
         joint = cfg.classifier == "joint"
-        parts = [v["view1"], v["view2"]] + ([images] if joint else []) + [v["negatives"]]
+        r = len(v["negatives"])
+        # the reference's batch: [view1; negatives; view2; negatives], the negatives forwarded with each
+        # view, so train-mode BatchNorm statistics are taken over the same images
+        parts = [v["view1"], v["negatives"], v["view2"], v["negatives"]] + ([images] if joint else [])
         with classifier_inputs(self.classifier) as seen:
             out = self.ctx.model(torch.cat(parts))
-        z = F.normalize(self.head(seen[0]), dim=1)
-        z1, z2, neg = z[:n], z[n:2 * n], z[len(z) - len(v["negatives"]):]
-        neg_labels = labels.new_full((len(neg),), -1)
-        anchors = torch.cat([labels.new_ones(n, dtype=torch.bool), labels.new_zeros(len(neg), dtype=torch.bool)])
-        supcon = sup_con_loss(torch.cat([z1, neg, z2, neg]), torch.cat([labels, neg_labels, labels, neg_labels]),
-                              anchors.repeat(2), cfg.temperature, cfg.base_temperature)
-        logits = out[2 * n:3 * n] if joint else self.classifier(v["features"])
+        z = F.normalize(self.head(seen[0][:2 * (n + r)]), dim=1)
+        neg_labels = labels.new_full((r,), -1)
+        anchors = torch.cat([labels.new_ones(n, dtype=torch.bool), labels.new_zeros(r, dtype=torch.bool)])
+        supcon = sup_con_loss(z, torch.cat([labels, neg_labels, labels, neg_labels]), anchors.repeat(2),
+                              cfg.temperature, cfg.base_temperature)
+        logits = out[2 * (n + r):] if joint else self.classifier(v["features"])
         return {"ce": task.loss(logits, labels), "supcon": supcon, "logits": logits, "views": v}
 
     def loss(self, batch: dict) -> StepOutput:

