@@ -28,7 +28,7 @@ import torch
 
 from _common import add_device_args, bench, check_device, machine, report, synchronized, throughput, write_json
 from consistcam.consistency import ConsistencyConfig, explanation_consistency
-from consistcam.consistency.score import scoring_model
+from consistcam.consistency.score import scoring_autocast, scoring_model
 from consistcam.models import create
 
 OURS = "fp32"
@@ -56,15 +56,10 @@ def main() -> None:
     fast = ConsistencyConfig(steps=args.steps)
     scorer, fast = scoring_model(model, fast, batches[0][0])  # made once per round by score_dataset
     fast_batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    fields = {f.name for f in dataclasses.fields(ConsistencyConfig)}
-    if "amp" in fields:  # a precision option, should the API gain one
-        bf16_cfg, bf16_ctx = dataclasses.replace(fast, amp=True), contextlib.nullcontext
-        bf16_via = "ConsistencyConfig(amp=True)"
-    else:
-        bf16_cfg = fast
-        bf16_ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-        bf16_via = "torch.autocast(bfloat16) around explanation_consistency"
-        print("note: ConsistencyConfig has no precision option; the bf16 arm wraps the call in torch.autocast")
+    # score_dataset's own autocast (ConsistencyConfig.amp; auto = bf16 on CUDA, the default there)
+    bf16_cfg = dataclasses.replace(fast, amp="bf16")
+    bf16_ctx = lambda: scoring_autocast(bf16_cfg, device)  # noqa: E731
+    bf16_via = "ConsistencyConfig(amp='bf16'): score_dataset's scoring_autocast"
     arms = {OURS: (model, exact, batches, contextlib.nullcontext),
             "fp32 fast": (scorer, fast, fast_batches, contextlib.nullcontext),
             "bf16 fast": (scorer, bf16_cfg, fast_batches, bf16_ctx)}
