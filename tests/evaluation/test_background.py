@@ -9,44 +9,46 @@ from torch.utils.data import DataLoader
 from consistcam.data import BackgroundVariant, DemoShapes, build_dataset, build_transform, collate
 from consistcam.data.base import LocatedDataset
 from consistcam.evaluation import RELIANCE_VARIANTS, background_reliance
-from consistcam.evaluation.background import _Sources, _variant_images
+from consistcam.evaluation.background import _Batch, _Sources
 from tests.helpers import TinyNet
 
 
-class TwoSizes(LocatedDataset):
-    """Images of two sizes (20 and 24 px) with one box each: no batch can be stacked untransformed."""
+class Boxed(LocatedDataset):
+    """Random images with one or two boxes each and no pixel masks, of the given sizes in turn
+    (two sizes: no batch can be stacked untransformed)."""
 
     has_boxes = True
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: tuple[int, ...]) -> None:
         super().__init__(None)
         self.classes = ["a", "b"]
         self.labels = [i % 2 for i in range(8)]
         g = torch.Generator().manual_seed(0)
-        self.images = [torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8) for s in (20, 24) * 4]
+        self.images = [torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8) for s in sizes * 8][:8]
 
     def __len__(self) -> int:
         return 8
 
     def load(self, index: int):
         s = self.images[index].shape[-1]
-        return self.images[index], self.labels[index], torch.tensor([[2.0, 3.0, s - 5.0, s - 2.0]]), None
+        boxes = torch.tensor([[2.0, 3.0, s - 5.0, s - 2.0], [0.5, 1.0, 4.0, 6.5]])[: 1 + index % 2]
+        return self.images[index], self.labels[index], boxes, None
 
 
-@pytest.mark.parametrize("data", ["demo", "shortcut", "two_sizes"])
+@pytest.mark.parametrize("data", ["demo", "shortcut", "boxed", "two_sizes"])
 def test_batched_variants_are_the_per_sample_variants(data):
     ds = {"demo": lambda: DemoShapes("test", n=40, num_classes=3, size=24, seed=1),
           "shortcut": lambda: build_dataset("shortcut:demo:n=80,n_test=40,num_classes=3,size=24", "test"),
-          "two_sizes": TwoSizes}[data]()
+          "boxed": lambda: Boxed((20,)), "two_sizes": lambda: Boxed((20, 24))}[data]()
     transform = build_transform(16)  # a resize: batched and per-sample resizing must agree
     n = min(len(ds), 40)
     partners = {v: BackgroundVariant(ds, v, seed=2).partner for v in RELIANCE_VARIANTS if v.startswith("mixed")}
     sources = _Sources(ds, partners, n)
-    samples = [sources[i] for i in range(n)]
+    batch = _Batch([sources[i] for i in range(n)], "cpu")
     for variant in RELIANCE_VARIANTS:
         per_sample = BackgroundVariant(ds, variant, seed=2, transform=transform)
         expected = collate([per_sample[i] for i in range(n)])["image"]
-        assert torch.equal(_variant_images(variant, samples, transform, "cpu"), expected), variant
+        assert torch.equal(batch.variant(variant, transform), expected), variant
 
 
 def test_background_reliance_equals_the_per_sample_loop():
