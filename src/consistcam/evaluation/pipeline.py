@@ -13,7 +13,10 @@ heatmap per image and positive class, scored against that class's boxes. Keys of
 explainer carry no prefix; those of further explainers are prefixed ``<explainer>/``.
 
 Cost per batch and explainer: the clean image is explained once (by the consistency pass, whose
-logits also give the accuracy); every other protocol reuses that heatmap.
+logits also give the accuracy); every other protocol reuses that heatmap. The faithfulness
+protocol (2 x steps forwards per image) runs batched on a BatchNorm-folded, channels-last copy of
+the model (:func:`consistcam.evaluation.forward.forward_model`; equal up to float rounding); the
+consistency pass, whose attack follows gradient signs, runs on the model itself.
 """
 
 from __future__ import annotations
