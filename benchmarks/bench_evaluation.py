@@ -139,7 +139,9 @@ def main() -> None:
             listed = ", ".join(f"{t:.1f}" for t in ts)
             print(f"| {name} | {medians[name]:.1f} | {listed} | {args.n / medians[name]:.1f} |")
         if "old" in medians:
-            print(f"\nspeed-up (old / new, medians): {medians['old'] / medians['new']:.2f}x")
+            paired = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
+            print(f"\nspeed-up old / new: {medians['old'] / medians['new']:.2f}x (ratio of the medians), "
+                  f"{paired:.2f}x (median of the per-repeat ratios: neighbours in time share the machine's load)")
             diff = metric_differences(tmp / "eval_old", tmp / "eval_new")
             worst = sorted(diff.items(), key=lambda kv: -kv[1])[:6]
             print("largest metric differences old vs new:", ", ".join(f"{k} {v:.2g}" for k, v in worst))
