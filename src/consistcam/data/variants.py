@@ -28,6 +28,31 @@ def _foreground(image: Tensor, boxes: Tensor | None, mask: Tensor | None) -> Ten
     return object_mask(tuple(image.shape[-2:]), boxes, mask)
 
 
+def compose_variant(variant: str, image: Tensor, fg: Tensor, bg_image: Tensor | None = None,
+                    bg_fg: Tensor | None = None) -> Tensor:
+    """The ``variant`` of uint8 images (..., C, H, W) with bool object masks ``fg`` (..., H, W)
+    broadcast over channels; mixed variants paste the objects on ``bg_image`` (same size) with its
+    own objects ``bg_fg`` blacked out. One sample or a whole batch on any device."""
+    if variant == "original":
+        return image
+    fg = fg.unsqueeze(-3)
+    if variant == "only_fg":
+        return image * fg
+    if variant == "no_fg":
+        return image * ~fg
+    return torch.where(fg, image, bg_image * ~bg_fg.unsqueeze(-3))
+
+
+def fit_background(bg: Tensor | None, bg_fg: Tensor | None, size: tuple[int, int]) -> tuple:
+    """A partner's (C, H, W) uint8 image and object mask for a canvas of ``size``: unchanged when
+    the sizes agree, else the image with its objects blacked out, resized (mask then empty)."""
+    if bg is None or tuple(bg.shape[-2:]) == tuple(size):
+        return bg, bg_fg
+    bg = F.interpolate((bg * ~bg_fg)[None].float(), size=size, mode="bilinear", antialias=True,
+                       align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+    return bg, torch.zeros(size, dtype=torch.bool)
+
+
 class BackgroundVariant(LocatedDataset):
     """A variant of ``base`` (its untransformed ``load``) as a data set in the common sample format."""
 
@@ -68,18 +93,11 @@ class BackgroundVariant(LocatedDataset):
         image, label, boxes, mask = self.base.load(index)
         if self.variant == "original":
             return image, label, boxes, mask
-        fg = _foreground(image, boxes, mask)
-        if self.variant == "only_fg":
-            out = image * fg
-        elif self.variant == "no_fg":
-            out = image * ~fg
-        else:
-            bg_image, _, bg_boxes, bg_mask = self.base.load(self.partner[index])
-            bg = bg_image * ~_foreground(bg_image, bg_boxes, bg_mask)
-            if bg.shape[-2:] != image.shape[-2:]:
-                bg = F.interpolate(bg[None].float(), size=image.shape[-2:], mode="bilinear", antialias=True,
-                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            out = torch.where(fg, image, bg)
+        bg, bg_fg = None, None
+        if self.partner is not None:
+            bg, _, bg_boxes, bg_mask = self.base.load(self.partner[index])
+            bg, bg_fg = fit_background(bg, _foreground(bg, bg_boxes, bg_mask), tuple(image.shape[-2:]))
+        out = compose_variant(self.variant, image, _foreground(image, boxes, mask), bg, bg_fg)
         return out.to(torch.uint8), label, boxes, mask
 
     def box_labels(self, index: int) -> Tensor | None:

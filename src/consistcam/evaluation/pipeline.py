@@ -13,7 +13,10 @@ heatmap per image and positive class, scored against that class's boxes. Keys of
 explainer carry no prefix; those of further explainers are prefixed ``<explainer>/``.
 
 Cost per batch and explainer: the clean image is explained once (by the consistency pass, whose
-logits also give the accuracy); every other protocol reuses that heatmap.
+logits also give the accuracy); every other protocol reuses that heatmap. The faithfulness
+protocol (2 x steps forwards per image) runs batched on a BatchNorm-folded, channels-last copy of
+the model (:func:`consistcam.evaluation.forward.forward_model`; equal up to float rounding); the
+consistency pass, whose attack follows gradient signs, runs on the model itself.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from consistcam.consistency import ConsistencyConfig, explanation_consistency, u
 from consistcam.data.masks import mask_from_boxes
 from consistcam.evaluation.equivariance import heatmap_equivariance
 from consistcam.evaluation.examples import RANKINGS, ExtremeExamples
+from consistcam.evaluation.forward import forward_model
 from consistcam.evaluation.robustness import attack_images
 from consistcam.explain import explain
 from consistcam.metrics import (
@@ -94,8 +98,9 @@ class _ExplainerMetrics:
         for metric in self.iou.values():
             metric.update(heat, gt)
 
-    def update(self, model, images, labels, out, gt, equivariance: Tensor | None) -> None:
-        """``labels`` are the classes the heatmaps explain (the prediction under target="prediction")."""
+    def update(self, forward: nn.Module | None, images, labels, out, gt, equivariance: Tensor | None) -> None:
+        """``labels`` are the classes the heatmaps explain (the prediction under target="prediction");
+        ``forward`` is the model the faithfulness protocol runs (:func:`forward_model`)."""
         heat = out["heatmap"]
         if "consistency" in self.protocols:
             self.e.update(out["E"])
@@ -104,9 +109,9 @@ class _ExplainerMetrics:
             self.update_localization(heat, gt, labels)
         if "faithfulness" in self.protocols:
             probs = out["logits"].float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-            self.insdel.update(model, images, heat, labels)
-            self.conf.update(model, images, heat, labels, clean_probs=probs)
-            self.conf_top.update(model, images, heat, labels, clean_probs=probs)
+            self.insdel.update(forward, images, heat, labels)
+            self.conf.update(forward, images, heat, labels, clean_probs=probs)
+            self.conf_top.update(forward, images, heat, labels, clean_probs=probs)
         if equivariance is not None:
             self.equi.update(equivariance)
 
@@ -222,9 +227,11 @@ def evaluate_model(
     configs = [dataclasses.replace(base_cfg, explainer=e) for e in explainers]
     if "consistency" not in protocols:
         configs = [dataclasses.replace(c, attack="none") for c in configs]  # heatmaps only, no attack cost
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
-    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
-    per_class = MulticlassAccuracy(num_classes, average="none").to(device)
+    # no argument validation: it syncs with the host on every update, and the labels were checked
+    # by the explained forward (their range) and the logits are the model's
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False).to(device)
+    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False).to(device)
+    per_class = MulticlassAccuracy(num_classes, average="none", validate_args=False).to(device)
     mean_ap = MultilabelAveragePrecision(num_classes, average="macro").to(device)
     f1 = MultilabelF1Score(num_classes, average="none").to(device)  # per class, at probability 0.5
     exact = MultilabelExactMatch(num_classes).to(device)  # every class of the image right
@@ -240,6 +247,7 @@ def evaluate_model(
     attack_generator = torch.Generator(device=device).manual_seed(seeds["robustness"])
     recorder = _SampleRecorder(per_sample, examples, protocols)
     multilabel = False
+    forward = None  # the folded copy for the faithfulness protocol, made from the first batch
     with preserved_state(model, eval_mode=True):
         for b, batch in enumerate(progress_bar(loader, desc="evaluate", enabled=progress)):
             if max_batches is not None and b >= max_batches:
@@ -257,6 +265,8 @@ def evaluate_model(
                         metrics.update_localization(maps, gt, classes)
                 continue
             gt = object_masks(images, boxes, masks)
+            if forward is None and "faithfulness" in protocols:
+                forward = forward_model(model, images)
             for k, (cfg, metrics, generator, equi_generator) in enumerate(
                     zip(configs, per_expl, generators, equi_generators)):
                 with torch.no_grad():
@@ -272,7 +282,7 @@ def evaluate_model(
                     equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
                                                 generator=equi_generator, heatmaps=out["heatmap"],
                                                 **cfg.explainer_options)
-                metrics.update(model, images, explained, out, gt, equi)
+                metrics.update(forward, images, explained, out, gt, equi)
             if robust is not None:
                 predictions = {}
                 for attack, eps in robust.keys:

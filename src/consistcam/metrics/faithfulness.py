@@ -16,6 +16,22 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from consistcam.models.state import preserved_state
 
+# Most pixels (images x height x width) one forward of the faithfulness protocols takes: the
+# insertion/deletion inputs of a batch are built and run in chunks of this size, so memory stays
+# bounded for any batch size and step count. The CPU runs fastest on batches that fit its caches
+# (about 500 images at 32 px, docs/benchmarks.md); a GPU wants as many as it can run at once.
+FORWARD_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 23}
+
+
+def forward_pixels(device: torch.device | str) -> int:
+    """The pixel budget of one forward on ``device`` (:data:`FORWARD_PIXELS`; the CPU's for others)."""
+    return FORWARD_PIXELS.get(torch.device(device).type, FORWARD_PIXELS["cpu"])
+
+
+def _softmax(model: nn.Module, images: Tensor, max_images: int) -> Tensor:
+    """Class probabilities (N, K), the forward split into pieces of at most ``max_images``."""
+    return torch.cat([model(x).softmax(1) for x in images.split(max_images)])
+
 
 def _probabilities(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     return model(images).softmax(1).gather(1, targets[:, None]).squeeze(1)
@@ -38,29 +54,45 @@ def pixel_ranks(heatmaps: Tensor) -> Tensor:
     return ranks.view(heatmaps.shape)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def insertion_deletion(model: nn.Module, images: Tensor, heatmaps: Tensor, targets: Tensor, steps: int = 16,
-                       blur_kernel: int = 11, blur_sigma: float = 5.0, return_curves: bool = False):
+                       blur_kernel: int = 11, blur_sigma: float = 5.0, return_curves: bool = False,
+                       max_pixels: int | None = None):
     """Per-image insertion and deletion AUC of the target-class probability.
 
     Pixels are taken in heatmap order in ``steps`` equal parts (the last part takes the remainder).
     Deletion replaces them with 0 (black); insertion starts from the blurred image and reveals the
     original pixels. AUC by the trapezoid rule over the fraction of pixels, so both lie in [0, 1].
+
+    All steps of the batch run in few large forwards of at most ``max_pixels`` pixels (default
+    :func:`forward_pixels` of the device), with no host sync. The curves' shared ends are computed
+    once: the clean image (deletion start = insertion end) and the black image (deletion end, one
+    forward for the whole batch); so a batch of B images costs 2 * steps * B + 1 image forwards.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     heatmaps = _resize(heatmaps, images)
     ranks = pixel_ranks(heatmaps)
-    n = ranks[0].numel()
+    b, n = len(images), ranks[0].numel()
+    max_images = max(1, (max_pixels or forward_pixels(images.device)) // n)
     counts = torch.linspace(0, n, steps + 1, device=images.device).round().long()
     blurred = gaussian_blur(images, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
-    ins, dele = [], []
+    column = targets[:, None]
     with preserved_state(model, eval_mode=True):
-        for count in counts:
-            taken = (ranks < count).to(images.dtype)
-            dele.append(_probabilities(model, images * (1 - taken), targets))
-            ins.append(_probabilities(model, blurred * (1 - taken) + images * taken, targets))
-    ins_curve, del_curve = torch.stack(ins, 1), torch.stack(dele, 1)  # (B, steps + 1)
+        ends = _softmax(model, torch.cat([images, blurred, images.new_zeros(1, *images.shape[1:])]), max_images)
+        clean, start = ends[:b].gather(1, column), ends[b:2 * b].gather(1, column)
+        black = ends[2 * b:].expand(b, -1).gather(1, column)
+        dele, ins = [clean.T], [start.T]  # rows: steps; columns: images
+        inner = counts[1:-1]  # the steps between the ends, a chunk of them per forward
+        per_chunk = max(1, max_images // (2 * b))
+        for chunk in inner.split(per_chunk):
+            taken = ranks[None] < chunk[:, None, None, None, None]  # (k, B, 1, H, W)
+            x = torch.cat([torch.where(taken, 0.0, images), torch.where(taken, images, blurred)]).flatten(0, 1)
+            probs = _softmax(model, x, max_images).gather(1, column.repeat(2 * len(chunk), 1)).view(2, -1, b)
+            dele.append(probs[0])
+            ins.append(probs[1])
+    ins_curve = torch.cat([*ins, clean.T]).T  # (B, steps + 1)
+    del_curve = torch.cat([*dele, black.T]).T
 
     def auc(curve: Tensor) -> Tensor:
         return (curve[:, 1:] + curve[:, :-1]).sum(1) / (2 * steps)
