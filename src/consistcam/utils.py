@@ -31,10 +31,30 @@ def atomic_write(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+def tensor_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
+    """A safetensors file as bytes that depend on the tensors and metadata only: safetensors writes
+    ``__metadata__`` in hash-map order, which changes between processes, so the header is rewritten
+    with the metadata keys sorted (a checksum of two identical runs' files is then equal)."""
+    import json
+    import struct
 
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata or None)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically, byte-identical for identical contents (see tensor_file_bytes)."""
+    data = tensor_file_bytes(tensors, metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
