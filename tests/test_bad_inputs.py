@@ -46,6 +46,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
     dup.mkdir()
     _write_tiny(dup)
     (dup / "wnids.txt").write_text("n001\nn002\nn001\n")
+    for split, names in (("train", "ab"), ("val", "ac")):  # issue 25: val "c" was scored as "b"
+        for name in names:
+            (root / "ab_ac" / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "ab_ac" / split / name / "0.png")
+    for name in ("disk", "ring", "cross", "square"):  # the demo run's four classes, other names and order
+        (root / "four" / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "four" / "val" / name / "0.png")
     marker = root / "unpickled"
     Marker.path = str(marker)
     torch.save({"state": Marker()}, root / "model.pt")
@@ -93,6 +100,9 @@ CASES = [
     (["evaluate", "{run}", "--protocols", "localisation"], "unknown protocol(s) ['localisation']"),
     (["evaluate", "{partial}"], "is not complete (training was interrupted)"),
     (["evaluate", "{root}/model.pt", "--data", "demo"], "model.pt: not a readable safetensors checkpoint"),
+    (["train", "--data", "imagefolder:{root}/ab_ac", "--image-size", "16"],
+     "class names differ: imagefolder:{root}/ab_ac split 'train' has ['a', 'b'], split 'val' has ['a', 'c']"),
+    (["evaluate", "{run}", "--data", "imagefolder:{root}/four"], "split 'val' has ['cross', 'disk', 'ring', 'square']"),
     (["explain", "{run}", "{root}/missing.png"], "missing.png: file not found"),
     (["explain", "{run}", "{root}/notimage.png"], "notimage.png: unreadable or truncated image"),
     (["explain", "{run}", "{root}/ok.png", "--method", "nope"], "unknown explainer method 'nope'"),

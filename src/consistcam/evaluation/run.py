@@ -16,7 +16,7 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 
 from consistcam.consistency import ConsistencyConfig
-from consistcam.data import build_dataset, build_transform, collate, eval_splits
+from consistcam.data import build_dataset, build_transform, check_same_classes, collate, eval_splits
 from consistcam.evaluation.background import background_reliance
 from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, stream_seeds
 from consistcam.metrics import GroupAccuracy, alignment, group_report
@@ -142,10 +142,13 @@ def evaluate_run(
     cfg = ConsistencyConfig(explainer=explainers[0], seed=seed)
     transform = build_transform(info.get("image_size"), "none")
     results, files, group_inputs = {}, {}, {}
-    for split in splits or eval_splits(data):
-        ds = build_dataset(data, split, transform, **data_kw)
-        if ds.num_classes != num_classes:
+    datasets = {split: build_dataset(data, split, transform, **data_kw) for split in splits or eval_splits(data)}
+    for split, ds in datasets.items():  # every split before any work: a wrong label space fails at once
+        if info["classes"]:
+            check_same_classes(info["classes"], ds.classes, f"the model of {run}", f"{data} split {split!r}")
+        elif ds.num_classes != num_classes:
             raise ValueError(f"{data} has {ds.num_classes} classes, the model {num_classes}")
+    for split, ds in datasets.items():
         view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
         loader = DataLoader(view, batch_size=batch_size, collate_fn=collate, num_workers=workers)
         res = evaluate_model(model, loader, num_classes, explainer=explainers, consistency=cfg, protocols=protocols,

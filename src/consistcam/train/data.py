@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from consistcam.data import LocatedDataset, build_dataset, build_transform, collate, eval_splits
+from consistcam.data import LocatedDataset, build_dataset, build_transform, check_same_classes, collate, eval_splits
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -71,6 +71,8 @@ class TrainData:
         eval_tf = build_transform(image_size, "none")
         train = build_dataset(spec, "train", None, **kw)
         eval_sets = {split: build_dataset(spec, split, eval_tf, **kw) for split in eval_splits(spec)}
+        for split, ds in eval_sets.items():
+            check_same_classes(train.classes, ds.classes, f"{spec} split 'train'", f"split {split!r}")
         return cls(train, eval_sets, build_transform(image_size, augment), eval_tf, subset, workers, pin_memory)
 
     @property
