@@ -39,6 +39,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "notimage.png").write_text("hello")
     (root / "malformed.yaml").write_text("epochs: [1\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "dup.yaml").write_text("lr: 0.1\nepochs: 1\nlr: 0.01\n")
     tin = root / "tin"
     tin.mkdir()
     _write_tiny(tin, bad_line="n002_9.JPEG\tnan\t1\t3\t4")
@@ -91,6 +92,13 @@ CASES = [
     (["train", "--data", "tinyimagenet:{dup}"], "wnids.txt:3: class id 'n001' appears twice"),
     (["train", "--config", "{root}/malformed.yaml"], "malformed.yaml: not valid YAML"),
     (["train", "--config", "{root}/list.yaml"], "list.yaml: expected a mapping of options, got list"),
+    (["train", "--config", "{root}/dup.yaml"], "dup.yaml: not valid YAML (duplicate key 'lr' (first on line 1)"),
+    (["train", "--keep-checkpoints", "every=0"], "keep_checkpoints: every=N needs N >= 1, got 'every=0'"),
+    (["train", "--method", "ecl", "--set", "ecl.consistency.explainer_options.bogus=1"],
+     "ecl.consistency.explainer_options: unknown explainer option 'bogus'"),
+    # issue 25: a bad layer used to fail at the first scoring pass (or never, with warm-up >= epochs)
+    (["train", *RUN_ARGS, "--method", "ecl", "--set", "ecl.warmup=5", "--set", "ecl.consistency.layer=model.nope",
+      "--out", "{root}/layer_run"], "ecl.consistency.layer: Normalize has no layer 'model.nope'"),
     (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
     (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),

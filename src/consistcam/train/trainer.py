@@ -197,6 +197,7 @@ class Trainer:
             data.record_skipped(run_dir)
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
         strategy = build_strategy(config.method, config.strategy)
+        check_layer_options(model, strategy.config, config.method)
         optimizer = build_optimizer(config, model, strategy.parameters(model))
         trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
                       epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
@@ -415,6 +416,29 @@ class Trainer:
         counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
                                 self.dist)
         return (counts[0] / counts[1].clamp_min(1)).item()
+
+
+def check_layer_options(model: nn.Module, options, where: str) -> None:
+    """Resolve every layer a method names (``layer``/``layers`` fields and explainer options, at any
+    depth) against the model before epoch 0: a typo would otherwise fail at the first scoring pass,
+    or never when warm-up outlasts the run."""
+    import dataclasses
+
+    from consistcam.explain import get_layer
+
+    items = ({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+             if dataclasses.is_dataclass(options) else options if isinstance(options, dict) else {})
+    for key, value in items.items():
+        path = f"{where}.{key}"
+        if key in ("layer", "layers") and value is not None:
+            for name in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ():
+                if isinstance(name, str):
+                    try:
+                        get_layer(model, name)
+                    except ValueError as err:
+                        raise ConfigError(f"{path}: {err}") from None
+        else:
+            check_layer_options(model, value, path)
 
 
 def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:
