@@ -216,8 +216,9 @@ def _yaml_value(text: str):
         return text
 
 
-def _int_at_least(low: int):
-    """argparse type: an integer >= ``low`` (``--subset -1`` is an error, not an empty evaluation)."""
+def _int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer >= ``low`` (``--subset -1`` is an error, not an empty evaluation)
+    and <= ``high`` when given (``--size 100000`` is an error, not a 120 GB allocation)."""
 
     def parse(text: str) -> int:
         try:
@@ -226,9 +227,11 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in [{low}, {high}]"
     return parse
 
 
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from consistcam.config import option_help
+    from consistcam.data.images import MAX_SIDE
     from consistcam.train import TrainConfig
 
     p = argparse.ArgumentParser(prog="consistcam", description="Classifiers whose explanations can be trusted.",
@@ -332,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     x.add_argument("--method", default="gradcam", help="explainer (consistcam list explainers)")
     x.add_argument("--target", type=_int_at_least(0), help="class to explain (default: the prediction)")
-    x.add_argument("--size", type=_int_at_least(1), help="resize images to this size (default: the training size)")
+    x.add_argument("--size", type=_int_at_least(1, MAX_SIDE),
+                   help="resize images to this size (default: the training size)")
     x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
     x.add_argument("--device", default="cpu", help="device: cpu, cuda, cuda:N or mps")
     x.add_argument("--allow-incomplete", action="store_true", help="use a run whose training was interrupted")

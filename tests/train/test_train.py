@@ -349,6 +349,34 @@ def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path, capsy
     assert not run.exists()
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--image-size", "100000"], "image_size: must be <= 8192, got 100000"),
+    (["--data", "demo:size=100000"], "demo option size: must be <= 8192 pixels, got 100000"),
+    (["--data", "demo:n=100000,size=8192"], "demo option size: 100000 images of 8192x8192 pixels need 75000.0 GiB"),
+    (["--image-size", "8192", "--batch-size", "100000"], "image_size: 100000 images of 8192x8192 pixels need"),
+])
+def test_sizes_are_bounded_before_anything_is_allocated(tmp_path, capsys, argv, message):
+    # issue 25: these tried to allocate 30-160 GB (a traceback, the run left `running`)
+    assert main(["train", *argv, "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_is_not_left_running(tmp_path, capsys):
+    data = tmp_path / "mixed"  # images of two sizes and no --image-size: the first batch fails
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (data / split / cls).mkdir(parents=True)
+            for i, side in enumerate((16, 20)):
+                Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(data / split / cls / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagefolder:{data}", "--epochs", "1", "--batch-size", "4", "--quiet",
+            "--out", str(run)]
+    assert main(args) == 2
+    assert "--image-size" in capsys.readouterr().err
+    assert not run.exists()  # not a `running` folder that --resume cannot continue
+
+
 def test_interrupted_run_is_running_and_resume_drops_a_torn_line_and_stale_temporaries(tmp_path):
     cfg = tiny(tmp_path, epochs=2)
     Trainer.from_config(cfg, progress=False).fit(stop_after=1)

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from consistcam.config import ConfigError, from_dict, load_yaml, option, registered, to_dict, validate
+from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
@@ -93,7 +94,7 @@ class TrainConfig:
                        check=_arch_check)
     pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
     small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
-    image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1)
+    image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1, le=MAX_SIDE)
     augment: str = option("flip", "training augmentation", choices=AUGMENTATIONS)
     method: str = option("erm", "training method (consistcam list methods)", check=registered(STRATEGIES))
     epochs: int = option(10, "number of epochs", ge=1)

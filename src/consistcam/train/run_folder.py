@@ -79,6 +79,25 @@ def _foreign_files(run_dir: Path) -> list[Path]:
     return foreign
 
 
+def discard_unstarted_run(run_dir: Path) -> None:
+    """After an error before the first checkpoint (an exception, not a kill): remove what this start
+    wrote, so the folder is not left ``running`` with nothing to resume; files consistcam did not
+    write stay, and so does the folder when they do."""
+    if (run_dir / "checkpoint.safetensors").is_file() or not run_dir.is_dir():
+        return
+    foreign = set(_foreign_files(run_dir))
+    for p in sorted(run_dir.iterdir()):
+        if p in foreign:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            if not any(q in foreign for q in p.rglob("*")):
+                shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def is_run_folder(run_dir: Path) -> bool:
     """A folder consistcam trained into: a valid run marker, or a config with a checkpoint or model."""
     try:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from consistcam.config import ConfigError
+from consistcam.data.images import check_image_size
 from consistcam.models import create
 from consistcam.models.state import preserved_state
 from consistcam.train.callbacks import Callback, default_callbacks
@@ -35,6 +36,7 @@ from consistcam.train.distributed import (
     init_distributed,
 )
 from consistcam.train.run_folder import (
+    discard_unstarted_run,
     prepare_new_run,
     read_metrics,
     read_status,
@@ -176,6 +178,8 @@ class Trainer:
         if config.batch_size % dist_info.world_size:
             raise ConfigError(f"batch_size: the global batch {config.batch_size} must be a multiple of the "
                               f"{dist_info.world_size} processes")
+        if config.image_size is not None:  # before any data is read or a folder is written
+            check_image_size(config.image_size, max(config.batch_size, config.eval_batch_size), "image_size")
         run_dir = Path(config.out)
         if dist_info.enabled:  # rank 0 decides about the folder; every rank gets its verdict
             problem = None
@@ -287,6 +291,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
+        failed = False
         try:
             for epoch in range(self.start_epoch, last):
                 fault_point(f"epoch{epoch}:start")
@@ -296,9 +301,14 @@ class Trainer:
                     cb.on_epoch_end(self, record)
                 self.start_epoch = epoch + 1  # a later fit() call continues from here
                 fault_point(f"epoch{epoch}:end")
+        except Exception:
+            failed = True
+            raise
         finally:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
+            if failed and writes:  # before its first checkpoint: not left `running` with nothing to resume
+                discard_unstarted_run(self.run_dir)
         if writes and last == self.epochs:
             info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
             done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
