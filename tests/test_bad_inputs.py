@@ -99,6 +99,9 @@ CASES = [
     # issue 25: a bad layer used to fail at the first scoring pass (or never, with warm-up >= epochs)
     (["train", *RUN_ARGS, "--method", "ecl", "--set", "ecl.warmup=5", "--set", "ecl.consistency.layer=model.nope",
       "--out", "{root}/layer_run"], "ecl.consistency.layer: Normalize has no layer 'model.nope'"),
+    (["train", "--config", "{root}"], "config file {root}: a folder, not a YAML file"),
+    (["explain", "{run}", "{root}/ok.png", "--out", "{root}/ok.png"],
+     "--out {root}/ok.png: exists and is not a folder"),
     (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
     (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
@@ -189,3 +192,15 @@ def test_explain_skip_bad_skips_unreadable_files(world, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "notimage.png: unreadable" in err and "skipped 1 unreadable image" in err
     assert [p.name for p in out.iterdir()] == ["ok_gradcam.png"]
+
+
+def test_explain_images_sharing_a_name_get_one_overlay_each(world, tmp_path, capsys):
+    for folder, value in (("dirA", 0), ("dirB", 255)):  # issue 25: both were written to same_gradcam.png
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((16, 16, 3), value, dtype=np.uint8)).save(tmp_path / folder / "same.png")
+    out = tmp_path / "overlays"
+    assert main(["explain", str(world["run"]), str(tmp_path / "dirA" / "same.png"), str(tmp_path / "dirB" / "same.png"),
+                 str(world["root"] / "ok.png"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ok_gradcam.png", "same_1_gradcam.png", "same_2_gradcam.png"]
+    printed = capsys.readouterr().out
+    assert "dirA/same.png" in printed and "same_1_gradcam.png" in printed.split("dirB")[0]

@@ -122,6 +122,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overlay_names(images: list[str], method: str) -> dict[str, str]:
+    """``STEM_METHOD.png`` per image; images sharing a stem (``a/x.png``, ``b/x.png``) get ``STEM_K_METHOD.png``
+    (k = 1, 2, ... in the order given) instead of overwriting each other's overlay."""
+    paths = list(dict.fromkeys(images))
+    stems = [Path(p).stem for p in paths]
+    names = {p: f"{s}_{method}.png" for p, s in zip(paths, stems) if stems.count(s) == 1}
+    used = set(names.values())
+    for path, stem in zip(paths, stems):
+        k = 0
+        while path not in names:
+            k += 1
+            if f"{stem}_{k}_{method}.png" not in used:
+                names[path] = f"{stem}_{k}_{method}.png"
+                used.add(names[path])
+    return {p: names[p] for p in paths}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
@@ -133,10 +150,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from consistcam.train import load_model
     from consistcam.train.run_folder import require_complete
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder (the overlays are written into a folder)")
+    dests = _overlay_names(args.images, args.method)
     require_complete(run_folder(args.checkpoint), args.allow_incomplete)
     model, info = load_model(args.checkpoint, args.device)
     size = args.size or info.get("image_size")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip_bad = args.skip_bad if args.skip_bad is not None else bool(run_option(run_folder(args.checkpoint),
                                                                                "skip_bad", False))
@@ -159,7 +179,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         heat, logits = explain(model, image, target, method=args.method, return_logits=True)
         cls = int(logits.argmax(1)) if args.target is None else args.target
         name = info["classes"][cls] if info["classes"] else str(cls)
-        dest = save_overlay(out / f"{Path(path).stem}_{args.method}.png", image[0], heat[0])
+        dest = save_overlay(out / dests[path], image[0], heat[0])
         print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
     if skipped:
         print(f"warning: skipped {skipped} unreadable image(s)", file=sys.stderr)

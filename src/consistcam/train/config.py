@@ -173,6 +173,9 @@ class TrainConfig:
             data = load_yaml(path.read_text()) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {path} not found") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+            why = "a folder, not a YAML file" if path.is_dir() else f"unreadable ({type(err).__name__})"
+            raise ConfigError(f"config file {path}: {why}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
