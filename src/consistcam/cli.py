@@ -75,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder?)")
+            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder? A run killed "
+                                    "before it wrote its config is resumed by its original command with --resume "
+                                    f"{args.resume} added)")
         cfg = TrainConfig.from_yaml(saved, {**overrides, "out": args.resume})
     elif args.config:
         cfg = TrainConfig.from_yaml(args.config, overrides)

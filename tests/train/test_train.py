@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,6 +377,21 @@ def test_a_run_that_fails_before_its_first_checkpoint_is_not_left_running(tmp_pa
     assert main(args) == 2
     assert "--image-size" in capsys.readouterr().err
     assert not run.exists()  # not a `running` folder that --resume cannot continue
+
+
+def test_the_documented_resume_works_whatever_the_kill_left(tmp_path):
+    """README: resume = the same command plus ``--resume RUN``; it works also when the kill came before
+    the run folder (or its config.yaml) existed, where ``train --resume RUN`` alone cannot know the run."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert re.search(r"--out runs/x \\\n\s+--resume runs/x ", readme)
+    args = ["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    before_folder, before_config = tmp_path / "a", tmp_path / "b"
+    before_config.mkdir()
+    (before_config / ".config.yaml.x1.tmp").write_text("epo")  # killed inside the first write
+    for run in (before_folder, before_config):
+        assert main([*args, "--out", str(run), "--resume", str(run)]) == 0
+        assert json.loads((run / "status.json").read_text())["state"] == "complete"
+        assert not list(run.glob(".*.tmp"))
 
 
 def test_interrupted_run_is_running_and_resume_drops_a_torn_line_and_stale_temporaries(tmp_path):

@@ -67,8 +67,8 @@ def read_history(run_dir: Path) -> list[dict]:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise ValueError(f"{path}:{number}: not a JSON epoch record (the trainer writes one per line, with "
-                             f"'epoch'); the run was interrupted while writing it or the file was edited: "
-                             f"`consistcam train --resume {path.parent}` rewrites it, or delete that line")
+                             "'epoch'); the run was interrupted while writing it or the file was edited: delete or "
+                             "fix that line (only the training curves come from this file, not the model)")
         records.append(record)
     return records
 
