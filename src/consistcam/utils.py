@@ -51,10 +51,14 @@ def tensor_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = 
     return struct.pack("<Q", len(text)) + text + raw[8 + n:]
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically, byte-identical for identical contents (see tensor_file_bytes)."""
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> str:
+    """Write a safetensors file atomically, byte-identical for identical contents (see tensor_file_bytes);
+    returns the file's sha256 (hex), for manifests that must tell one version of the file from another."""
+    import hashlib
+
     data = tensor_file_bytes(tensors, metadata)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
