@@ -204,3 +204,22 @@ def test_explain_images_sharing_a_name_get_one_overlay_each(world, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["ok_gradcam.png", "same_1_gradcam.png", "same_2_gradcam.png"]
     printed = capsys.readouterr().out
     assert "dirA/same.png" in printed and "same_1_gradcam.png" in printed.split("dirB")[0]
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("checkpoint.safetensors", ["train", "--resume", "{copy}", "--quiet"]),
+    ("model.safetensors", ["evaluate", "{copy}", "--allow-incomplete", "--quiet", "--no-report"]),
+])
+def test_bit_flips_in_tensors_are_refused_on_load(world, tmp_path, capsys, name, argv):
+    """Issue 25: a flipped bit inside a checkpoint's tensors used to pass resume and evaluate silently."""
+    import shutil
+
+    copy = Path(shutil.copytree(world["partial"], tmp_path / "copy"))
+    data = bytearray((copy / name).read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes: the header still parses
+    (copy / name).write_bytes(bytes(data))
+    before = _digest(copy)
+    assert main([a.format(copy=copy) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / name}: the tensors do not match the content hash stored with them" in err, err
+    assert "Traceback" not in err and _digest(copy) == before

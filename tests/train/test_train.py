@@ -379,6 +379,25 @@ def test_a_run_that_fails_before_its_first_checkpoint_is_not_left_running(tmp_pa
     assert not run.exists()  # not a `running` folder that --resume cannot continue
 
 
+def test_two_runs_of_one_command_write_byte_identical_tensor_files(tmp_path):
+    """Issue 25: equal tensors used to come with different sha256 (metadata in hash-map order)."""
+    import hashlib
+
+    args = ["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16", "--method", "ecl",
+            "--set", "ecl.warmup=0", "--set", "ecl.consistency.steps=1", "--quiet"]
+    digests, run = [], tmp_path / "run"
+    for name in ("first", "second"):  # one --out (checkpoints record the config, --out included)
+        assert main([*args, "--out", str(run)]) == 0
+        run = run.rename(tmp_path / name)
+        files = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in sorted(run.rglob("*.safetensors"))}
+        status = json.loads((run / "status.json").read_text())["sha256"]
+        assert status == {k: files[k] for k in ("model.safetensors", "checkpoint.safetensors")}
+        digests.append(files)
+        run = tmp_path / "run"
+    assert "consistency/epoch_000.safetensors" in digests[0] and digests[0] == digests[1]
+
+
 def test_the_documented_resume_works_whatever_the_kill_left(tmp_path):
     """README: resume = the same command plus ``--resume RUN``; it works also when the kill came before
     the run folder (or its config.yaml) existed, where ``train --resume RUN`` alone cannot know the run."""

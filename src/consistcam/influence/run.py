@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -23,7 +22,7 @@ from consistcam.influence.html import Row, write_grid_html
 from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
 from consistcam.train.callbacks import KEPT_FORMAT, kept_checkpoints
 from consistcam.train.checkpoint import read_metadata
-from consistcam.utils import atomic_save_tensors
+from consistcam.utils import atomic_save_tensors, load_tensor_file
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -43,7 +42,7 @@ def load_kept_model(path: str | Path) -> nn.Module:
     if meta.get("format") != KEPT_FORMAT:
         raise ValueError(f"{path}: not a kept consistcam checkpoint (format {meta.get('format')!r})")
     model = create(meta["arch"], int(meta["num_classes"]), small_input=meta["small_input"] == "True")
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_tensor_file(path)[0])
     return model.eval()
 
 

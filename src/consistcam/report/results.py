@@ -40,10 +40,13 @@ def _redo(folder: Path | None) -> str:
 def load_tensors(path: Path, fix: str, required: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """A safetensors file, or a ValueError naming it and ``fix`` (what rebuilds it)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from consistcam.utils import IntegrityError, load_tensor_file
 
     try:
-        tensors = load_file(str(path))
+        tensors, _ = load_tensor_file(path)
+    except IntegrityError as err:
+        raise ValueError(f"{err}; {fix}") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err}); it is damaged or truncated: "
                          f"{fix}") from None

@@ -43,6 +43,16 @@ def write_status(run_dir: Path, state: str, **info) -> None:
     atomic_write(run_dir / STATUS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(status, indent=2) + "\n"))
 
 
+def tensor_file_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of the run's final tensor files, recorded in the complete marker: two runs of one command
+    on the CPU have equal digests (the files are byte-identical), so comparing them checks reproducibility.
+    Each file also carries a hash of its tensors, checked on every load (consistcam.utils.load_tensor_file)."""
+    import hashlib
+
+    names = ("model.safetensors", "checkpoint.safetensors")
+    return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names if (run_dir / n).is_file()}
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed process left behind."""
     stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]

@@ -41,6 +41,7 @@ from consistcam.train.run_folder import (
     read_metrics,
     read_status,
     remove_stale_temporaries,
+    tensor_file_digests,
     write_status,
 )
 from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
@@ -312,7 +313,8 @@ class Trainer:
         if writes and last == self.epochs:
             info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
             done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
-            write_status(self.run_dir, "complete", epochs=done, **info)  # last, after model.safetensors
+            write_status(self.run_dir, "complete", epochs=done, sha256=tensor_file_digests(self.run_dir),
+                         **info)  # last, after model.safetensors
         return self.history
 
     def run_epoch(self, epoch: int) -> dict:
