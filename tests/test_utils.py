@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -25,3 +26,21 @@ def test_tensor_files_are_byte_identical_whatever_the_metadata_order(tmp_path):
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
     with safe_open(str(path), framework="pt") as f:
         assert {k: v for k, v in f.metadata().items() if k != "content_sha256"} == meta
+
+
+def test_load_tensor_file_checks_the_content_hash(tmp_path):
+    from safetensors.torch import save_file
+
+    from consistcam.utils import IntegrityError, load_tensor_file
+
+    path = tmp_path / "t.safetensors"
+    atomic_save_tensors({"w": torch.arange(8.0)}, path, {"epoch": "2"})
+    tensors, meta = load_tensor_file(path)
+    assert torch.equal(tensors["w"], torch.arange(8.0)) and meta["epoch"] == "2"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one bit inside the tensor bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"t.safetensors: the tensors do not match the content hash"):
+        load_tensor_file(path)
+    save_file({"w": torch.ones(2)}, str(tmp_path / "old.safetensors"))  # written without a hash: loads
+    assert torch.equal(load_tensor_file(tmp_path / "old.safetensors")[0]["w"], torch.ones(2))
