@@ -39,6 +39,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "notimage.png").write_text("hello")
     (root / "malformed.yaml").write_text("epochs: [1\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "dup.yaml").write_text("lr: 0.1\nepochs: 1\nlr: 0.01\n")
     tin = root / "tin"
     tin.mkdir()
     _write_tiny(tin, bad_line="n002_9.JPEG\tnan\t1\t3\t4")
@@ -46,6 +47,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
     dup.mkdir()
     _write_tiny(dup)
     (dup / "wnids.txt").write_text("n001\nn002\nn001\n")
+    for split, names in (("train", "ab"), ("val", "ac")):  # issue 25: val "c" was scored as "b"
+        for name in names:
+            (root / "ab_ac" / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "ab_ac" / split / name / "0.png")
+    for name in ("disk", "ring", "cross", "square"):  # the demo run's four classes, other names and order
+        (root / "four" / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "four" / "val" / name / "0.png")
     marker = root / "unpickled"
     Marker.path = str(marker)
     torch.save({"state": Marker()}, root / "model.pt")
@@ -84,6 +92,16 @@ CASES = [
     (["train", "--data", "tinyimagenet:{dup}"], "wnids.txt:3: class id 'n001' appears twice"),
     (["train", "--config", "{root}/malformed.yaml"], "malformed.yaml: not valid YAML"),
     (["train", "--config", "{root}/list.yaml"], "list.yaml: expected a mapping of options, got list"),
+    (["train", "--config", "{root}/dup.yaml"], "dup.yaml: not valid YAML (duplicate key 'lr' (first on line 1)"),
+    (["train", "--keep-checkpoints", "every=0"], "keep_checkpoints: every=N needs N >= 1, got 'every=0'"),
+    (["train", "--method", "ecl", "--set", "ecl.consistency.explainer_options.bogus=1"],
+     "ecl.consistency.explainer_options: unknown explainer option 'bogus'"),
+    # issue 25: a bad layer used to fail at the first scoring pass (or never, with warm-up >= epochs)
+    (["train", *RUN_ARGS, "--method", "ecl", "--set", "ecl.warmup=5", "--set", "ecl.consistency.layer=model.nope",
+      "--out", "{root}/layer_run"], "ecl.consistency.layer: Normalize has no layer 'model.nope'"),
+    (["train", "--config", "{root}"], "config file {root}: a folder, not a YAML file"),
+    (["explain", "{run}", "{root}/ok.png", "--out", "{root}/ok.png"],
+     "--out {root}/ok.png: exists and is not a folder"),
     (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
     (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
@@ -93,6 +111,9 @@ CASES = [
     (["evaluate", "{run}", "--protocols", "localisation"], "unknown protocol(s) ['localisation']"),
     (["evaluate", "{partial}"], "is not complete (training was interrupted)"),
     (["evaluate", "{root}/model.pt", "--data", "demo"], "model.pt: not a readable safetensors checkpoint"),
+    (["train", "--data", "imagefolder:{root}/ab_ac", "--image-size", "16"],
+     "class names differ: imagefolder:{root}/ab_ac split 'train' has ['a', 'b'], split 'val' has ['a', 'c']"),
+    (["evaluate", "{run}", "--data", "imagefolder:{root}/four"], "split 'val' has ['cross', 'disk', 'ring', 'square']"),
     (["explain", "{run}", "{root}/missing.png"], "missing.png: file not found"),
     (["explain", "{run}", "{root}/notimage.png"], "notimage.png: unreadable or truncated image"),
     (["explain", "{run}", "{root}/ok.png", "--method", "nope"], "unknown explainer method 'nope'"),
@@ -171,3 +192,34 @@ def test_explain_skip_bad_skips_unreadable_files(world, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "notimage.png: unreadable" in err and "skipped 1 unreadable image" in err
     assert [p.name for p in out.iterdir()] == ["ok_gradcam.png"]
+
+
+def test_explain_images_sharing_a_name_get_one_overlay_each(world, tmp_path, capsys):
+    for folder, value in (("dirA", 0), ("dirB", 255)):  # issue 25: both were written to same_gradcam.png
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((16, 16, 3), value, dtype=np.uint8)).save(tmp_path / folder / "same.png")
+    out = tmp_path / "overlays"
+    assert main(["explain", str(world["run"]), str(tmp_path / "dirA" / "same.png"), str(tmp_path / "dirB" / "same.png"),
+                 str(world["root"] / "ok.png"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ok_gradcam.png", "same_1_gradcam.png", "same_2_gradcam.png"]
+    printed = capsys.readouterr().out
+    assert "dirA/same.png" in printed and "same_1_gradcam.png" in printed.split("dirB")[0]
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("checkpoint.safetensors", ["train", "--resume", "{copy}", "--quiet"]),
+    ("model.safetensors", ["evaluate", "{copy}", "--allow-incomplete", "--quiet", "--no-report"]),
+])
+def test_bit_flips_in_tensors_are_refused_on_load(world, tmp_path, capsys, name, argv):
+    """Issue 25: a flipped bit inside a checkpoint's tensors used to pass resume and evaluate silently."""
+    import shutil
+
+    copy = Path(shutil.copytree(world["partial"], tmp_path / "copy"))
+    data = bytearray((copy / name).read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes: the header still parses
+    (copy / name).write_bytes(bytes(data))
+    before = _digest(copy)
+    assert main([a.format(copy=copy) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / name}: the tensors do not match the content hash stored with them" in err, err
+    assert "Traceback" not in err and _digest(copy) == before

@@ -76,7 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder?)")
+            raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder? A run killed "
+                                    "before it wrote its config is resumed by its original command with --resume "
+                                    f"{args.resume} added)")
         cfg = TrainConfig.from_yaml(saved, {**overrides, "out": args.resume})
     elif args.config:
         cfg = TrainConfig.from_yaml(args.config, overrides)
@@ -123,6 +125,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overlay_names(images: list[str], method: str) -> dict[str, str]:
+    """``STEM_METHOD.png`` per image; images sharing a stem (``a/x.png``, ``b/x.png``) get ``STEM_K_METHOD.png``
+    (k = 1, 2, ... in the order given) instead of overwriting each other's overlay."""
+    paths = list(dict.fromkeys(images))
+    stems = [Path(p).stem for p in paths]
+    names = {p: f"{s}_{method}.png" for p, s in zip(paths, stems) if stems.count(s) == 1}
+    used = set(names.values())
+    for path, stem in zip(paths, stems):
+        k = 0
+        while path not in names:
+            k += 1
+            if f"{stem}_{k}_{method}.png" not in used:
+                names[path] = f"{stem}_{k}_{method}.png"
+                used.add(names[path])
+    return {p: names[p] for p in paths}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
@@ -134,10 +153,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from consistcam.train import load_model
     from consistcam.train.run_folder import require_complete
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder (the overlays are written into a folder)")
+    dests = _overlay_names(args.images, args.method)
     require_complete(run_folder(args.checkpoint), args.allow_incomplete)
     model, info = load_model(args.checkpoint, args.device)
     size = args.size or info.get("image_size")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip_bad = args.skip_bad if args.skip_bad is not None else bool(run_option(run_folder(args.checkpoint),
                                                                                "skip_bad", False))
@@ -160,7 +182,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         heat, logits = explain(model, image, target, method=args.method, return_logits=True)
         cls = int(logits.argmax(1)) if args.target is None else args.target
         name = info["classes"][cls] if info["classes"] else str(cls)
-        dest = save_overlay(out / f"{Path(path).stem}_{args.method}.png", image[0], heat[0])
+        dest = save_overlay(out / dests[path], image[0], heat[0])
         print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
     if skipped:
         print(f"warning: skipped {skipped} unreadable image(s)", file=sys.stderr)
@@ -217,8 +239,9 @@ def _yaml_value(text: str):
         return text
 
 
-def _int_at_least(low: int):
-    """argparse type: an integer >= ``low`` (``--subset -1`` is an error, not an empty evaluation)."""
+def _int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer >= ``low`` (``--subset -1`` is an error, not an empty evaluation)
+    and <= ``high`` when given (``--size 100000`` is an error, not a 120 GB allocation)."""
 
     def parse(text: str) -> int:
         try:
@@ -227,9 +250,11 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in [{low}, {high}]"
     return parse
 
 
@@ -265,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from consistcam.config import option_help
+    from consistcam.data.images import MAX_SIDE
     from consistcam.train import TrainConfig
 
     p = argparse.ArgumentParser(prog="consistcam", description="Classifiers whose explanations can be trusted.",
@@ -333,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     x.add_argument("--method", default="gradcam", help="explainer (consistcam list explainers)")
     x.add_argument("--target", type=_int_at_least(0), help="class to explain (default: the prediction)")
-    x.add_argument("--size", type=_int_at_least(1), help="resize images to this size (default: the training size)")
+    x.add_argument("--size", type=_int_at_least(1, MAX_SIDE),
+                   help="resize images to this size (default: the training size)")
     x.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
     x.add_argument("--device", default="auto", help=DEVICE_HELP)
     x.add_argument("--allow-incomplete", action="store_true", help="use a run whose training was interrupted")

@@ -31,10 +31,72 @@ def atomic_write(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+CONTENT_HASH = "content_sha256"  # metadata key of a tensor file: sha256 of its data section (the tensor bytes)
 
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+class IntegrityError(ValueError):
+    """A tensor file whose tensor bytes do not match the content hash written with them."""
+
+
+def _split_tensor_file(raw: bytes) -> tuple[dict, bytes]:
+    import json
+    import struct
+
+    if len(raw) < 8:
+        raise ValueError(f"{len(raw)} bytes: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    return header, raw[8 + n:]
+
+
+def tensor_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
+    """A safetensors file as bytes that depend on the tensors and metadata only: safetensors writes
+    ``__metadata__`` in hash-map order, which changes between processes, so the header is rewritten
+    with the metadata keys sorted (a checksum of two identical runs' files is then equal). The
+    metadata gains :data:`CONTENT_HASH`, which :func:`load_tensor_file` checks."""
+    import hashlib
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    header, data = _split_tensor_file(save(tensors, metadata=metadata or None))  # safetensors checks types
+    meta = {**header.pop("__metadata__", {}), CONTENT_HASH: hashlib.sha256(data).hexdigest()}
+    text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def load_tensor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, its tensor bytes checked against the content hash
+    written with them (one read, one hash; files without a hash, from before 0.x, load unchecked).
+    A bit flip inside a tensor is an :class:`IntegrityError` naming the file, not a silent wrong model.
+    Other damage raises what ``safetensors`` raises (callers turn it into their own message)."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    raw = Path(path).read_bytes()
+    header, data = _split_tensor_file(raw)
+    meta = header.get("__metadata__") or {}
+    expected = meta.get(CONTENT_HASH)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise IntegrityError(f"{path}: the tensors do not match the content hash stored with them (bit flips or "
+                             "an edit): the file is damaged; restore it or write it again (re-train / re-evaluate)")
+    return load(raw), dict(meta)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> str:
+    """Write a safetensors file atomically, byte-identical for identical contents (see tensor_file_bytes);
+    returns the file's sha256 (hex), for manifests that must tell one version of the file from another."""
+    import hashlib
+
+    data = tensor_file_bytes(tensors, metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

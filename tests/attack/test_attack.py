@@ -89,6 +89,41 @@ def test_bad_inputs_are_clear_errors(data):
         masked_pgd(model, images, labels, masks[:, :, :8])
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"eps": float("nan")}, "eps must be a finite number >= 0, got nan"),  # was: an all-NaN image
+    ({"eps": -0.1}, "eps must be a finite number >= 0, got -0.1"),  # was: the background moved by 0.1
+    ({"alpha": float("inf")}, "alpha must be a finite number >= 0, got inf"),
+    ({"alpha": -2 / 255}, "alpha must be a finite number >= 0"),
+])
+def test_attack_budgets_are_checked_at_the_boundary(data, kwargs, message):
+    model = trained_tiny_net()
+    images, labels, masks = (t[:2] for t in data)
+    with pytest.raises(ValueError, match=message):
+        masked_pgd(model, images, labels, masks, **kwargs)
+    if "eps" in kwargs:
+        with pytest.raises(ValueError, match=message):
+            background_noise(images, masks, eps=kwargs["eps"])
+
+
+@pytest.mark.parametrize("boxes,message", [
+    ([torch.tensor([[2.0, 2.0, 9.0, 9.0]])], r"boxes: 1 entries for 2 images"),  # was: a 1-image mask
+    ([torch.tensor([[9.0, 2.0, 2.0, 9.0]]), torch.zeros(0, 4)], r"boxes: \[9.0, 2.0, 2.0, 9.0\] is not a box"),
+    ([torch.tensor([[float("nan"), 2.0, 9.0, 9.0]]), torch.zeros(0, 4)], r"is not a box .* finite coordinates"),
+    ([torch.tensor([[2.0, 2.0, 9.0]]), torch.zeros(0, 4)], r"boxes\[0\]: expected \(K, 4\) rows .* shape \(1, 3\)"),
+    (torch.zeros(2, 1, 3), r"boxes must be \(N, K, 4\)"),
+])
+def test_foreground_mask_checks_the_boxes(boxes, message):
+    with pytest.raises(ValueError, match=message):
+        foreground_mask("boxes", torch.zeros(2, 3, 16, 16), boxes=boxes)
+
+
+def test_valid_and_padded_boxes_still_rasterise():
+    padded = torch.tensor([[[2.0, 2.0, 6.0, 6.0], [float("nan")] * 4], [[0.0, 0.0, 16.0, 16.0], [1.0, 1.0, 1.0, 1.0]]])
+    mask = foreground_mask("boxes", torch.zeros(2, 3, 16, 16), boxes=padded)
+    assert mask.shape == (2, 1, 16, 16) and mask[0].sum() == 16 and mask[1].sum() == 256
+    assert torch.equal(foreground_mask("boxes", torch.zeros(2, 3, 16, 16), boxes=list(padded[:, :1])), mask)
+
+
 def test_mask_builders():
     h = torch.arange(16.0).view(1, 1, 4, 4) / 15
     assert mask_from_heatmap(h, tau=0.5).sum() == 8

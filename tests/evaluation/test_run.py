@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from consistcam.cli import main
 from consistcam.evaluation import evaluate_run
 from consistcam.report import compare_runs, render_evaluation
 from tests.evaluation.runs import QUICK, make_run
@@ -93,7 +98,8 @@ def test_evaluate_run_errors_name_the_problem(tmp_path):
     (run / "config.yaml").unlink()
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         evaluate_run(run, **QUICK)
-    with pytest.raises(ValueError, match="has 2 classes, the model 4"):
+    with pytest.raises(ValueError, match=r"class names differ: the model of .* has \[.*\], demo:num_classes=2,size=16 "
+                       r"split .test. has \[.*\]"):
         evaluate_run(run, data="demo:num_classes=2,size=16", **QUICK)
 
 
@@ -119,3 +125,33 @@ def test_shortcut_data_gets_correlated_decorrelated_and_worst_group_accuracy(tmp
             if cell.any():
                 expected = (per["pred"][cell] == c).double().mean().item()
                 assert splits["test"]["group_acc"][f"{name}/{key}"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_killed_evaluation_never_leaves_a_mixed_folder(tmp_path, capsys):
+    """Issue 25: `evaluate --subset 32` killed while writing its examples left a 32-row per-sample file
+    beside a metrics.json that said 16, and the report rendered the mix."""
+    run = make_run(tmp_path)
+    evaluate_run(run, **{**QUICK, "subset": 12})
+    first_per_sample = (run / "eval" / "per_sample_test.safetensors").read_bytes()
+    argv = ["evaluate", str(run), "--split", "test", "--subset", "24", "--batch-size", "12", "--protocols",
+            "localization,consistency,equivariance", "--no-background", "--faithfulness-steps", "2", "--quiet"]
+    code = "import sys, tests.evaluation.runs; from consistcam.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "CONSISTCAM_KILL_AT": "write:examples_test.safetensors"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert len(load_file(str(run / "eval" / "per_sample_test.safetensors"))["id"]) == 24  # the new one
+    assert list((run / "eval").glob(".examples_test.*.tmp"))  # the kill's leftover
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):  # not the old metrics beside new files
+        render_evaluation(run / "eval")
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    assert not (tmp_path / "r.html").exists()
+    evaluate_run(run, **QUICK)  # the re-run cleans up and writes a consistent unit
+    assert not list((run / "eval").glob(".*.tmp"))
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    assert doc["meta"]["subset"] == 24 == len(load_file(str(run / "eval" / "per_sample_test.safetensors"))["id"])
+    render_evaluation(run / "eval")
+    (run / "eval" / "per_sample_test.safetensors").write_bytes(first_per_sample)  # a mix made by hand
+    with pytest.raises(ValueError, match=r"per_sample_test.safetensors: belongs to another evaluation than"):
+        render_evaluation(run / "eval")
+    capsys.readouterr()

@@ -140,6 +140,17 @@ def test_attacks_and_consistency_need_one_class_id_per_image(model, batch):
         explanation_consistency(model, x, [[0], [1], [2], [0]], ConsistencyConfig(steps=1))
 
 
+@pytest.mark.parametrize("options,message", [
+    ({"method": "scorecam", "batch_size": 0}, "explainer option batch_size: batch_size must be >= 1, got 0"),
+    ({"method": "integrated-gradcam", "steps": 2.5}, "explainer option steps: steps must be >= 1, got 2.5"),
+    ({"bogus": 1}, "unknown explainer option 'bogus'; known: baseline, batch_size"),
+    ({"batch_sise": 8}, "unknown explainer option 'batch_sise'; did you mean batch_size"),
+])
+def test_explainer_options_are_checked_before_any_work(model, batch, options, message):
+    with pytest.raises(ValueError, match=message):
+        explain(model, batch[0], batch[1], **options)
+
+
 def test_background_noise_checks_the_images_without_a_model(batch):
     x, _ = batch
     with pytest.raises(TypeError, match=r"images.float\(\) / 255"):

@@ -152,7 +152,9 @@ def test_damaged_consistency_round(run, damage):
 def test_damaged_training_log(run, line):
     path = run / "metrics.jsonl"
     _history(run, ['{"epoch": 1, "train/loss": 1.0}', "", line])
-    _render_fails(run, path, r":3: not a JSON epoch record.*consistcam train --resume")
+    _render_fails(run, path, r":3: not a JSON epoch record.*delete or fix that line")
+    _history(run, ['{"epoch": 1, "train/loss": 1.0}', ""])  # the fix the message gives works (issue 25:
+    render_evaluation(run / "eval")  # it used to suggest `train --resume`, which fails on such a line)
 
 
 def test_comparison_leaves_out_a_broken_run_and_names_the_file(hostile, tmp_path):

@@ -1,8 +1,10 @@
 """Fault injection: a training run killed (SIGKILL) at any moment resumes to ``complete``,
-bit-identical on the CPU to a run that was never interrupted."""
+bit-identical on the CPU to a run that was never interrupted: the same tensors and the same file
+bytes (sha256), so a checksum of a run's artefacts is a reproducibility check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -41,15 +43,19 @@ def _drive(tmp_path: Path, cases: list[dict]) -> list[dict]:
 
 def _state(run: Path) -> dict:
     files = {"model": load_file(str(run / "model.safetensors"))}
+    digests = {"model": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()}
     for f in sorted((run / "consistency").glob("*.safetensors")):
         files[f.name] = load_file(str(f))
+        digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {"files": files, "metrics": [{k: v for k, v in r.items() if k != "time_s"} for r in records],
+    return {"files": files, "sha256": digests,
+            "metrics": [{k: v for k, v in r.items() if k != "time_s"} for r in records],
             "status": json.loads((run / "status.json").read_text())["state"]}
 
 
 def _same(a: dict, b: dict) -> bool:
-    if a["metrics"] != b["metrics"] or a["status"] != b["status"] or a["files"].keys() != b["files"].keys():
+    if a["metrics"] != b["metrics"] or a["status"] != b["status"] or a["files"].keys() != b["files"].keys() \
+            or a["sha256"] != b["sha256"]:
         return False
     return all(x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
                for x, y in zip(a["files"].values(), b["files"].values()))

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,6 +324,93 @@ def test_run_folder_life_cycle(tmp_path, capsys):
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert main(args + ["--overwrite"]) == 0
     assert json.loads((run / "status.json").read_text())["epochs"] == 1
+
+
+def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path, capsys):
+    from consistcam.train.run_folder import RunFolderError, prepare_new_run
+
+    folder = tmp_path / "d"  # issue 25: --overwrite used to delete d/notes.txt
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious\n")
+    assert main(["train", "--data", "demo:n=64,size=16", "--epochs", "1", "--batch-size", "16", "--quiet",
+                 "--out", str(folder), "--overwrite"]) == 2
+    assert f"--overwrite: {folder} is not a consistcam run folder" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    run = tmp_path / "run"  # a run folder (its files), then with a foreign file at the top and inside eval/
+    for name in ("status.json", "config.yaml", "model.safetensors", "eval/metrics.json",
+                 "tb/events.out.tfevents.1.host", "consistency/epoch_000.safetensors", ".model.safetensors.x.tmp"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text('{"state": "complete"}' if name == "status.json" else "x")
+    for foreign in ("notes.txt", "eval/notes.txt"):
+        (run / foreign).write_text("precious\n")
+        with pytest.raises(RunFolderError, match=f"holds files consistcam did not write \\({foreign}\\)"):
+            prepare_new_run(run, overwrite=True)
+        assert (run / foreign).read_text() == "precious\n" and (run / "model.safetensors").is_file()
+        (run / foreign).unlink()
+    prepare_new_run(run, overwrite=True)  # only its own files: replaced
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--image-size", "100000"], "image_size: must be <= 8192, got 100000"),
+    (["--data", "demo:size=100000"], "demo option size: must be <= 8192 pixels, got 100000"),
+    (["--data", "demo:n=100000,size=8192"], "demo option size: 100000 images of 8192x8192 pixels need 75000.0 GiB"),
+    (["--image-size", "8192", "--batch-size", "100000"], "image_size: 100000 images of 8192x8192 pixels need"),
+])
+def test_sizes_are_bounded_before_anything_is_allocated(tmp_path, capsys, argv, message):
+    # issue 25: these tried to allocate 30-160 GB (a traceback, the run left `running`)
+    assert main(["train", *argv, "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_is_not_left_running(tmp_path, capsys):
+    data = tmp_path / "mixed"  # images of two sizes and no --image-size: the first batch fails
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (data / split / cls).mkdir(parents=True)
+            for i, side in enumerate((16, 20)):
+                Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(data / split / cls / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagefolder:{data}", "--epochs", "1", "--batch-size", "4", "--quiet",
+            "--out", str(run)]
+    assert main(args) == 2
+    assert "--image-size" in capsys.readouterr().err
+    assert not run.exists()  # not a `running` folder that --resume cannot continue
+
+
+def test_two_runs_of_one_command_write_byte_identical_tensor_files(tmp_path):
+    """Issue 25: equal tensors used to come with different sha256 (metadata in hash-map order)."""
+    import hashlib
+
+    args = ["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16", "--method", "ecl",
+            "--set", "ecl.warmup=0", "--set", "ecl.consistency.steps=1", "--quiet"]
+    digests, run = [], tmp_path / "run"
+    for name in ("first", "second"):  # one --out (checkpoints record the config, --out included)
+        assert main([*args, "--out", str(run)]) == 0
+        run = run.rename(tmp_path / name)
+        files = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in sorted(run.rglob("*.safetensors"))}
+        status = json.loads((run / "status.json").read_text())["sha256"]
+        assert status == {k: files[k] for k in ("model.safetensors", "checkpoint.safetensors")}
+        digests.append(files)
+        run = tmp_path / "run"
+    assert "consistency/epoch_000.safetensors" in digests[0] and digests[0] == digests[1]
+
+
+def test_the_documented_resume_works_whatever_the_kill_left(tmp_path):
+    """README: resume = the same command plus ``--resume RUN``; it works also when the kill came before
+    the run folder (or its config.yaml) existed, where ``train --resume RUN`` alone cannot know the run."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert re.search(r"--out runs/x \\\n\s+--resume runs/x ", readme)
+    args = ["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    before_folder, before_config = tmp_path / "a", tmp_path / "b"
+    before_config.mkdir()
+    (before_config / ".config.yaml.x1.tmp").write_text("epo")  # killed inside the first write
+    for run in (before_folder, before_config):
+        assert main([*args, "--out", str(run), "--resume", str(run)]) == 0
+        assert json.loads((run / "status.json").read_text())["state"] == "complete"
+        assert not list(run.glob(".*.tmp"))
 
 
 def test_interrupted_run_is_running_and_resume_drops_a_torn_line_and_stale_temporaries(tmp_path):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from consistcam.data.masks import dilate, mask_from_boxes, mask_from_pixels
+from consistcam.data.masks import check_boxes, dilate, mask_from_boxes, mask_from_pixels
 
 MASK_SOURCES = ("heatmap", "boxes", "mask", "gt", "none")
 __all__ = ["MASK_SOURCES", "dilate", "foreground_mask", "mask_from_boxes", "mask_from_heatmap", "mask_from_pixels"]
@@ -58,8 +58,12 @@ def foreground_mask(
     if source == "none":
         return torch.zeros(n, 1, h, w, device=images.device, dtype=images.dtype)
     if source in ("mask", "gt") and masks is not None:
-        return dilate(mask_from_pixels(masks).to(images.device), dilation)
+        pixels = mask_from_pixels(masks)
+        if pixels.shape[0] != n or pixels.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
+        return dilate(pixels.to(images.device), dilation)
     if source in ("boxes", "gt") and boxes is not None:
+        check_boxes(boxes, n)
         return dilate(mask_from_boxes(boxes, (h, w), images.device), dilation)
     if source in ("mask", "boxes", "gt"):
         raise ValueError(f"mask source {source!r} needs ground-truth {'masks' if source == 'mask' else 'boxes'}; "

@@ -9,6 +9,7 @@ none per step); a caller that checked them already passes the ``CheckedInputs`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -35,6 +36,17 @@ def _background(images: Tensor, foreground: Tensor | None, norm: str) -> Tensor:
     return 1.0 - (foreground > 0.5).to(images.dtype)
 
 
+def check_step_size(name: str, value: float) -> None:
+    """``eps`` and ``alpha`` are finite numbers >= 0: NaN makes every pixel NaN (the foreground too) and a
+    negative budget still perturbs by its magnitude."""
+    try:
+        ok = math.isfinite(float(value)) and float(value) >= 0
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def _per_sample_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
 
@@ -55,6 +67,7 @@ def background_noise(
 ) -> Tensor:
     """Random background perturbation of the attack's size (the ablation 'noise instead of attack'):
     L-inf: ±eps signs on the background; L2: a random direction of norm eps on the background."""
+    check_step_size("eps", eps)
     images = check_inputs(None, images).images
     background = _background(images, foreground, norm)
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
@@ -99,6 +112,8 @@ def masked_attack(
         raise ValueError(f"unknown attack objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    check_step_size("eps", eps)
+    check_step_size("alpha", alpha)
     checked = check_inputs(model, images, labels, name="labels", ids_only=True)
     images, labels = checked.images.detach(), checked.targets
     background = _background(images, foreground, norm)

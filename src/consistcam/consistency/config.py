@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from consistcam.config import from_dict, option, registered, validate
+from consistcam.config import ConfigError, from_dict, option, registered, validate
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
 from consistcam.consistency.weights import WEIGHT_SCHEMES
-from consistcam.explain import METHODS
+from consistcam.explain import METHODS, check_explainer_options
 
 ATTACKS = ("pgd", "fgsm", "noise", "none")
 MASKS = ("heatmap", "gt", "boxes", "mask", "none")
@@ -59,6 +59,10 @@ class ConsistencyConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        try:  # a typo in an explainer option fails here, not at the first scoring pass
+            check_explainer_options(self.explainer_options)
+        except ValueError as err:
+            raise ConfigError(f"explainer_options: {err}") from None
 
     @classmethod
     def from_dict(cls, d: Mapping | None, where: str = "consistency") -> ConsistencyConfig:

@@ -108,9 +108,9 @@ class ConsistencyScores:
 
     @classmethod
     def load(cls, path: str | Path) -> ConsistencyScores:
-        from safetensors.torch import load_file
+        from consistcam.utils import load_tensor_file
 
-        return cls(**load_file(str(path)))
+        return cls(**load_tensor_file(path)[0])
 
     def summary(self) -> dict[str, float]:
         return {"E_mean": self.E.mean().item(), "S_mean": self.S.mean().item(), "P_mean": self.P.mean().item(),

@@ -1,6 +1,6 @@
 """Data sets with object locations, one sample format, location-aware transforms."""
 
-from consistcam.data.base import DataError, LocatedDataset, collate
+from consistcam.data.base import DataError, LocatedDataset, check_same_classes, collate
 from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes, make_demo_split
 from consistcam.data.folders import ImageFolder, ImageNet9
@@ -29,6 +29,7 @@ __all__ = [
     "VOCDetectionLabels",
     "build_dataset",
     "build_transform",
+    "check_same_classes",
     "collate",
     "dilate",
     "eval_splits",

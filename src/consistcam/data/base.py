@@ -62,6 +62,14 @@ def check_classes(ids: Sequence[str], source: str) -> None:
         seen[cid] = n
 
 
+def check_same_classes(expected: Sequence[str], got: Sequence[str], expected_what: str, got_what: str) -> None:
+    """Labels are class indices, so two label spaces agree only when their class names agree in
+    order: {a, b} and {a, c} both have two classes, and "c" would be scored as "b"."""
+    if list(expected) != list(got):
+        raise DataError(f"class names differ: {expected_what} has {list(expected)}, {got_what} has {list(got)} "
+                        "(labels are class indices: the names and their order must match)")
+
+
 def check_no_empty_class(labels: Sequence[int], classes: Sequence[str], source: str, skipped: SkipLog) -> None:
     """A class left without samples (missing, or emptied by skipping) is an error, not a silent gap."""
     present = set(labels)

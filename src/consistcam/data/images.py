@@ -13,6 +13,30 @@ from torch import Tensor
 from consistcam.data.base import DataError
 
 MAX_PIXELS = 64_000_000  # larger images are refused: PIL would otherwise decode them into gigabytes
+MAX_SIDE = 8192  # the largest side a size option accepts (--image-size, demo:size, explain --size)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (``MemAvailable`` of /proc/meminfo); None where that is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_image_size(size: int, count: int, what: str) -> None:
+    """Refuse a side length over :data:`MAX_SIDE`, or ``count`` float32 RGB images of it that would not
+    fit in the available memory: a clear error before allocating instead of a 30-160 GB traceback."""
+    if size > MAX_SIDE:
+        raise DataError(f"{what}: must be <= {MAX_SIDE} pixels, got {size}")
+    need, free = count * 3 * size * size * 4, available_memory()
+    if free is not None and need > free:
+        raise DataError(f"{what}: {count} images of {size}x{size} pixels need {need / 2**30:.1f} GiB as float32, "
+                        f"only {free / 2**30:.1f} GiB of memory is available; use a smaller size")
 
 
 def read_rgb(path: str | Path) -> Tensor:

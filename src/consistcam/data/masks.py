@@ -48,6 +48,31 @@ def mask_from_boxes(boxes: Sequence[Tensor] | Tensor, size: tuple[int, int], dev
     return inside.any(1, keepdim=True).float()
 
 
+def check_boxes(boxes: Sequence[Tensor] | Tensor, n: int) -> None:
+    """Boxes at an API boundary: one entry per image, rows (x0, y0, x1, y1) with finite coordinates,
+    x0 <= x1 and y0 <= y1 (NaN rows of a padded tensor are padding). A wrong shape, an inverted or NaN
+    box would otherwise rasterise to an empty or wrong-size mask without a word. One host sync."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be (N, K, 4) or a list of N (K, 4) tensors, got {tuple(boxes.shape)}")
+        rows = boxes.reshape(-1, 4).float()
+        rows, count = rows[~rows.isnan().all(1)], len(boxes)
+    else:
+        parts = []
+        for i, b in enumerate(boxes):
+            b = torch.as_tensor(b, dtype=torch.float32)
+            if b.numel() and (b.dim() not in (1, 2) or b.shape[-1] != 4):
+                raise ValueError(f"boxes[{i}]: expected (K, 4) rows x0, y0, x1, y1, got shape {tuple(b.shape)}")
+            parts.append(b.reshape(-1, 4).to(parts[0].device if parts else b.device))
+        rows, count = (torch.cat(parts) if parts else torch.zeros(0, 4)), len(parts)
+    if count != n:
+        raise ValueError(f"boxes: {count} entries for {n} images (one (K, 4) tensor of boxes per image)")
+    bad = ~torch.isfinite(rows).all(1) | (rows[:, 2] < rows[:, 0]) | (rows[:, 3] < rows[:, 1])
+    if rows.numel() and bool(bad.any()):
+        raise ValueError(f"boxes: {rows[bad][0].tolist()} is not a box (x0, y0, x1, y1) with finite coordinates, "
+                         "x0 <= x1 and y0 <= y1")
+
+
 def mask_from_pixels(mask: Tensor) -> Tensor:
     """Binarise a pixel mask given as (N, H, W) or (N, 1, H, W), bool or {0, 1}/[0, 1] values."""
     if mask.dim() == 3:

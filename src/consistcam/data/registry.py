@@ -12,6 +12,7 @@ from consistcam.data.base import LocatedDataset
 from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes
 from consistcam.data.folders import ImageFolder, ImageNet9
+from consistcam.data.images import check_image_size
 from consistcam.data.shortcut import ShortcutBackgrounds, parse_shortcut_arg
 from consistcam.data.stl10 import STL10
 from consistcam.data.tinyimagenet import TinyImageNet
@@ -42,6 +43,8 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     for key in ("n", "n_test", "num_classes", "size"):
         if key in opts and opts[key] < (2 if key == "num_classes" else 1):
             raise ValueError(f"demo option {key} must be >= {2 if key == 'num_classes' else 1}, got {opts[key]}")
+    n = opts.get("n" if split == "train" else "n_test", 2000 if split == "train" else 1000)
+    check_image_size(opts.get("size", 32), n, "demo option size")  # generated in memory at once
     n_test = opts.pop("n_test", None)
     if split != "train":
         opts.pop("n", None)

@@ -16,7 +16,7 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 
 from consistcam.consistency import ConsistencyConfig
-from consistcam.data import build_dataset, build_transform, collate, eval_splits
+from consistcam.data import build_dataset, build_transform, check_same_classes, collate, eval_splits
 from consistcam.evaluation.background import background_reliance
 from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, stream_seeds
 from consistcam.metrics import GroupAccuracy, alignment, group_report
@@ -45,13 +45,29 @@ def run_option(run_dir: Path, key: str, default=None):
     return (yaml.safe_load(config.read_text()) or {}).get(key, default)
 
 
-def _save_or_remove(tensors: dict[str, torch.Tensor], path: Path) -> str | None:
-    """Write ``tensors`` (images and heatmaps as float16: they are only drawn) or remove a stale file."""
+def start_evaluation(out_dir: Path) -> None:
+    """An evaluation folder is one unit: metrics.json is written last and lists the sha256 of every
+    file it names. Before the first new file, the previous metrics.json and report.html go (a kill
+    now leaves no metrics.json rather than one describing other files), and so do temporaries a
+    killed evaluation left behind."""
+    from consistcam.train.run_folder import remove_stale_temporaries
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    if out_dir.is_dir():
+        remove_stale_temporaries(out_dir)
+        for name in (METRICS_FILE, "report.html"):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def _save_or_remove(tensors: dict[str, torch.Tensor], path: Path, digests: dict[str, str]) -> str | None:
+    """Write ``tensors`` (images and heatmaps as float16: they are only drawn) or remove a stale file;
+    the file's sha256 goes into ``digests`` (metrics.json's manifest)."""
     if not tensors:
         path.unlink(missing_ok=True)
         return None
     compact = {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v).contiguous() for k, v in tensors.items()}
-    atomic_save_tensors(compact, path)
+    digests[path.name] = atomic_save_tensors(compact, path)
     return path.name
 
 
@@ -143,11 +159,15 @@ def evaluate_run(
     num_classes = len(info["classes"])
     cfg = ConsistencyConfig(explainer=explainers[0], seed=seed)
     transform = build_transform(info.get("image_size"), "none")
-    results, files, group_inputs = {}, {}, {}
-    for split in splits or eval_splits(data):
-        ds = build_dataset(data, split, transform, **data_kw)
-        if ds.num_classes != num_classes:
+    results, files, group_inputs, digests = {}, {}, {}, {}
+    datasets = {split: build_dataset(data, split, transform, **data_kw) for split in splits or eval_splits(data)}
+    for split, ds in datasets.items():  # every split before any work: a wrong label space fails at once
+        if info["classes"]:
+            check_same_classes(info["classes"], ds.classes, f"the model of {run}", f"{data} split {split!r}")
+        elif ds.num_classes != num_classes:
             raise ValueError(f"{data} has {ds.num_classes} classes, the model {num_classes}")
+    start_evaluation(out_dir)
+    for split, ds in datasets.items():
         view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
         loader = DataLoader(view, batch_size=batch_size, collate_fn=collate, num_workers=workers)
         res = evaluate_model(model, loader, num_classes, explainer=explainers, consistency=cfg, protocols=protocols,
@@ -157,8 +177,8 @@ def evaluate_run(
         if groups is not None:
             group_inputs[split] = groups
             res.update(_groups([groups], info["classes"]))
-        files[split] = {"per_sample": _save_or_remove(res.pop("per_sample", {}), out_dir / per_sample_file(split)),
-                        "examples": _save_or_remove(res.pop("examples", {}), out_dir / examples_file(split))}
+        files[split] = {kind: _save_or_remove(res.pop(kind, {}), out_dir / name(split), digests)
+                        for kind, name in (("per_sample", per_sample_file), ("examples", examples_file))}
         if background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
             res.update(background_reliance(model, ds, transform, seed=seed, batch_size=batch_size, subset=subset,
                                            progress=progress, num_workers=workers, device=device))
@@ -166,7 +186,7 @@ def evaluate_run(
     meta = {"checkpoint": str(run), "run": str(run_dir.resolve()), "data": data, "explainers": explainers,
             "protocols": list(protocols), "subset": subset, "seed": seed, "skip_bad": skip_bad,
             "seeds": {**stream_seeds(seed), "background": seed}, "classes": info["classes"], "command": command,
-            "files": files}
+            "files": files, "sha256": digests}
     summary = shortcut_summary(results, group_inputs, info["classes"])
     text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
     atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))

@@ -3,7 +3,7 @@
 from consistcam.explain._state import capture
 from consistcam.explain.api import explain, list_explainers, normalize_maps
 from consistcam.explain.layers import find_target_layer, get_layer, resolve_layer, vit_reshape_transform
-from consistcam.explain.methods import METHODS
+from consistcam.explain.methods import METHODS, check_explainer_options
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 from consistcam.models.state import preserved_state
 
@@ -12,6 +12,7 @@ __all__ = [
     "TargetScore",
     "Targets",
     "capture",
+    "check_explainer_options",
     "explain",
     "find_target_layer",
     "get_layer",

@@ -9,7 +9,14 @@ from torch import Tensor, nn
 from consistcam.explain._state import capture
 from consistcam.explain.inputs import CheckedInputs, check_inputs
 from consistcam.explain.layers import resolve_layer, transformer_defaults
-from consistcam.explain.methods import METHODS, CAMContext, Reshape, no_reshape, target_gradients
+from consistcam.explain.methods import (
+    METHODS,
+    CAMContext,
+    Reshape,
+    check_explainer_options,
+    no_reshape,
+    target_gradients,
+)
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 from consistcam.models.state import preserved_state
 
@@ -89,6 +96,7 @@ def explain(
     :class:`~consistcam.explain.inputs.InputError` (a ValueError and a TypeError) before any map is made.
     """
     cam_method = METHODS.get(method)  # an unknown method is named before the inputs are looked at
+    check_explainer_options(options)
     checked = check_inputs(model, images, targets)
     images, counts = checked.images, checked.counts
     if counts is not None:

@@ -7,7 +7,9 @@ method, so that results agree with it (tests check this).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -43,14 +45,29 @@ class CAMContext:
 class CAMMethod:
     fn: Callable[[CAMContext], Tensor]
     needs_gradients: bool = True
+    options: tuple[str, ...] = ()  # the options ``explain(**options)`` passes to this method
 
 
 METHODS: Registry[CAMMethod] = Registry("explainer method")
+COUNT_OPTIONS = ("batch_size", "steps")  # chunk sizes and step counts: integers >= 1
 
 
-def _method(name: str, *aliases: str, needs_gradients: bool = True):
+def check_explainer_options(options: Mapping[str, object]) -> None:
+    """Options no explainer knows (a typo) and non-positive counts are errors naming the option.
+    An option of another explainer is allowed: one option set serves several explainers."""
+    known = sorted({o for name in METHODS.names() for o in METHODS.get(name).options})
+    for key, value in options.items():
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=2)
+            hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(known)}"
+            raise ValueError(f"unknown explainer option {key!r}; {hint}")
+        if key in COUNT_OPTIONS and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ValueError(f"explainer option {key}: {key} must be >= 1, got {value!r}")
+
+
+def _method(name: str, *aliases: str, needs_gradients: bool = True, options: tuple[str, ...] = ()):
     def deco(fn: Callable[[CAMContext], Tensor]) -> Callable[[CAMContext], Tensor]:
-        METHODS.add(name, CAMMethod(fn, needs_gradients), *aliases)
+        METHODS.add(name, CAMMethod(fn, needs_gradients, options), *aliases)
         return fn
 
     return deco
@@ -101,7 +118,7 @@ def layercam(ctx: CAMContext) -> Tensor:
     return (ctx.gradients.clamp_min(0) * ctx.activations).sum(1)
 
 
-@_method("scorecam", "score-cam", needs_gradients=False)
+@_method("scorecam", "score-cam", needs_gradients=False, options=("batch_size",))
 def scorecam(ctx: CAMContext) -> Tensor:
     """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target scores of
     the N·K masked images (one batched stream, ``batch_size`` at a time) are soft-maxed over
@@ -126,7 +143,7 @@ def scorecam(ctx: CAMContext) -> Tensor:
     return _weighted(weights, acts)
 
 
-@_method("integrated-gradcam", "integrated_gradcam", "igcam")
+@_method("integrated-gradcam", "integrated_gradcam", "igcam", options=("steps", "baseline"))
 def integrated_gradcam(ctx: CAMContext) -> Tensor:
     """Integrated Grad-CAM (Sattarzadeh et al., ICASSP 2021), as the path integral of the Grad-CAM
     weights along the straight line from a baseline x' (black image) to x:
@@ -138,9 +155,7 @@ def integrated_gradcam(ctx: CAMContext) -> Tensor:
     batched forward/backward. (The authors' notebook sums per-step Grad-CAM maps instead; the
     integral form is the one stated in the paper's abstract and is what we test against.)
     """
-    steps = int(ctx.options.get("steps", 16))
-    if steps < 1:
-        raise ValueError(f"integrated-gradcam steps must be >= 1, got {steps}")
+    steps = int(ctx.options.get("steps", 16))  # >= 1: check_explainer_options
     x = ctx.images
     baseline = ctx.options.get("baseline")
     baseline = torch.zeros_like(x) if baseline is None else baseline.expand_as(x)

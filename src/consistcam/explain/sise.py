@@ -251,5 +251,7 @@ def ada_sise(ctx: CAMContext) -> Tensor:
     return sise_maps(ctx.model, ctx.images, ctx.score, layers, reshapes, adaptive=True, **_options(ctx))
 
 
-METHODS.add("sise", CAMMethod(sise, needs_gradients=False))
-METHODS.add("ada-sise", CAMMethod(ada_sise, needs_gradients=False), "adasise", "ada_sise")
+METHODS.add("sise", CAMMethod(sise, needs_gradients=False, options=("layers", "batch_size", "grad_threshold",
+                                                                  "temperature", "softmax", "progress")))
+METHODS.add("ada-sise", CAMMethod(ada_sise, needs_gradients=False, options=("layers", "batch_size", "softmax",
+                                                                           "progress")), "adasise", "ada_sise")

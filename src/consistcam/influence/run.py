@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -24,7 +23,7 @@ from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tra
 from consistcam.run.device import resolve_device
 from consistcam.train.callbacks import KEPT_FORMAT, kept_checkpoints
 from consistcam.train.checkpoint import read_metadata
-from consistcam.utils import atomic_save_tensors
+from consistcam.utils import atomic_save_tensors, load_tensor_file
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -44,7 +43,7 @@ def load_kept_model(path: str | Path) -> nn.Module:
     if meta.get("format") != KEPT_FORMAT:
         raise ValueError(f"{path}: not a kept consistcam checkpoint (format {meta.get('format')!r})")
     model = create(meta["arch"], int(meta["num_classes"]), small_input=meta["small_input"] == "True")
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_tensor_file(path)[0])
     return model.eval()
 
 

@@ -13,6 +13,7 @@ Every reader here turns a damaged file (truncated, not JSON, not safetensors, mi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,13 @@ def _redo(folder: Path | None) -> str:
 def load_tensors(path: Path, fix: str, required: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """A safetensors file, or a ValueError naming it and ``fix`` (what rebuilds it)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from consistcam.utils import IntegrityError, load_tensor_file
 
     try:
-        tensors = load_file(str(path))
+        tensors, _ = load_tensor_file(path)
+    except IntegrityError as err:
+        raise ValueError(f"{err}; {fix}") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err}); it is damaged or truncated: "
                          f"{fix}") from None
@@ -67,8 +71,8 @@ def read_history(run_dir: Path) -> list[dict]:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise ValueError(f"{path}:{number}: not a JSON epoch record (the trainer writes one per line, with "
-                             f"'epoch'); the run was interrupted while writing it or the file was edited: "
-                             f"`consistcam train --resume {path.parent}` rewrites it, or delete that line")
+                             "'epoch'); the run was interrupted while writing it or the file was edited: delete or "
+                             "fix that line (only the training curves come from this file, not the model)")
         records.append(record)
     return records
 
@@ -93,17 +97,32 @@ class SavedEvaluation:
 
     def _file(self, split: str, kind: str) -> Path | None:
         name = self.meta.get("files", {}).get(split, {}).get(kind)
+        if name and "sha256" in self.meta and not (self.eval_dir / name).is_file():
+            raise ValueError(f"{self.eval_dir / name}: missing, but {METRICS_FILE} lists it; {_redo(self.run_dir)}")
         return self.eval_dir / name if name and (self.eval_dir / name).is_file() else None
 
     def _load(self, split: str, kind: str) -> tuple[Path | None, dict[str, Tensor]]:
         path = self._file(split, kind)
         return path, load_tensors(path, _redo(self.run_dir)) if path else {}
 
+    def _verify(self, path: Path | None) -> None:
+        """The file is the one metrics.json was written with (its manifest, evaluations since 0.x):
+        a mix of two evaluations (one killed half-way) is refused, not rendered."""
+        expected = self.meta.get("sha256", {}).get(path.name) if path is not None else None
+        if expected is None and path is not None and "sha256" in self.meta:
+            raise ValueError(f"{path}: not in the sha256 manifest of {self.eval_dir / METRICS_FILE}; "
+                             f"{_redo(self.run_dir)}")
+        if expected is not None and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise ValueError(f"{path}: belongs to another evaluation than {self.eval_dir / METRICS_FILE} (sha256 "
+                             f"differs: an evaluation was interrupted while writing, or the file was changed); "
+                             f"{_redo(self.run_dir)}")
+
     def per_sample(self, split: str) -> dict[str, Tensor]:
         path, tensors = self._load(split, "per_sample")
         bad = [k for k, t in tensors.items() if t.dim() != 1]
         if bad:
             raise ValueError(f"{path}: per-sample values {bad} are not 1-D; {_redo(self.run_dir)}")
+        self._verify(path)
         return tensors
 
     def examples(self, split: str) -> dict[str, Tensor]:
@@ -119,6 +138,7 @@ class SavedEvaluation:
             missing = {"id", "value", "image"} - fields
             if missing:
                 raise ValueError(f"{path}: examples {key!r} lack {', '.join(sorted(missing))}; {_redo(self.run_dir)}")
+        self._verify(path)
         return tensors
 
     @property
@@ -150,8 +170,11 @@ def _check_meta(meta: object) -> str | None:
         return "'meta.files' is not {split: {kind: file name}}"
     for split, kinds in files.items():
         for name in kinds.values():
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            if name is not None and (not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")):
                 return f"'meta.files.{split}' names {name!r}, not a file in the evaluation folder"
+    digests = meta.get("sha256", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        return "'meta.sha256' is not {file name: sha256}"
     return None
 
 

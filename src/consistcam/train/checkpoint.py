@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from consistcam.utils import atomic_save_tensors
+from consistcam.utils import atomic_save_tensors, load_tensor_file
 
 FORMAT = "consistcam-checkpoint-1"
 
@@ -58,7 +57,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a consistcam training checkpoint (format {meta.get('format')!r})")
-    tensors = load_file(str(path))
+    tensors, _ = load_tensor_file(path)  # checks the content hash: a bit flip is an error, not a resume
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None:
         groups = json.loads(meta["param_groups"])
@@ -97,7 +96,7 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> tuple[n
     if "arch" not in meta:
         raise ValueError(f"{path}: no model metadata (was it written by consistcam?)")
     model = create(meta["arch"], int(meta["num_classes"]), small_input=meta["small_input"] == "True")
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_tensor_file(path)[0])
     info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]),
             "image_size": json.loads(meta.get("image_size", "null"))}
     return model.to(device).eval(), info

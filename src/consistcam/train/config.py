@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from consistcam.config import ConfigError, from_dict, option, registered, to_dict, validate
+from consistcam.config import ConfigError, from_dict, load_yaml, option, registered, to_dict, validate
+from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
@@ -67,18 +68,21 @@ def keep_every(value: int | str | None) -> int:
     if isinstance(value, int):
         return value
     text = value.strip()
-    text = text[len("every="):] if text.startswith("every=") else text
+    every = text.startswith("every=")
     try:
-        return int(text)
+        n = int(text[len("every="):] if every else text)
     except ValueError:
         raise ConfigError(f"keep_checkpoints: expected every=N or an integer N >= 0, got {value!r}") from None
+    if every and n < 1:  # "every=0" is not "none": say so instead of keeping nothing
+        raise ConfigError(f"keep_checkpoints: every=N needs N >= 1, got {value!r} (leave the option out to keep none)")
+    return n
 
 
 def _keep_check(value: int | str) -> str | None:
     try:
         n = keep_every(value)
-    except ConfigError:
-        return "expected every=N or an integer N >= 0"
+    except ConfigError as err:
+        return str(err).removeprefix("keep_checkpoints: ").split(", got")[0]
     return None if n >= 0 else "must be >= 0"
 
 
@@ -90,7 +94,7 @@ class TrainConfig:
                        check=_arch_check)
     pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
     small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
-    image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1)
+    image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1, le=MAX_SIDE)
     augment: str = option("flip", "training augmentation", choices=AUGMENTATIONS)
     method: str = option("erm", "training method (consistcam list methods)", check=registered(STRATEGIES))
     epochs: int = option(10, "number of epochs", ge=1)
@@ -172,9 +176,12 @@ class TrainConfig:
         """Load a YAML file; ``overrides`` (flags, ``--set``) are merged in, method sections deeply."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {path} not found") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+            why = "a folder, not a YAML file" if path.is_dir() else f"unreadable ({type(err).__name__})"
+            raise ConfigError(f"config file {path}: {why}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):

@@ -14,7 +14,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from consistcam.config import ConfigError
-from consistcam.data import DataError, LocatedDataset, build_dataset, build_transform, collate, eval_splits
+from consistcam.data import (
+    DataError,
+    LocatedDataset,
+    build_dataset,
+    build_transform,
+    check_same_classes,
+    collate,
+    eval_splits,
+)
 from consistcam.train.preload import PreloadedImages, PreloadedLoader, decode_transform, preload_problem
 
 
@@ -95,6 +103,8 @@ class TrainData:
         eval_tf = build_transform(image_size, "none")
         train = build_dataset(spec, "train", None, **kw)
         eval_sets = {split: build_dataset(spec, split, eval_tf, **kw) for split in eval_splits(spec)}
+        for split, ds in eval_sets.items():
+            check_same_classes(train.classes, ds.classes, f"{spec} split 'train'", f"split {split!r}")
         return cls(train, eval_sets, build_transform(image_size, augment), eval_tf, subset, workers, pin_memory,
                    augment, image_size)
 

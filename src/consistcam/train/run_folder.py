@@ -43,6 +43,16 @@ def write_status(run_dir: Path, state: str, **info) -> None:
     atomic_write(run_dir / STATUS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(status, indent=2) + "\n"))
 
 
+def tensor_file_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of the run's final tensor files, recorded in the complete marker: two runs of one command
+    on the CPU have equal digests (the files are byte-identical), so comparing them checks reproducibility.
+    Each file also carries a hash of its tensors, checked on every load (consistcam.utils.load_tensor_file)."""
+    import hashlib
+
+    names = ("model.safetensors", "checkpoint.safetensors")
+    return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names if (run_dir / n).is_file()}
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed process left behind."""
     stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
@@ -51,13 +61,71 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+# What a run folder holds that consistcam wrote: top-level files, and folders whose files have these
+# suffixes (consistency rounds, TensorBoard events, kept checkpoints, evaluation and influence outputs).
+RUN_FILES = frozenset({STATUS_FILE, "config.yaml", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
+                       "skipped.txt", "fool.json", "fool_examples.safetensors", "report.html"})
+RUN_FOLDERS = {"consistency": (".safetensors",), "checkpoints": (".safetensors",), "tb": ("events.out.tfevents.",),
+               "eval": (".safetensors", ".json", ".html", ".png"), "influence": (".safetensors", ".json", ".html",
+                                                                                 ".png")}
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _foreign_files(run_dir: Path) -> list[Path]:
+    """Files and folders under ``run_dir`` that consistcam did not write (by name)."""
+    foreign = []
+    for p in sorted(run_dir.iterdir()):
+        if _is_temporary(p) or (p.name in RUN_FILES and p.is_file()):
+            continue
+        if p.name not in RUN_FOLDERS or not p.is_dir() or p.is_symlink():
+            foreign.append(p)
+            continue
+        marks = RUN_FOLDERS[p.name]
+        foreign += [q for q in sorted(p.rglob("*")) if not q.is_dir() or q.is_symlink()
+                    if not _is_temporary(q) and not any(q.name.endswith(m) or q.name.startswith(m) for m in marks)]
+    return foreign
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """After an error before the first checkpoint (an exception, not a kill): remove what this start
+    wrote, so the folder is not left ``running`` with nothing to resume; files consistcam did not
+    write stay, and so does the folder when they do."""
+    if (run_dir / "checkpoint.safetensors").is_file() or not run_dir.is_dir():
+        return
+    foreign = set(_foreign_files(run_dir))
+    for p in sorted(run_dir.iterdir()):
+        if p in foreign:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            if not any(q in foreign for q in p.rglob("*")):
+                shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """A folder consistcam trained into: a valid run marker, or a config with a checkpoint or model."""
+    try:
+        state = read_status(run_dir)["state"] if run_dir.is_dir() else "missing"
+    except RunFolderError:
+        return False
+    return state != "missing" or ((run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file())
+
+
 def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
-    """Refuse to train into a folder that already holds something (unless ``overwrite``)."""
+    """Refuse to train into a folder that already holds something (unless ``overwrite``). ``overwrite``
+    removes only a recognised run folder's own files, and refuses a folder holding anything else:
+    it never deletes a file consistcam did not write."""
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder")
-    if all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir()):
+    if all(_is_temporary(p) for p in run_dir.iterdir()):
         remove_stale_temporaries(run_dir)  # only what a killed start left behind
         return
     if not overwrite:
@@ -65,6 +133,14 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
         what = f"a {state} run" if state != "missing" else "files"
         raise RunFolderError(f"{run_dir} already holds {what}; use --resume {run_dir} to continue it or "
                              "--overwrite to replace it")
+    if not is_run_folder(run_dir):
+        raise RunFolderError(f"--overwrite: {run_dir} is not a consistcam run folder (no status.json, or config.yaml "
+                             "with model.safetensors); nothing was removed: choose another --out")
+    foreign = _foreign_files(run_dir)
+    if foreign:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise RunFolderError(f"--overwrite: {run_dir} holds files consistcam did not write ({names}); nothing was "
+                             "removed: move them away or choose another --out")
     shutil.rmtree(run_dir)
 
 

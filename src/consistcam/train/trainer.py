@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from consistcam.config import ConfigError
+from consistcam.data.images import check_image_size
 from consistcam.models import create
 from consistcam.models.state import preserved_state
 from consistcam.run.device import resolve_device
@@ -36,10 +37,12 @@ from consistcam.train.distributed import (
     init_distributed,
 )
 from consistcam.train.run_folder import (
+    discard_unstarted_run,
     prepare_new_run,
     read_metrics,
     read_status,
     remove_stale_temporaries,
+    tensor_file_digests,
     write_status,
 )
 from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
@@ -160,6 +163,8 @@ class Trainer:
         if config.batch_size % dist_info.world_size:
             raise ConfigError(f"batch_size: the global batch {config.batch_size} must be a multiple of the "
                               f"{dist_info.world_size} processes")
+        if config.image_size is not None:  # before any data is read or a folder is written
+            check_image_size(config.image_size, max(config.batch_size, config.eval_batch_size), "image_size")
         run_dir = Path(config.out)
         if dist_info.enabled:  # rank 0 decides about the folder; every rank gets its verdict
             problem = None
@@ -183,6 +188,7 @@ class Trainer:
             data.record_skipped(run_dir)
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
         strategy = build_strategy(config.method, config.strategy)
+        check_layer_options(model, strategy.config, config.method)
         optimizer = build_optimizer(config, model, strategy.parameters(model))
         trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
                       epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
@@ -271,6 +277,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
+        failed = False
         try:
             for epoch in range(self.start_epoch, last):
                 fault_point(f"epoch{epoch}:start")
@@ -280,12 +287,18 @@ class Trainer:
                     cb.on_epoch_end(self, record)
                 self.start_epoch = epoch + 1  # a later fit() call continues from here
                 fault_point(f"epoch{epoch}:end")
+        except Exception:
+            failed = True
+            raise
         finally:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
+            if failed and writes:  # before its first checkpoint: not left `running` with nothing to resume
+                discard_unstarted_run(self.run_dir)
         if writes and last == self.epochs:
             done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
-            write_status(self.run_dir, "complete", epochs=done, **self._status_info())  # last, after model.safetensors
+            write_status(self.run_dir, "complete", epochs=done, sha256=tensor_file_digests(self.run_dir),
+                         **self._status_info())  # last, after model.safetensors
         return self.history
 
     def _status_info(self) -> dict:
@@ -418,6 +431,29 @@ def set_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_layer_options(model: nn.Module, options, where: str) -> None:
+    """Resolve every layer a method names (``layer``/``layers`` fields and explainer options, at any
+    depth) against the model before epoch 0: a typo would otherwise fail at the first scoring pass,
+    or never when warm-up outlasts the run."""
+    import dataclasses
+
+    from consistcam.explain import get_layer
+
+    items = ({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+             if dataclasses.is_dataclass(options) else options if isinstance(options, dict) else {})
+    for key, value in items.items():
+        path = f"{where}.{key}"
+        if key in ("layer", "layers") and value is not None:
+            for name in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ():
+                if isinstance(name, str):
+                    try:
+                        get_layer(model, name)
+                    except ValueError as err:
+                        raise ConfigError(f"{path}: {err}") from None
+        else:
+            check_layer_options(model, value, path)
 
 
 def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import Tensor
 
 from consistcam.config import ConfigError, from_dict, to_dict
 from consistcam.train.checkpoint import read_metadata
 from consistcam.train.run_folder import prepare_new_run, write_status
-from consistcam.utils import atomic_save_tensors, atomic_write, progress_bar, seed_everything
+from consistcam.utils import atomic_save_tensors, atomic_write, load_tensor_file, progress_bar, seed_everything
 from consistcam.vae.config import VAEConfig
 from consistcam.vae.loss import elbo_loss
 from consistcam.vae.model import ConvVAE
@@ -84,7 +83,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a consistcam VAE file (format {meta.get('format')!r})")
     model = ConvVAE(**json.loads(meta["model"]))
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_tensor_file(path)[0])
     return model.to(device).eval()
 
 
