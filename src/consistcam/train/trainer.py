@@ -158,7 +158,8 @@ class Trainer:
             train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress and self.is_main,
             run_dir=self.run_dir, dist=self.dist, classes=tuple(data.classes or ()),
             scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
-                                                                             self.dist.world_size, ids))
+                                                                             self.dist.world_size, ids),
+            reset_optimizer=self.optimizer.state.clear)
         self.strategy.setup(self.ctx)
         self.start_epoch = 0
         self.extended_from: int | None = None
