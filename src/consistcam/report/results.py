@@ -22,6 +22,8 @@ from torch import Tensor
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"
 ROUNDS_GLOB = "consistency/epoch_*.safetensors"
+DIAGNOSIS_DIR = "diagnosis"  # written by ``consistcam diagnose RUN``
+DIAGNOSIS_FILE = "diagnosis.json"
 
 
 def per_sample_file(split: str) -> str:
@@ -214,3 +216,20 @@ def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:
     if (Path(run_dir) / FOOL_EXAMPLES_FILE).is_file():
         examples = load_tensors(Path(run_dir) / FOOL_EXAMPLES_FILE, fix, required=("image", "original", "fooled"))
     return doc, examples
+
+
+def read_diagnosis(run_dir: Path) -> dict | None:
+    """``RUN/diagnosis/diagnosis.json`` of ``consistcam diagnose`` (None for a run not diagnosed); a
+    damaged file is a ValueError naming it."""
+    path = Path(run_dir) / DIAGNOSIS_DIR / DIAGNOSIS_FILE
+    if not path.is_file():
+        return None
+    fix = f"re-run `consistcam diagnose {run_dir}`"
+    try:
+        doc = json.loads(path.read_text(errors="replace"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"source", "epoch"} <= set(r) for r in rows):
+        raise ValueError(f"{path}: no 'rows' list of (source, epoch, metrics); {fix}")
+    return doc
