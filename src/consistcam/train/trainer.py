@@ -159,7 +159,7 @@ class Trainer:
             run_dir=self.run_dir, dist=self.dist, classes=tuple(data.classes or ()),
             scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
                                                                              self.dist.world_size, ids),
-            reset_optimizer=self.optimizer.state.clear)
+            reset_optimizer=lambda: self.optimizer.state.clear())  # late-bound: resume replaces the state dict
         self.strategy.setup(self.ctx)
         self.start_epoch = 0
         self.extended_from: int | None = None
