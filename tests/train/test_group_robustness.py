@@ -176,3 +176,26 @@ def test_group_methods_refuse_data_without_groups(method):
     with pytest.raises(ValueError, match=f"{method} needs the background group of every training image"):
         Trainer(model, data, build_strategy(method), torch.optim.SGD(model.parameters(), lr=0.1),
                 Schedule(0.1, 1), [], epochs=1, device="cpu", progress=False)
+
+
+def _worst_group_accuracy(trainer: Trainer, split: str = "test") -> float:
+    from consistcam.metrics.groups import GroupAccuracy, alignment
+    from consistcam.models.state import preserved_state
+
+    metric = GroupAccuracy(len(trainer.classes))
+    with torch.no_grad(), preserved_state(trainer.module, eval_mode=True):
+        for batch in trainer.data.eval_loader(split, 500):
+            metric.update(trainer.module(batch["image"]), batch["label"], alignment(batch["label"], batch["group"]))
+    return metric.compute()["worst_group_acc"].item()
+
+
+def test_groupdro_beats_erm_on_the_worst_group_of_the_demo_set(tmp_path):
+    # Waterbirds-sized: 2 classes (4 cells), rho 0.9; in 4 epochs ERM learns the background alone
+    # (measured: worst group 0.055, accuracy 0.53 on the decorrelated test), Group DRO 0.511 / 0.62
+    kw = dict(data="demo:n=400,n_test=200,num_classes=2,size=16", batch_size=50, seed=1)
+    worst = {}
+    for method in ("erm", "groupdro"):
+        trainer = Trainer.from_config(tiny(tmp_path / method, method, epochs=4, **kw), progress=False)
+        trainer.fit()
+        worst[method] = _worst_group_accuracy(trainer)
+    assert worst["erm"] < 0.2 and worst["groupdro"] > worst["erm"] + 0.25
