@@ -199,3 +199,14 @@ def test_groupdro_beats_erm_on_the_worst_group_of_the_demo_set(tmp_path):
         trainer.fit()
         worst[method] = _worst_group_accuracy(trainer)
     assert worst["erm"] < 0.2 and worst["groupdro"] > worst["erm"] + 0.25
+
+
+def test_jtt_error_set_is_the_errors_of_the_model_ecl_first_scores(tmp_path):
+    # with identification_epochs = ecl.warmup both train the same ERM model up to that epoch, so the
+    # diagnosis compares ECL's first weights and JTT's error set taken from one model
+    kw = dict(ecl={"warmup": 1, "consistency": {"steps": 1}}, jtt={"identification_epochs": 1})
+    for method in ("ecl", "jtt"):
+        Trainer.from_config(tiny(tmp_path / method, method, epochs=2, **kw), progress=False).fit()
+    ecl = load_file(str(tmp_path / "ecl" / "consistency" / "epoch_001.safetensors"))
+    jtt = load_file(str(tmp_path / "jtt" / ERROR_SET_FILE))
+    assert torch.equal(ecl["ids"], jtt["ids"]) and torch.equal(ecl["pred"], jtt["pred"])
