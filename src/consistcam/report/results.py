@@ -194,6 +194,14 @@ def skipped_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _load_json(path: Path, fix: str) -> object:
+    """A JSON file, or a ValueError naming it and ``fix`` (what rebuilds it)."""
+    try:
+        return json.loads(path.read_text(errors="replace"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+
+
 FOOL_FILE = "fool.json"
 FOOL_EXAMPLES_FILE = "fool_examples.safetensors"
 
@@ -205,10 +213,7 @@ def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:
     if not path.is_file():
         return None
     fix = f"re-run `consistcam fool SOURCE --out {run_dir} --overwrite`"
-    try:
-        doc = json.loads(path.read_text(errors="replace"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    doc = _load_json(path, fix)
     if not isinstance(doc, dict) or not isinstance(doc.get("explainers"), dict) or not all(
             isinstance(v, dict) for v in doc["explainers"].values()):
         raise ValueError(f"{path}: no 'explainers' object of fooling metrics per explainer; {fix}")
@@ -225,10 +230,7 @@ def read_diagnosis(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     fix = f"re-run `consistcam diagnose {run_dir}`"
-    try:
-        doc = json.loads(path.read_text(errors="replace"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    doc = _load_json(path, fix)
     rows = doc.get("rows") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and {"source", "epoch"} <= set(r) for r in rows):
         raise ValueError(f"{path}: no 'rows' list of (source, epoch, metrics); {fix}")
