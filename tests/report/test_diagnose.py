@@ -82,3 +82,22 @@ def test_summary_over_runs_by_hand():
     assert [(r["source"], r["epoch"], r["runs"]) for r in rows] == [("v", 2, 2), ("v", 3, 1)]
     assert rows[0]["auc"] == pytest.approx(0.7) and rows[0]["auc_std"] == pytest.approx(math.sqrt(0.02))
     assert math.isnan(rows[1]["auc_std"]) and "weight_share" not in rows[0]
+
+
+def test_diagnose_a_jtt_run_scores_its_error_set_and_losses(tmp_path):
+    run = tmp_path / "jtt"
+    assert main(["train", "--data", DATA, "--arch", "cc_resnet10", "--batch-size", "32", "--epochs", "2",
+                 "--method", "jtt", "--set", "jtt.lambda_up=4", "--out", str(run), "--quiet"]) == 0
+    from consistcam.diagnosis import diagnose_run
+
+    doc = json.loads((diagnose_run(run) / "diagnosis.json").read_text())
+    rows = {r["source"]: r for r in doc["rows"]}
+    assert set(rows) == {"jtt error set", "jtt per-sample loss"} and rows["jtt error set"]["epoch"] == 1
+    saved = load_file(str(run / "jtt" / "error_set.safetensors"))
+    ds = DemoShapes("train", n=64, size=16)
+    minority = (ds.background_class != torch.tensor(ds.labels))[saved["ids"]]
+    errors = saved["error"].bool()
+    assert rows["jtt error set"]["set_size"] == int(errors.sum())
+    share = (4 * (errors & minority).sum() + (~errors & minority).sum()) / (4 * errors.sum() + (~errors).sum())
+    assert rows["jtt error set"]["weight_share"] == pytest.approx(share.item())  # lambda_up 4 : 1
+    assert rows["jtt per-sample loss"]["auc"] == pytest.approx(roc_auc(saved["loss"], minority))
