@@ -283,7 +283,7 @@ def _method_options_help() -> str:
 # Sub-commands that live with their own package: each module defines ``add_command(sub, formatter_class)``,
 # which adds its parser and sets ``func`` (keeps this file from growing a section per feature).
 COMMAND_MODULES: tuple[str, ...] = ("consistcam.fool.cli", "consistcam.sweep.cli", "consistcam.influence.cli",
-                                    "consistcam.vae.cli")
+                                    "consistcam.vae.cli", "consistcam.diagnosis.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

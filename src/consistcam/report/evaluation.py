@@ -14,11 +14,20 @@ from pathlib import Path
 
 from torch import Tensor
 
-from consistcam.report.figures import consistency_grid, fooling_grid, histograms, rounds_figure, training_curves
+from consistcam.report.figures import (
+    consistency_grid,
+    fooling_grid,
+    histograms,
+    identification_figure,
+    rounds_figure,
+    to_data_uri,
+    training_curves,
+)
 from consistcam.report.glossary import describe
 from consistcam.report.html import comparison_table, glossary, img, metrics_table, write_report
 from consistcam.report.results import (
     SavedEvaluation,
+    read_diagnosis,
     read_evaluation,
     read_fooling,
     read_history,
@@ -72,10 +81,24 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
     return _write(path, title, results, per_sample, examples, runs, notes, classes)
 
 
-def _read_run(run_dir: Path) -> tuple[list[dict], list, dict, tuple[dict, dict] | None]:
+def _read_run(run_dir: Path) -> tuple[list[dict], list, dict, tuple[dict, dict] | None, dict | None]:
     """What the report shows of a run folder: its epoch records, ECL rounds (ValueError if damaged),
-    the entries skipped by --skip-bad and, for a fooled run, fool.json with its example maps."""
-    return read_history(run_dir), read_rounds(run_dir), skipped_counts(run_dir), read_fooling(run_dir)
+    the entries skipped by --skip-bad, for a fooled run fool.json with its example maps and, for a
+    diagnosed run, ``consistcam diagnose``'s table."""
+    return (read_history(run_dir), read_rounds(run_dir), skipped_counts(run_dir), read_fooling(run_dir),
+            read_diagnosis(run_dir))
+
+
+def _diagnosis_section(doc: dict) -> str:
+    """``consistcam diagnose``'s table (one row per score and epoch) and its curves."""
+    metrics = ("auc", "precision_at_k", "weight_share", "set_precision", "set_recall", "minority_fraction")
+    table = {m: {f"{r['source']}, epoch {r['epoch']}": r.get(m) for r in doc["rows"]} for m in metrics
+             if any(isinstance(r.get(m), (int, float)) for r in doc["rows"])}
+    note = ("<p class='note'>How well each per-sample score singles out the bias-conflicting training images "
+            "(background group not the class): ROC-AUC (0.5 = blind), precision among the top-k scores with k "
+            "the minority's size, and the minority's share of the total weight (ERM: the minority fraction). "
+            "A re-weighting whose weights do not single out the minority cannot remove the shortcut.</p>")
+    return note + metrics_table(table) + img(to_data_uri(identification_figure(doc["rows"])), "minority identification")
 
 
 def difference_pairs(names: list[str]) -> list[tuple[str, str]]:
@@ -185,15 +208,18 @@ def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: M
         sections.append(("Explanation consistency E of the test images", img(histograms(e_values), "E histograms")))
     for name, saved in (examples or {}).items():
         sections.extend((f"{name}: {heading}", body) for heading, body in example_grids(saved))
-    for name, (_, _, _, fooling) in runs.items():
+    for name, (_, _, _, fooling, _) in runs.items():
         if fooling is not None:
             sections.extend(_fooling_sections(name, fooling))
-    for name, (hist, rounds, skipped, _) in runs.items():
+    for name, (hist, rounds, skipped, _, diagnosis) in runs.items():
         if hist:
             sections.append((f"{name}: training curves", img(training_curves({name: hist}), "training curves")))
         weights = rounds_figure(rounds)
         if weights:
             sections.append((f"{name}: E and training weights v per scoring round", img(weights, "weights")))
+        if diagnosis is not None:
+            sections.append((f"{name}: do the weights single out the bias-conflicting samples? (consistcam diagnose)",
+                             _diagnosis_section(diagnosis)))
         if skipped:
             sections.append((f"{name}: entries skipped by --skip-bad (listed in skipped.txt)",
                              metrics_table(skipped, digits=0)))

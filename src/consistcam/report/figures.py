@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from consistcam.report.results import read_rounds
@@ -157,3 +158,32 @@ def fooling_grid(examples: Mapping[str, Tensor], title: str = "") -> str:
     if title:
         fig.suptitle(plain(title), fontsize=9)
     return to_data_uri(fig)
+
+
+IDENTIFICATION_PANELS = (("auc", "ROC-AUC (0.5: chance)"), ("precision_at_k", "precision at the minority fraction"),
+                         ("weight_share", "minority's share of the weight"))
+
+
+def identification_figure(rows: Sequence[Mapping]) -> Figure:
+    """``consistcam diagnose``'s rows as curves over the epoch of each score, one line per source:
+    how well each per-sample score singles out the bias-conflicting minority; dashed, what a score
+    blind to the minority gets (AUC 0.5; precision and weight share = the minority fraction)."""
+    fig, axes = _panel_grid(1, len(IDENTIFICATION_PANELS), 3.6, 2.8)
+    chance = {"auc": 0.5}
+    fraction = [r["minority_fraction"] for r in rows if isinstance(r.get("minority_fraction"), float)]
+    for ax, (key, title) in zip(axes[0], IDENTIFICATION_PANELS):
+        for source in dict.fromkeys(r["source"] for r in rows):
+            pts = [(r["epoch"], r[key]) for r in rows if r["source"] == source and isinstance(r.get(key), float)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=4, label=plain(source))
+        level = chance.get(key, fraction[0] if fraction else None)
+        if level is not None:
+            ax.axhline(level, color="grey", ls="--", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch of the score", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

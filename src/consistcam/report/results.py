@@ -23,6 +23,8 @@ from torch import Tensor
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"
 ROUNDS_GLOB = "consistency/epoch_*.safetensors"
+DIAGNOSIS_DIR = "diagnosis"  # written by ``consistcam diagnose RUN``
+DIAGNOSIS_FILE = "diagnosis.json"
 
 
 def per_sample_file(split: str) -> str:
@@ -215,6 +217,14 @@ def skipped_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _load_json(path: Path, fix: str) -> object:
+    """A JSON file, or a ValueError naming it and ``fix`` (what rebuilds it)."""
+    try:
+        return json.loads(path.read_text(errors="replace"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+
+
 FOOL_FILE = "fool.json"
 FOOL_EXAMPLES_FILE = "fool_examples.safetensors"
 
@@ -226,10 +236,7 @@ def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:
     if not path.is_file():
         return None
     fix = f"re-run `consistcam fool SOURCE --out {run_dir} --overwrite`"
-    try:
-        doc = json.loads(path.read_text(errors="replace"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
+    doc = _load_json(path, fix)
     if not isinstance(doc, dict) or not isinstance(doc.get("explainers"), dict) or not all(
             isinstance(v, dict) for v in doc["explainers"].values()):
         raise ValueError(f"{path}: no 'explainers' object of fooling metrics per explainer; {fix}")
@@ -237,3 +244,17 @@ def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:
     if (Path(run_dir) / FOOL_EXAMPLES_FILE).is_file():
         examples = load_tensors(Path(run_dir) / FOOL_EXAMPLES_FILE, fix, required=("image", "original", "fooled"))
     return doc, examples
+
+
+def read_diagnosis(run_dir: Path) -> dict | None:
+    """``RUN/diagnosis/diagnosis.json`` of ``consistcam diagnose`` (None for a run not diagnosed); a
+    damaged file is a ValueError naming it."""
+    path = Path(run_dir) / DIAGNOSIS_DIR / DIAGNOSIS_FILE
+    if not path.is_file():
+        return None
+    fix = f"re-run `consistcam diagnose {run_dir}`"
+    doc = _load_json(path, fix)
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"source", "epoch"} <= set(r) for r in rows):
+        raise ValueError(f"{path}: no 'rows' list of (source, epoch, metrics); {fix}")
+    return doc

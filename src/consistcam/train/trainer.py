@@ -142,7 +142,8 @@ class Trainer:
             train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress and self.is_main,
             run_dir=self.run_dir, dist=self.dist, classes=tuple(data.classes or ()),
             scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
-                                                                             self.dist.world_size, ids))
+                                                                             self.dist.world_size, ids),
+            reset_optimizer=lambda: self.optimizer.state.clear())  # late-bound: resume replaces the state dict
         self.strategy.setup(self.ctx)
         # after setup: a strategy may only then know whether it reads boxes or masks
         self.preload_note = None if data.preloaded is not None else data.preload(preload, self.device,

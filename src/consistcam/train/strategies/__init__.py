@@ -19,7 +19,10 @@ from consistcam.train.strategies.ecl import ECL, ECLConfig
 from consistcam.train.strategies.edda import EDDA, EDDAConfig
 from consistcam.train.strategies.erm import ERM
 from consistcam.train.strategies.excon import ExCon, ExConConfig
+from consistcam.train.strategies.groupdro import GroupDRO, GroupDROConfig
+from consistcam.train.strategies.jtt import JTT, JTTConfig
 from consistcam.train.strategies.lico import LICO, LICOConfig
+from consistcam.train.strategies.reweight_groups import ReweightGroups, ReweightGroupsConfig
 from consistcam.train.strategies.sgt import SGT, SGTConfig
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "ECL",
     "EDDA",
     "ERM",
+    "JTT",
     "LICO",
     "SGT",
     "STRATEGIES",
@@ -35,9 +39,14 @@ __all__ = [
     "EDDAConfig",
     "ExCon",
     "ExConConfig",
+    "GroupDRO",
+    "GroupDROConfig",
+    "JTTConfig",
     "LICOConfig",
     "SGTConfig",
     "NoOptions",
+    "ReweightGroups",
+    "ReweightGroupsConfig",
     "StepOutput",
     "Strategy",
     "StrategyContext",

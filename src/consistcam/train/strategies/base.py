@@ -50,6 +50,9 @@ class StrategyContext:
     run_dir: Path | None = None
     classes: tuple[str, ...] = ()  # the training data's class names in label order (empty if unknown)
     scoring_loader_fn: Callable[[int, bool, list[int] | None], DataLoader] | None = field(default=None, repr=False)
+    # forgets the optimizer's state (momentum, Adam moments): a strategy that restarts the model from
+    # its initial weights mid-run (jtt) restarts the optimizer with it
+    reset_optimizer: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def module(self) -> nn.Module:
