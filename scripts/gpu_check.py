@@ -79,9 +79,11 @@ def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str],
             f"data={shortcut}", "--set", "deterministic=true", "--set", "epochs=2", "--set", "workers=2",
             "--out", str(out / f"determinism/run{k}"), "--quiet"] for k in (0, 1)]
     return [
-        Step("bench_evaluation", [[PY, str(bench / "bench_evaluation.py"), "--device", "cuda", "--size", "64",
-                                   "--n", "1000", "--data", shortcut, "--json", str(out / "bench_evaluation.json")]],
-             150, out / "bench_evaluation.json"),
+        Step("determinism", det, 150, threads=8),
+        # the run of the determinism step (ResNet-18, 64 px, shortcut data) is the one evaluated
+        Step("bench_evaluation", [[PY, str(bench / "bench_evaluation.py"), "--run", str(out / "determinism/run0"),
+                                   "--only-new", "--device", "cuda", "--size", "64", "--n", "1000", "--workers", "4",
+                                   "--repeats", "3"]], 150),
         *(Step(name, [[PY, str(bench / "bench_train_throughput.py"), "--device", "cuda", "--data",
                        data_spec("plain", data_root), "--preload", preload, "--epochs", epochs, "--json",
                        str(out / f"{name}.jsonl")]], 120, out / f"{name}.jsonl")
@@ -94,7 +96,6 @@ def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str],
         Step("tests", [[PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py",
                         "tests/attack/test_attack.py::test_range_is_checked_on_gpu"]], 240, threads=2,
              concurrent=True),
-        Step("determinism", det, 240, threads=2, concurrent=True),
         *(s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)),
     ]
 

@@ -14,7 +14,7 @@ def test_gpu_check_dry_run_finds_every_step():
                        text=True, env={"PATH": "/usr/bin:/bin", "PY": sys.executable}, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "dry run: ok" in r.stdout
-    for step in ("tests", "bench_evaluation", "bench_train", "bench_ecl_scoring", "bench_gradcam", "determinism",
+    for step in ("determinism", "bench_evaluation", "bench_train", "bench_ecl_scoring", "bench_gradcam", "tests",
                  "compare_shortcut_tinyimagenet_gpu"):
         assert f"[{step}]" in r.stdout
 
