@@ -80,13 +80,14 @@ def load_tensor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     from safetensors.torch import load
 
     raw = Path(path).read_bytes()
+    tensors = load(raw)  # first: a truncated or malformed file is safetensors' error, not a hash mismatch
     header, data = _split_tensor_file(raw)
     meta = header.get("__metadata__") or {}
     expected = meta.get(CONTENT_HASH)
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise IntegrityError(f"{path}: the tensors do not match the content hash stored with them (bit flips or "
                              "an edit): the file is damaged; restore it or write it again (re-train / re-evaluate)")
-    return load(raw), dict(meta)
+    return tensors, dict(meta)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> str:
