@@ -67,9 +67,15 @@ def compare_steps(out: Path, entry: str, data_root: str, seeds: list[str], paral
         sweep += ["--set", f"data={data_spec(DATA[dataset], data_root)}"]
     shards = min(parallel, len(methods.split(",")) * len(seeds))
     name = f"compare_{dataset}_{preset}"
+    folder = out / name
+    # consistcam diagnose: how well ECL's weights / JTT's error set single out the bias-conflicting images
+    diagnose = [[*CC, "diagnose", *(str(folder / f"method={m}_s{s}") for s in seeds), "--summary",
+                 str(folder / f"diagnosis_{m}.md")] for m in ("ecl", "jtt")
+                if m in methods.split(",") and dataset in ("demo", "shortcut_tinyimagenet")]
     return [Step(name, [[*sweep, "--shard", f"{i}/{shards}", *EVALUATE] for i in range(shards)], 420,
                  threads=max(1, 12 // shards), concurrent=True),
-            Step(name + "_table", [[*sweep, "--table-only", *EVALUATE]], 60)]
+            Step(name + "_table", [[*sweep, "--table-only", *EVALUATE]], 60),
+            Step(name + "_diagnose", diagnose, 60)]
 
 
 def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str], parallel: int) -> list[Step]:
@@ -96,7 +102,9 @@ def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str],
         Step("tests", [[PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py",
                         "tests/attack/test_attack.py::test_range_is_checked_on_gpu"]], 240, threads=2,
              concurrent=True),
-        *(s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)),
+        *[s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)][0::3],
+        *[s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)][1::3],
+        *[s for entry in compare for s in compare_steps(out, entry, data_root, seeds, parallel)][2::3],
     ]
 
 
@@ -224,6 +232,8 @@ def write_markdown(out: Path, results: dict) -> None:
             lines += ["", f"## {name}", "", "```json", json.dumps(rec["result"], indent=1), "```"]
     for table in sorted(out.glob("compare_*/sweep.md")):
         lines += ["", f"## {table.parent.name}", "", table.read_text()]
+        for summary in sorted(table.parent.glob("diagnosis_*.md")):
+            lines += ["", f"### {summary.stem}", "", summary.read_text()]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
@@ -239,7 +249,8 @@ def main() -> int:
     p.add_argument("--compare", default="shortcut_tinyimagenet:gpu:erm+ecl+cgc",
                    help="comparisons, comma-separated DATASET:PRESET:METHODS (methods joined by +), from "
                         "configs/compare/DATASET_PRESET.yaml")
-    p.add_argument("--parallel", type=int, default=9, help="comparison members trained at once")
+    p.add_argument("--parallel", type=int, default=9, help="comparison members trained at once (per comparison)")
+    p.add_argument("--compare-first", action="store_true", help="run the comparisons before the benchmarks")
     p.add_argument("--budget", type=int, default=470, help="seconds for all steps together")
     p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to test this script itself)")
     args = p.parse_args()
@@ -251,6 +262,11 @@ def main() -> int:
         if unknown:
             p.error(f"--only: unknown step(s) {sorted(unknown)}; known: {', '.join(s.name for s in steps)}")
         steps = [s for s in steps if s.name in wanted]
+    steps = [s for s in steps if s.commands]
+    if args.compare_first:  # the comparisons (and the GPU tests beside them) before the timed benchmarks
+        order = {"_table": 1, "_diagnose": 2}
+        steps = sorted(steps, key=lambda s: 0 if s.concurrent else next(
+            (v for k, v in order.items() if s.name.endswith(k)), 3))
     if args.dry_run:
         return dry_run(steps)
     import torch
@@ -304,7 +320,7 @@ def export(out: Path, dest: Path) -> None:
     for name in ("gpu_check.json", "gpu_check.md"):
         if (out / name).is_file():
             shutil.copy(out / name, dest / name)
-    keep = ("*.log", "*.jsonl", "sweep.*", "metrics.json", "config.yaml", "status.json", "*.json")
+    keep = ("*.log", "*.jsonl", "sweep.*", "metrics.json", "config.yaml", "status.json", "*.json", "*.md")
     with tarfile.open(dest / "gpu_check_files.tar.gz", "w:gz") as tar:
         for pattern in keep:
             for path in sorted(out.rglob(pattern)):
