@@ -18,8 +18,8 @@ from consistcam.models.state import preserved_state
 
 # Most pixels (images x height x width) one forward of the faithfulness protocols takes: the
 # insertion/deletion inputs of a batch are built and run in chunks of this size, so memory stays
-# bounded for any batch size and step count. The CPU runs fastest on batches that fit its caches
-# (about 500 images at 32 px, docs/benchmarks.md); a GPU wants as many as it can run at once.
+# bounded for any batch size and step count. On the CPU larger forwards ran no faster (about 500
+# images at 32 px suffice, docs/benchmarks.md); a GPU wants as many as it can run at once.
 FORWARD_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 23}
 
 
