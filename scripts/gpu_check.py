@@ -81,6 +81,9 @@ def compare_steps(out: Path, entry: str, data_root: str, seeds: list[str], paral
 def build_steps(out: Path, data_root: str, seeds: list[str], compare: list[str], parallel: int) -> list[Step]:
     bench = ROOT / "benchmarks"
     shortcut = data_spec("shortcut", data_root)
+    # the comparisons run at the same time: --parallel is the number of their processes together (each
+    # holds a CUDA context and its own evaluation buffers; 72 at once exhausted an H200's 139 GiB)
+    parallel = max(1, parallel // max(1, len(compare)))
     det = [[*CC, "train", "--config", str(ROOT / "configs/compare/shortcut_tinyimagenet_gpu.yaml"), "--set",
             f"data={shortcut}", "--set", "deterministic=true", "--set", "epochs=2", "--set", "workers=2",
             "--out", str(out / f"determinism/run{k}"), "--quiet"] for k in (0, 1)]
@@ -249,11 +252,14 @@ def main() -> int:
     p.add_argument("--compare", default="shortcut_tinyimagenet:gpu:erm+ecl+cgc",
                    help="comparisons, comma-separated DATASET:PRESET:METHODS (methods joined by +), from "
                         "configs/compare/DATASET_PRESET.yaml")
-    p.add_argument("--parallel", type=int, default=9, help="comparison members trained at once (per comparison)")
+    p.add_argument("--parallel", type=int, default=9,
+                   help="comparison members trained at once, all comparisons together (at most 24: GPU memory)")
     p.add_argument("--compare-first", action="store_true", help="run the comparisons before the benchmarks")
     p.add_argument("--budget", type=int, default=470, help="seconds for all steps together")
     p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to test this script itself)")
     args = p.parse_args()
+    if not 1 <= args.parallel <= 24:
+        p.error(f"--parallel must be 1..24 (72 processes at once ran one H200 out of memory), got {args.parallel}")
     out = Path(args.out).resolve()
     steps = build_steps(out, args.data_root, args.seeds.split(), args.compare.split(","), args.parallel)
     if args.only:
