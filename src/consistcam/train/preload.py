@@ -142,5 +142,7 @@ class PreloadedLoader:
 
     def __iter__(self) -> Iterator[dict]:
         offsets, flips = epoch_draws(self.data.num_ids, self.data.pad, self.seed, self.data.device)
-        for positions in self.batch_sampler:
-            yield self.data.batch(torch.as_tensor(positions, device=self.data.device), offsets, flips)
+        batches = list(self.batch_sampler)  # the epoch's order goes to the device in one copy, not one per batch
+        flat = torch.tensor([p for batch in batches for p in batch], dtype=torch.long, device=self.data.device)
+        for positions in flat.split([len(batch) for batch in batches]):
+            yield self.data.batch(positions, offsets, flips)
