@@ -228,9 +228,12 @@ def test_yaml_config_errors_and_coercion(tmp_path):
     assert cfg.lr == 0.001 and cfg.strategy.consistency.eps == 0.004 and cfg.strategy.warmup == 0
 
 
-def test_old_flat_ecl_options_still_load(tmp_path):
-    with pytest.warns(DeprecationWarning, match="ecl_warmup -> ecl.warmup"):
-        cfg = TrainConfig.from_dict({"method": "ecl", "ecl_warmup": 3, "consistency": {"steps": 2}})
+def test_flat_ecl_options_are_unknown_options():
+    """ECL's options live in the ``ecl`` section only: the old flat names are config errors."""
+    for old in ({"ecl_warmup": 3}, {"update_every": 2}, {"consistency": {"steps": 2}}):
+        with pytest.raises(ConfigError, match=f"unknown option '{next(iter(old))}'"):
+            TrainConfig.from_dict({"method": "ecl", **old})
+    cfg = TrainConfig.from_dict({"method": "ecl", "ecl": {"warmup": 3, "consistency": {"steps": 2}}})
     assert cfg.strategy.warmup == 3 and cfg.strategy.consistency.steps == 2
 
 

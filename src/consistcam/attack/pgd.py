@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from consistcam.explain import explain, preserved_state
+from consistcam.explain import explain
 from consistcam.explain.inputs import CheckedInputs, check_inputs
+from consistcam.models.state import preserved_state
 
 NORMS = ("linf", "l2")
 OBJECTIVES = ("ce", "explanation")

@@ -1,11 +1,11 @@
 """Batched class-activation heatmaps: ``explain(model, images, targets, method=...)``."""
 
+from consistcam.explain import sise  # noqa: F401  (its import adds "sise" and "ada-sise" to METHODS)
 from consistcam.explain._state import capture
 from consistcam.explain.api import explain, list_explainers, normalize_maps
 from consistcam.explain.layers import find_target_layer, get_layer, resolve_layer, vit_reshape_transform
 from consistcam.explain.methods import METHODS, check_explainer_options
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
-from consistcam.models.state import preserved_state
 
 __all__ = [
     "METHODS",
@@ -18,7 +18,6 @@ __all__ = [
     "get_layer",
     "list_explainers",
     "normalize_maps",
-    "preserved_state",
     "resolve_layer",
     "resolve_targets",
     "vit_reshape_transform",

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from consistcam.models.state import preserved_state  # noqa: F401  (re-exported for compatibility)
-
 
 class ActivationCapture:
     """Holds the output of one layer from the last forward pass inside :func:`capture`."""

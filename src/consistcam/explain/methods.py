@@ -175,6 +175,3 @@ def integrated_gradcam(ctx: CAMContext) -> Tensor:
         base_act = base_act.detach()
     return _weighted(alpha, ctx.activations - base_act)
 
-
-# Multi-layer explainers register themselves from their own module (needs the names above, hence at the end).
-from consistcam.explain import sise as _sise  # noqa: E402,F401

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from consistcam.influence.gradients import classifier_gradients
+from consistcam.influence.ranks import auc, spearman
 from consistcam.influence.run import run_checkpoints, run_data
 from consistcam.influence.tracin import tracin
-from consistcam.vae.checks import auc, spearman
 
 
 @torch.no_grad()

@@ -4,9 +4,6 @@ these metrics is :mod:`consistcam.evaluation`."""
 
 from __future__ import annotations
 
-import importlib
-import warnings
-
 from consistcam.metrics.faithfulness import (
     ConfidenceChange,
     InsertionDeletion,
@@ -38,16 +35,3 @@ __all__ = [
     "insertion_deletion",
     "top_fraction_mask",
 ]
-
-# Names that lived here before the pipeline moved to consistcam.evaluation. Resolved on first use
-# only, so importing the metrics never imports the pipeline (and with it attack and consistency).
-_MOVED = frozenset({"evaluate_model", "background_reliance", "PROTOCOLS", "object_masks", "heatmap_equivariance",
-                    "attack_images", "random_crop_flip", "apply_crop_flip", "RELIANCE_VARIANTS"})
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        warnings.warn(f"consistcam.metrics.{name} moved to consistcam.evaluation.{name}", DeprecationWarning,
-                      stacklevel=2)
-        return getattr(importlib.import_module("consistcam.evaluation"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

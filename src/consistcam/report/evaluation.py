@@ -63,20 +63,10 @@ def evaluation_report(path: str | Path, title: str, results: dict[str, dict], *,
                       per_sample: Mapping[str, Mapping[str, Tensor]] | None = None,
                       examples: Mapping[str, Mapping[str, Tensor]] | None = None,
                       run_dirs: Mapping[str, Path] | None = None, notes: str = "",
-                      classes: list[str] | None = None, **legacy: object) -> Path:
+                      classes: list[str] | None = None) -> Path:
     """Write the report from results in memory. ``results``: column name -> metrics (splits of one
     run, or runs side by side); ``per_sample`` / ``examples``: column -> the saved tensors (E
-    histograms, example grids); ``run_dirs``: name -> run folder (training curves, v histograms).
-
-    ``model``, ``datasets`` and ``cfg`` (the old way to re-score examples) are ignored: grids come
-    from the tensors the evaluation pass saved."""
-    unknown = set(legacy) - {"model", "datasets", "cfg"}
-    if unknown:
-        raise TypeError(f"evaluation_report() got unexpected keyword argument(s) {sorted(unknown)}")
-    if legacy:
-        warnings.warn("evaluation_report no longer re-scores examples; model, datasets and cfg are ignored (use "
-                      "consistcam.evaluation.evaluate_run, which saves the grids' tensors)", DeprecationWarning,
-                      stacklevel=2)
+    histograms, example grids); ``run_dirs``: name -> run folder (training curves, v histograms)."""
     runs = {name: _read_run(run_dir) for name, run_dir in (run_dirs or {}).items() if run_dir is not None}
     return _write(path, title, results, per_sample, examples, runs, notes, classes)
 

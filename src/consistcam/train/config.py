@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,6 @@ from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-# options that moved into the ``ecl`` section (configs and run folders written before 0.2 still load)
-MOVED = {"ecl_warmup": "warmup", "update_every": "update_every", "score_batch_size": "score_batch_size",
-         "consistency": "consistency"}
 
 
 def _data_check(value: str) -> str | None:
@@ -154,7 +150,7 @@ class TrainConfig:
         """Build from a flat mapping whose method sections sit under the methods' names.
 
         Sections of other methods are validated too (a typo there is still a typo) and dropped."""
-        d = _upgrade(dict(d))
+        d = dict(d)
         method = d.get("method", "erm")
         sections = {k: d.pop(k) for k in list(d) if k in STRATEGIES and k not in ("method",)}
         for name, section in sections.items():
@@ -187,7 +183,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
         try:
-            return cls.from_dict(merge(_upgrade(data), dict(overrides or {})))
+            return cls.from_dict(merge(data, dict(overrides or {})))
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
 
@@ -204,15 +200,3 @@ def merge(base: dict, overrides: Mapping) -> dict:
         out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
 
-
-def _upgrade(d: dict) -> dict:
-    """Move pre-0.2 flat ECL options into the ``ecl`` section, with a warning naming the new key."""
-    moved = {k: d.pop(k) for k in list(d) if k in MOVED}
-    if moved:
-        where = ", ".join(f"{k} -> ecl.{MOVED[k]}" for k in moved)
-        warnings.warn(f"options moved into the 'ecl' section: {where}", DeprecationWarning, stacklevel=3)
-        section = dict(d.get("ecl") or {})
-        for k, v in moved.items():
-            section.setdefault(MOVED[k], v)
-        d["ecl"] = section
-    return d

@@ -240,10 +240,8 @@ class Trainer:
         status = read_status(self.run_dir)
         state = load_checkpoint(path, self.module, self.optimizer)
         if self.config is not None:
-            from consistcam.train.config import _upgrade
-
             ignore = ("epochs", "out", "workers", "device")
-            saved = {k: v for k, v in _upgrade(dict(state["config"])).items() if k not in ignore}
+            saved = {k: v for k, v in state["config"].items() if k not in ignore}
             saved = TrainConfig.from_dict({**saved, "out": "x"}).to_dict()  # old layouts, defaults filled in
             mine = self.config.to_dict()
             diff = sorted(k for k in saved if k not in ignore and saved[k] != mine.get(k))

@@ -23,24 +23,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from consistcam.influence.ranks import auc, spearman
 from consistcam.vae.config import VAEConfig
 from consistcam.vae.tracin import TEST_ID_OFFSET, elbo_per_sample, vae_tracin
 from consistcam.vae.train import load_vae, load_vae_data, train_vae
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation (no ties expected for continuous scores)."""
-    ra = a.double().argsort().argsort().double()
-    rb = b.double().argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
-def auc(scores: Tensor, positive: Tensor) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U)."""
-    ranks = scores.double().argsort().argsort().double() + 1
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _train(base: dict, out: Path, **changes) -> Path:
