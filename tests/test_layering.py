@@ -1,16 +1,17 @@
-"""The package's layers: what each part may import, checked in two ways.
+"""The package's layers: what each part may import, checked three ways.
 
-1. **Fresh interpreters.** Each sub-package and top-level module is imported alone in a new Python
-   process, and every ``consistcam`` package that import loaded must sit at the same or a lower layer
-   of :data:`LAYERS`. This sees every route, including ``importlib`` and ``__getattr__`` ones that
-   reading import statements misses. The root ``consistcam/__init__.py`` re-exports the public API
-   (attack, consistency, explain, models), so it is bypassed there: a stub ``consistcam`` package
-   with the real ``__path__`` stands in for it, and the root is checked on its own.
-2. **No cycles.** The import graph read from the source (module-level and function-level imports,
-   ``importlib.import_module("consistcam....")`` with a literal name, not ``if TYPE_CHECKING:``
-   blocks) has no cycle between sub-packages, nor between modules apart from a package's
-   ``__init__`` re-exporting its own submodules.
-"""
+1. **Imports in a clean process.** All modules of each part (sub-package or top-level module) are
+   imported in a process that has loaded no consistcam module before, and every ``consistcam`` part
+   that came with them must sit at the same or a lower layer of :data:`LAYERS`. This sees every route
+   taken at import time, ``importlib`` and ``__getattr__`` ones included. The root
+   ``consistcam/__init__.py`` re-exports the public API (attack, consistency, explain, models), so a stub
+   ``consistcam`` package with the real ``__path__`` stands in for it there; the root is checked on its own.
+2. **Import statements.** The same rule on the source's imports, which also sees those inside
+   functions (they run only when called).
+3. **No cycles.** The import graph read from the source (module-level and function-level imports,
+   ``importlib.import_module`` of a literal consistcam module name, not ``if TYPE_CHECKING:`` blocks)
+   has no cycle between parts, nor between modules apart from a package's ``__init__`` importing its
+   own submodules."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ SRC = Path(consistcam.__file__).resolve().parent
 # A name whose module does not exist (yet) is skipped.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("utils", "config", "_registry"),  # no consistcam imports below them
-    ("data", "models", "report"),  # report/ only reads run folders and result dicts
+    ("data", "models"),
     ("run", "metrics", "explain"),  # run: device and run folders (config, utils, models)
-    ("arguments", "attack"),  # arguments: shared CLI options (config, run)
+    ("arguments", "attack", "report"),  # arguments: shared CLI options (config, run); report/ only reads files
     ("consistency",),
     ("train",),
     ("evaluation",),
@@ -71,7 +72,7 @@ def test_every_part_has_a_layer():
     assert not missing, f"add {missing} to LAYERS in tests/test_layering.py"
 
 
-# -- 1. fresh interpreters ------------------------------------------------------------------------
+# -- 1. imports in a clean process ----------------------------------------------------------------
 
 # Third-party packages the library imports, loaded once by the parent interpreter before it forks one
 # child per part: a child starts with no consistcam module loaded, as a new process would, without
@@ -172,7 +173,7 @@ def test_the_root_package_loads_only_the_public_api(loaded):
     assert not bad, f"import consistcam loads parts above consistency: {bad}"
 
 
-# -- 2. no cycles ---------------------------------------------------------------------------------
+# -- 2. and 3.: the source's import graph ---------------------------------------------------------
 
 
 def module_name(path: Path) -> str:
