@@ -36,8 +36,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def yaml_value(text: str) -> Any:
-    """Flag values are parsed like YAML values (``1e-3`` is a number, ``null`` is None); the config
-    then checks the type and range and names the option on error."""
+    """Flag values are parsed like YAML values (``null`` is None, ``[1, 2]`` a list); the config
+    then coerces (``1e-3``, a string to YAML 1.1, becomes a number), checks the type and range, and
+    names the option on error."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -81,10 +82,11 @@ def parse_set(items: list[str] | None) -> dict:
     return out
 
 
-def add_device(parser: argparse.ArgumentParser, default: str | None = "auto", dest: str = "device") -> None:
-    """``--device``, with the one help text of every command (the rule of :mod:`consistcam.run.device`)."""
+def add_device(parser: argparse.ArgumentParser, default: str = "auto", dest: str = "device") -> None:
+    """``--device``, with the one help text of every command (the rule of :mod:`consistcam.run.device`).
+    ``default=argparse.SUPPRESS``: no attribute unless given (a config field's default then holds)."""
     parser.add_argument("--device", dest=dest, default=default, metavar="DEVICE",
-                        help=DEVICE_HELP if default is not None else f"{DEVICE_HELP} (default: auto)")
+                        help=DEVICE_HELP if default is not argparse.SUPPRESS else f"{DEVICE_HELP} (default: auto)")
 
 
 def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:  # noqa: A002
@@ -113,38 +115,39 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, dest_prefi
                        help_prefix: str = "", skip: Collection[str] = (),
                        lists: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """One flag per option of the config dataclass ``cls``: ``--flag-prefixNAME`` stored in
-    ``dest_prefix + NAME`` with default None (so :func:`config_overrides` sees what was given and the
-    dataclass keeps the defaults). Booleans get ``--NAME/--no-NAME``; other values are parsed as YAML
-    and checked by the dataclass, which names the option on error. Nested configs are left to
-    ``--set``. ``lists``: argparse keywords per field for values with several parts (``nargs``,
-    ``action="append"``, ``type``), where ``flag`` renames the flag (``explainers`` -> ``--explainer``).
+    ``dest_prefix + NAME`` only when given (so :func:`config_overrides` sees what was given, ``--NAME
+    null`` included, and the defaults stay in the dataclass). Booleans get ``--NAME/--no-NAME``;
+    other values are parsed as YAML and checked by the dataclass, which names the option on error.
+    Nested configs are left to ``--set``. ``lists``: argparse keywords per field for values with
+    several parts (``nargs``, ``action="append"``, ``type``), where ``flag`` renames the flag
+    (``explainers`` -> ``--explainer``).
     """
     lists = lists or {}
     for f, hint in _fields(cls, skip):
         flag = "--" + f"{flag_prefix}{f.name}".replace("_", "-")
         dest = dest_prefix + f.name
         if f.name == "device" and not flag_prefix:
-            add_device(parser, default=None, dest=dest)  # the one device help of every command
+            add_device(parser, default=argparse.SUPPRESS, dest=dest)  # the one device help of every command
             continue
         help_text = help_prefix + option_help(cls, f.name)
+        if f.default is None:  # the help says what None means
+            help_text = help_text.removesuffix(" (default: None)")
         if f.name in lists:
             kwargs = dict(lists[f.name])
             flag = kwargs.pop("flag", flag)
             kwargs.setdefault("metavar", f.name.upper())
             kwargs.setdefault("help", help_text)
-            parser.add_argument(flag, dest=dest, default=None, **kwargs)
+            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kwargs)
         elif _is_bool(hint):
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
         else:
-            parser.add_argument(flag, dest=dest, type=yaml_value, default=None, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(flag, dest=dest, type=yaml_value, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=help_text)
 
 
 def config_overrides(args: argparse.Namespace, cls: type, *, dest_prefix: str = "",
                      skip: Collection[str] = ()) -> dict[str, Any]:
     """The options of ``cls`` given on the command line (flags added by :func:`add_config_options`)."""
-    out = {}
-    for f, _ in _fields(cls, skip):
-        value = getattr(args, dest_prefix + f.name, None)
-        if value is not None:
-            out[f.name] = value
-    return out
+    return {f.name: getattr(args, dest_prefix + f.name) for f, _ in _fields(cls, skip)
+            if hasattr(args, dest_prefix + f.name)}

@@ -40,8 +40,8 @@ class EvaluationConfig:
     workers: int = option(0, "data loader worker processes", ge=0)
     seed: int = option(0, "seed of attacks, crops and background partners")
     device: str = option("auto", "device: auto (the run's device if it exists here), cpu, cuda, cuda:N or mps")
-    skip_bad: bool | None = option(None, "skip unreadable images and bad annotations (None: what the run was "
-                                         "trained with)")
+    skip_bad: bool | None = option(None, "skip unreadable images and bad annotations (default: what the run "
+                                         "was trained with)")
     examples: int = option(4, "best and worst samples saved per ranking for the report", ge=0)
     consistency: ConsistencyConfig = option(
         help="scorer of the consistency protocol (its explainer and seed are the evaluation's): "
