@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from _common import add_device_args, check_device, machine, write_json
-from consistcam.cli import _parse_set
+from consistcam.arguments import parse_set
 from consistcam.train import TrainConfig, Trainer
 from consistcam.train.config import merge
 
@@ -80,7 +80,7 @@ def main() -> None:
             options["preload"] = args.preload
         else:
             notes.append(f"--preload {args.preload} ignored: this TrainConfig has no preload option")
-    options = merge(options, _parse_set(args.set))
+    options = merge(options, parse_set(args.set))
     for note in notes:
         print("note:", note)
 

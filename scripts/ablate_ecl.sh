@@ -68,6 +68,6 @@ for data in $DATASETS; do
   start=$(date +%s)
   # shellcheck disable=SC2086
   $CC sweep "$config" "${arms[@]}" --seeds $SEEDS --out "$OUT/$data" --baseline "$BASELINE" \
-    --metrics "$METRICS" --plot-metric val/acc "${extra[@]}" --evaluate-args "${EVAL[@]}"
+    --metrics "$METRICS" --plot-metric val/acc "${extra[@]}" --quiet --evaluate-args "${EVAL[@]}"
   echo "$data: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 done

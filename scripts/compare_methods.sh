@@ -31,7 +31,7 @@ for data in $DATASETS; do
   start=$(date +%s)
   # shellcheck disable=SC2086
   $CC sweep "$config" --grid "method=$METHODS" --seeds $SEEDS --out "$OUT/$data" --baseline method=erm \
-    --metrics "$METRICS" "${extra[@]}" --evaluate-args "${EVAL[@]}"
+    --metrics "$METRICS" "${extra[@]}" --quiet --evaluate-args "${EVAL[@]}"
   echo "$data: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
 done
 # one report.html per data set with every method's runs side by side (after the last shard)

@@ -62,7 +62,7 @@ def compare_steps(out: Path, entry: str, data_root: str, seeds: list[str], paral
     methods = methods.replace("+", ",")
     config = ROOT / f"configs/compare/{dataset}_{preset}.yaml"
     sweep = [*CC, "sweep", str(config), "--grid", f"method={methods}", "--seeds", *seeds, "--out",
-             str(out / f"compare_{dataset}_{preset}"), "--set", "workers=2", "--metrics", METRICS]
+             str(out / f"compare_{dataset}_{preset}"), "--set", "workers=2", "--metrics", METRICS, "--quiet"]
     if DATA.get(dataset):
         sweep += ["--set", f"data={data_spec(DATA[dataset], data_root)}"]
     shards = min(parallel, len(methods.split(",")) * len(seeds))

@@ -107,7 +107,11 @@ CASES = [
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
     (["train", "--resume", "{root}/nothing"], "cannot resume: {root}/nothing/config.yaml not found"),
     (["evaluate", "{root}/nothing"], "checkpoint {root}/nothing not found"),
-    (["evaluate", "{run}", "--explainer", "gradcm"], "explainer: unknown explainer method (did you mean gradcam"),
+    (["evaluate", "{run}", "--explainer", "gradcm"],
+     "explainers: 'gradcm': unknown explainer method (did you mean gradcam"),
+    (["evaluate", "{run}", "--subset", "-1"], "subset: must be >= 1, got -1"),
+    (["evaluate", "{run}", "--batch-size", "0"], "batch_size: must be >= 1, got 0"),
+    (["evaluate", "{run}", "--set", "consistency.stpes=3"], "unknown option 'consistency.stpes'; did you mean steps"),
     (["evaluate", "{run}", "--protocols", "localisation"], "unknown protocol(s) ['localisation']"),
     (["evaluate", "{partial}"], "is not complete (training was interrupted)"),
     (["evaluate", "{root}/model.pt", "--data", "demo"], "model.pt: not a readable safetensors checkpoint"),
@@ -116,13 +120,11 @@ CASES = [
     (["evaluate", "{run}", "--data", "imagefolder:{root}/four"], "split 'val' has ['cross', 'disk', 'ring', 'square']"),
     (["explain", "{run}", "{root}/missing.png"], "missing.png: file not found"),
     (["explain", "{run}", "{root}/notimage.png"], "notimage.png: unreadable or truncated image"),
-    (["explain", "{run}", "{root}/ok.png", "--method", "nope"], "unknown explainer method 'nope'"),
+    (["explain", "{run}", "{root}/ok.png", "--explainer", "nope"], "unknown explainer method 'nope'"),
     (["explain", "{run}", "{root}/ok.png", "--target", "9"], "--target 9: the model has 4 classes"),
     (["report", "{root}/nothing", "--out", "{root}/r.html"], "nothing"),
 ]
 ARGPARSE_CASES = [
-    (["evaluate", "{run}", "--subset", "-1"], "--subset: must be >= 1, got -1"),
-    (["evaluate", "{run}", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
     (["explain", "{run}", "{root}/ok.png", "--target", "-2"], "--target: must be >= 0, got -2"),
     (["list", "everything"], "invalid choice: 'everything'"),
 ]

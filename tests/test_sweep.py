@@ -225,6 +225,28 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     check_same_config(run_dir, member_config(None, {**base, "device": "cpu", "workers": 1}, items[0], tmp_path))
 
 
+def test_members_are_evaluated_through_evaluate_run_without_the_command_line(tmp_path, monkeypatch):
+    import consistcam.cli
+    from consistcam.sweep.runner import evaluate_member, is_evaluated
+    from tests.evaluation.runs import make_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the sweep built the whole command line")
+
+    monkeypatch.setattr(consistcam.cli, "build_parser", forbidden)
+    run = make_run(tmp_path)
+    args = ["--split", "test", "--subset", "8", "--protocols", "localization", "--no-background", "--no-report"]
+    assert evaluate_member(run, args)
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    assert doc["meta"]["subset"] == 8 and list(doc["splits"]) == ["test"] and doc["meta"]["protocols"] == [
+        "localization"]
+    assert doc["meta"]["command"] == f"consistcam evaluate {run} " + " ".join(args)
+    assert is_evaluated(run, args) and not is_evaluated(run, args[:-1])
+    assert not evaluate_member(run, args)  # evaluated with these arguments already
+    with pytest.raises(ValueError, match="--out is not allowed"):
+        evaluate_member(run, [*args[:-1], "--out", str(tmp_path / "elsewhere")])
+
+
 def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
     assert "nope.yaml not found" in capsys.readouterr().err
@@ -234,6 +256,11 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["sweep", "--grid", "lr=0.1", "--shard", "2/2", "--out", str(tmp_path)]) == 2
     assert "--shard" in capsys.readouterr().err
+    # a bad --evaluate-args fails before the first member trains
+    assert main(["sweep", *TINY, "--out", str(tmp_path), "--evaluate-args", "--subset", "0"]) == 2
+    assert "subset: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["sweep", *TINY, "--out", str(tmp_path), "--evaluate-args", "--out", "x"]) == 2
+    assert "--out is not allowed" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran
 
 

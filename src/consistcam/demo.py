@@ -16,10 +16,10 @@ from consistcam.train import TrainConfig, Trainer
 DEMO_CONSISTENCY = {"steps": 3, "weight_power": 0.5, "weight_floor": 0.5}
 
 
-def demo_config(method: str, out: Path, epochs: int, seed: int, data: str) -> TrainConfig:
+def demo_config(method: str, out: Path, epochs: int, seed: int, data: str, device: str = "auto") -> TrainConfig:
     return TrainConfig.from_dict({
         "data": data, "arch": "cc_resnet10", "method": method, "epochs": epochs, "batch_size": 128, "lr": 0.05,
-        "seed": seed, "out": str(out / method),
+        "seed": seed, "device": device, "out": str(out / method),
         "ecl": {"warmup": 2, "update_every": 2, "consistency": DEMO_CONSISTENCY}})
 
 
@@ -31,19 +31,19 @@ def _train_or_resume(cfg: TrainConfig, progress: bool) -> Trainer:
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 8, seed: int = 0, data: str = "demo",
-             progress: bool = True) -> dict[str, dict[str, float]]:
+             device: str = "auto", progress: bool = True) -> dict[str, dict[str, float]]:
     out = Path(out)
     runs = {}
     for method in ("erm", "ecl"):
         print(f"== training {method} ({epochs} epochs) ==", flush=True)
-        runs[method] = _train_or_resume(demo_config(method, out, epochs, seed, data), progress).run_dir
+        runs[method] = _train_or_resume(demo_config(method, out, epochs, seed, data, device), progress).run_dir
     results: dict[str, dict[str, float]] = {}
     saved = {}
     for method, run_dir in runs.items():
         print(f"== evaluating {method} ==", flush=True)
         # the spec's scorer defaults (not the ECL training preset), the same for both models
         eval_dir = evaluate_run(run_dir, protocols=("localization", "consistency"), background=False, seed=seed,
-                                examples=3, progress=progress, command=f"consistcam demo --seed {seed}",
+                                device=device, examples=3, progress=progress, command=f"consistcam demo --seed {seed}",
                                 allow_incomplete=False)
         saved[method] = read_evaluation(eval_dir)
         results[method] = {f"{split}/{key}": res[key] for split, res in saved[method].splits.items()

@@ -66,6 +66,7 @@ def test_evaluate_uses_auto_by_default_and_names_a_missing_gpu(tmp_path, capsys)
                                      ["influence", "RUN"]])
 def test_every_run_command_defaults_to_auto(command):
     from consistcam.cli import build_parser
+    from consistcam.evaluation.cli import evaluation_config
 
     args = build_parser().parse_args(command)
-    assert args.device == "auto"
+    assert (evaluation_config(args).device if command[0] == "evaluate" else args.device) == "auto"

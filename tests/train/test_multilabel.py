@@ -236,7 +236,7 @@ def test_single_label_peers_refuse_multilabel_data(tmp_path):
 def test_cli_train_multilabel_ecl_then_evaluate(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", DATA, "--task", "multilabel", "--method", "ecl", "--epochs", "2",
-                 "--ecl-warmup", "1", "--update-every", "1", "--batch-size", "16", "--device", "cpu",
+                 "--ecl-warmup", "1", "--ecl-update-every", "1", "--batch-size", "16", "--device", "cpu",
                  "--set", "ecl.consistency.steps=1", "--out", str(run), "--quiet"]) == 0
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     assert main(["evaluate", str(run), "--split", "test", "--protocols", "localization", "--quiet",

@@ -444,7 +444,7 @@ def test_method_option_flags(tmp_path):
 
     run = tmp_path / "run"
     assert main(["train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--batch-size", "16",
-                 "--method", "ecl", "--ecl-warmup", "0", "--update-every", "1", "--ecl-score-batch-size", "16",
+                 "--method", "ecl", "--ecl-warmup", "0", "--ecl-update-every", "1", "--ecl-score-batch-size", "16",
                  "--set", "ecl.consistency.steps=1", "--out", str(run), "--quiet"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())["ecl"]
     assert (saved["warmup"], saved["update_every"], saved["score_batch_size"]) == (0, 1, 16)

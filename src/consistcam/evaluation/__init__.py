@@ -3,6 +3,7 @@
 evaluates a run folder and saves everything its report shows."""
 
 from consistcam.evaluation.background import RELIANCE_VARIANTS, background_reliance
+from consistcam.evaluation.config import EvaluationConfig
 from consistcam.evaluation.equivariance import apply_crop_flip, heatmap_equivariance, random_crop_flip
 from consistcam.evaluation.examples import RANKINGS, ExtremeExamples
 from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, object_masks, stream_seeds
@@ -13,6 +14,7 @@ __all__ = [
     "PROTOCOLS",
     "RANKINGS",
     "RELIANCE_VARIANTS",
+    "EvaluationConfig",
     "ExtremeExamples",
     "apply_crop_flip",
     "attack_images",

@@ -7,18 +7,21 @@ runs compared, without the model and without running an attack again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from torch.utils.data import DataLoader, Subset
 
-from consistcam.consistency import ConsistencyConfig
+from consistcam.config import to_dict
 from consistcam.data import build_dataset, build_transform, check_same_classes, collate, eval_splits
 from consistcam.evaluation.background import background_reliance
-from consistcam.evaluation.pipeline import PROTOCOLS, evaluate_model, stream_seeds
+from consistcam.evaluation.config import EvaluationConfig
+from consistcam.evaluation.pipeline import evaluate_model, stream_seeds
 from consistcam.metrics import GroupAccuracy, alignment, group_report
 from consistcam.report.results import METRICS_FILE, examples_file, per_sample_file
 from consistcam.utils import atomic_save_tensors, atomic_write
@@ -110,54 +113,50 @@ def shortcut_summary(results: dict, group_inputs: dict[str, tuple[torch.Tensor, 
 
 def evaluate_run(
     run: str | Path,
+    config: EvaluationConfig | None = None,
     *,
     data: str | None = None,
     splits: Sequence[str] | None = None,
-    explainers: str | Sequence[str] = ("gradcam",),
-    protocols: Sequence[str] | None = None,
-    background: bool = True,
-    faithfulness_steps: int = 16,
-    subset: int | None = None,
-    batch_size: int = 200,
-    workers: int = 0,
-    seed: int = 0,
-    device: str | torch.device = "auto",
     out: str | Path | None = None,
-    examples: int = 4,
     report: bool = True,
     progress: bool = True,
     command: str = "",
-    skip_bad: bool | None = None,
     allow_incomplete: bool = False,
+    **options: Any,
 ) -> Path:
     """Evaluate the model of ``run`` (run folder or model.safetensors) on each split of ``data``
     (default: the run's data, its test splits) and return the evaluation folder (default RUN/eval).
 
+    What is computed is ``config`` (an :class:`EvaluationConfig`, default its defaults) with
+    ``options`` (its fields, e.g. ``subset=40, protocols=("localization",)``) replacing some, so a
+    Python call and ``consistcam evaluate`` share one set of defaults.
+
     Writes metrics.json (every metric per split; meta: command, data, explainers, protocols, seeds,
     classes), per_sample_<split>.safetensors, examples_<split>.safetensors (the ``examples`` best and
     worst samples by energy gain and by E, with the tensors that ranked them) and, with ``report``,
-    report.html rendered from those files. ``protocols``: names of :data:`PROTOCOLS`, None = all.
-    ``skip_bad`` (default: what the run was trained with) skips unreadable images and annotations;
-    an interrupted run is refused unless ``allow_incomplete``.
+    report.html rendered from those files. An interrupted run is refused unless ``allow_incomplete``.
     """
     from consistcam.report import render_evaluation
     from consistcam.run.device import resolve_device
     from consistcam.train import load_model  # only for the model; evaluation never trains
     from consistcam.train.run_folder import require_complete
 
+    config = config or EvaluationConfig()
+    if options:  # from_dict: an unknown option is named, with its near matches
+        config = EvaluationConfig.from_dict({**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                                             **options})
+    explainers, protocols, seed, subset = list(config.explainers), tuple(config.protocols), config.seed, config.subset
+    batch_size, workers = config.batch_size, config.workers
     run_dir = run_folder(run)
-    device = resolve_device(device, run_dir)  # auto: the run's device where it exists here
+    device = resolve_device(config.device, run_dir)  # auto: the run's device where it exists here
     require_complete(run_dir, allow_incomplete)
     model, info = load_model(run, device)
     data = data or run_data(run_dir)
-    if skip_bad is None:
-        skip_bad = bool(run_option(run_dir, "skip_bad", False))
+    skip_bad = config.skip_bad if config.skip_bad is not None else bool(run_option(run_dir, "skip_bad", False))
     data_kw = {"skip_bad": True} if skip_bad else {}
-    explainers = [explainers] if isinstance(explainers, str) else list(explainers)
-    protocols = PROTOCOLS if protocols is None else tuple(protocols)
     out_dir = Path(out) if out is not None else run_dir / "eval"
     num_classes = len(info["classes"])
-    cfg = ConsistencyConfig(explainer=explainers[0], seed=seed)
+    cfg = dataclasses.replace(config.consistency, explainer=explainers[0], seed=seed)
     transform = build_transform(info.get("image_size"), "none")
     results, files, group_inputs, digests = {}, {}, {}, {}
     datasets = {split: build_dataset(data, split, transform, **data_kw) for split in splits or eval_splits(data)}
@@ -171,22 +170,22 @@ def evaluate_run(
         view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
         loader = DataLoader(view, batch_size=batch_size, collate_fn=collate, num_workers=workers)
         res = evaluate_model(model, loader, num_classes, explainer=explainers, consistency=cfg, protocols=protocols,
-                             faithfulness_steps=faithfulness_steps, progress=progress, device=device,
-                             per_sample=True, examples=examples)
+                             faithfulness_steps=config.faithfulness_steps, progress=progress, device=device,
+                             per_sample=True, examples=config.examples)
         groups = _group_inputs(ds, res.get("per_sample", {}))
         if groups is not None:
             group_inputs[split] = groups
             res.update(_groups([groups], info["classes"]))
         files[split] = {kind: _save_or_remove(res.pop(kind, {}), out_dir / name(split), digests)
                         for kind, name in (("per_sample", per_sample_file), ("examples", examples_file))}
-        if background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
+        if config.background and not ds.multilabel and (ds.has_boxes or ds.has_masks):
             res.update(background_reliance(model, ds, transform, seed=seed, batch_size=batch_size, subset=subset,
                                            progress=progress, num_workers=workers, device=device))
         results[split] = res
     meta = {"checkpoint": str(run), "run": str(run_dir.resolve()), "data": data, "explainers": explainers,
             "protocols": list(protocols), "subset": subset, "seed": seed, "skip_bad": skip_bad,
-            "seeds": {**stream_seeds(seed), "background": seed}, "classes": info["classes"], "command": command,
-            "files": files, "sha256": digests}
+            "seeds": {**stream_seeds(seed), "background": seed}, "consistency": to_dict(cfg),
+            "classes": info["classes"], "command": command, "files": files, "sha256": digests}
     summary = shortcut_summary(results, group_inputs, info["classes"])
     text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
     atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))

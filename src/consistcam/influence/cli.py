@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from consistcam.cli import _int_at_least
-from consistcam.run.device import DEVICE_HELP
+from consistcam.arguments import add_device, add_quiet, int_at_least
 
-_positive = _int_at_least(1)  # argparse type: an integer >= 1
+_positive = int_at_least(1)  # argparse type: an integer >= 1
 
 
 def cmd_influence(args: argparse.Namespace) -> int:
@@ -60,6 +59,6 @@ def add_tracin_options(p: argparse.ArgumentParser, *, batch_size: int, seed_help
     p.add_argument("--last", type=_positive, metavar="N", help="use only the last N kept checkpoints")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--batch-size", type=_positive, default=batch_size, help="training samples per gradient batch")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device(p)
     p.add_argument("--out", help="output folder (default: RUN/influence)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)

@@ -1,5 +1,4 @@
-"""``consistcam sweep``: the command-line face of :mod:`consistcam.sweep` (registered through
-``consistcam.cli.COMMAND_MODULES``)."""
+"""``consistcam sweep``: the command-line face of :mod:`consistcam.sweep`."""
 
 from __future__ import annotations
 
@@ -7,6 +6,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from consistcam.arguments import add_quiet, parse_set
 
 EPILOG = """\
 examples:
@@ -46,16 +47,15 @@ def add_command(sub, formatter_class) -> None:
     s.add_argument("--plot-metric", help="[SPLIT/]METRIC of the plot (default: acc on the first split)")
     s.add_argument("--list", action="store_true", help="list the members (shard, state) and exit")
     s.add_argument("--table-only", action="store_true", help="run nothing; write the table from what is evaluated")
-    s.add_argument("--progress", action="store_true", help="progress bars and per-epoch lines of each run")
+    add_quiet(s, "no progress bars or per-epoch lines of each run (the [sweep] lines stay)")
     s.add_argument("--evaluate-args", nargs=argparse.REMAINDER,
                    help="everything after it goes to `consistcam evaluate RUN` (must come last; --out not allowed)")
     s.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from consistcam.cli import _parse_set
     from consistcam.sweep import grid as g
-    from consistcam.sweep.runner import collect, is_evaluated, member_config, run_members
+    from consistcam.sweep.runner import collect, evaluation_options, is_evaluated, member_config, run_members
     from consistcam.sweep.table import write_outputs
     from consistcam.train import STRATEGIES, TrainConfig
     from consistcam.train.run_folder import read_status
@@ -64,7 +64,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"sweep CONFIG {args.config} not found (a YAML file of training options)")
     if not 0 < args.confidence < 1:
         raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
-    base = _parse_set(args.set)
+    base = parse_set(args.set)
     for key in ("seed", "out"):
         if key in base:
             raise ValueError(f"--set {key}=...: the sweep sets {key} per member; use {g.RESERVED[key]}")
@@ -76,6 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     baseline = g.select_arm(arms, args.baseline, _base_method(args.config, base, TrainConfig))
     mine = g.shard(items, *g.parse_shard(args.shard)) if args.shard else items
     evaluate_args = list(args.evaluate_args or [])
+    evaluation_options(root, evaluate_args)  # a bad --evaluate-args fails before the first member trains
     for m in items:  # every member's config is valid before anything runs (all shards see the same error)
         member_config(args.config, base, m, root)
     if args.list:  # this shard's members (all without --shard): folder, state, arm, seed
@@ -85,7 +86,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{m.folder}\t{state}\t{m.arm.name}\t{m.seed}")
         return 0
     if not args.table_only:
-        run_members(root, args.config, base, mine, evaluate_args, progress=args.progress)
+        run_members(root, args.config, base, mine, evaluate_args, progress=not args.quiet)
     collected = collect(root, items, evaluate_args)
     from_shell = Path(sys.argv[0]).name in ("consistcam", "__main__.py")  # else main(argv) from Python
     command = "consistcam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if from_shell else None

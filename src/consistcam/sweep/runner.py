@@ -2,14 +2,17 @@
 evaluate it once, and collect the metrics every evaluated member saved.
 
 Members run one after the other in this process through the library (``Trainer.from_config``, then
-the same code ``consistcam evaluate`` runs), so a sweep needs no shell and its runs are ordinary
-run folders: ``consistcam train --resume DIR/<member>`` or ``consistcam evaluate`` work on them too.
+``evaluate_run`` with the options ``consistcam evaluate`` would read from ``--evaluate-args``), so
+a sweep needs no shell and its runs are ordinary run folders: ``consistcam train --resume
+DIR/<member>`` or ``consistcam evaluate`` work on them too.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from consistcam.evaluation.config import EvaluationConfig
 from consistcam.sweep.grid import Member
 from consistcam.train import TrainConfig
 from consistcam.train.config import merge
@@ -97,17 +101,28 @@ def is_evaluated(run_dir: Path, evaluate_args: Sequence[str]) -> bool:
     return saved == {"evaluate_args": list(evaluate_args), "model_sha256": _model_stamp(run_dir)}
 
 
-def evaluate_member(run_dir: Path, evaluate_args: Sequence[str]) -> bool:
-    """Evaluate with ``consistcam evaluate RUN *evaluate_args`` (same parser, same code); returns
-    False when it was already evaluated with these arguments."""
-    if is_evaluated(run_dir, evaluate_args):
-        return False
-    from consistcam.cli import build_parser
+def evaluation_options(run_dir: Path, evaluate_args: Sequence[str]) -> tuple[EvaluationConfig, argparse.Namespace]:
+    """``evaluate_args`` read as ``consistcam evaluate RUN *evaluate_args`` would read them (the same
+    flags, checked the same way) without building the whole command line; ``--out`` is refused."""
+    from consistcam.evaluation.cli import parse_evaluate_args
 
-    args = build_parser().parse_args(["evaluate", str(run_dir), *evaluate_args, "--quiet"])
+    config, args = parse_evaluate_args(str(run_dir), evaluate_args)
     if args.out is not None:
         raise ValueError("--evaluate-args: --out is not allowed (each member is evaluated into RUN/eval)")
-    args.func(args)
+    return config, args
+
+
+def evaluate_member(run_dir: Path, evaluate_args: Sequence[str], progress: bool = False) -> bool:
+    """Evaluate as ``consistcam evaluate RUN *evaluate_args`` would; returns False when it was
+    already evaluated with these arguments."""
+    if is_evaluated(run_dir, evaluate_args):
+        return False
+    from consistcam.evaluation import evaluate_run
+
+    config, args = evaluation_options(run_dir, evaluate_args)
+    evaluate_run(run_dir, config, data=args.data, splits=args.split, report=not args.no_report,
+                 progress=progress and not args.quiet, allow_incomplete=args.allow_incomplete,
+                 command=shlex.join(["consistcam", "evaluate", str(run_dir), *evaluate_args]))
     stamp = {"evaluate_args": list(evaluate_args), "model_sha256": _model_stamp(run_dir)}
     atomic_write(run_dir / "eval" / EVAL_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(stamp) + "\n"))
     return True
@@ -160,7 +175,7 @@ def run_members(root: Path, config: str | Path | None, base: Mapping, items: Seq
     for k, (m, cfg) in enumerate(zip(items, configs), 1):
         log(f"[sweep] {k}/{len(items)} {m.folder}: training")
         action = train_member(cfg, progress)
-        evaluated = evaluate_member(root / m.folder, evaluate_args)
+        evaluated = evaluate_member(root / m.folder, evaluate_args, progress)
         done[m.folder] = action + (", evaluated" if evaluated else "")
         log(f"[sweep] {k}/{len(items)} {m.folder}: {done[m.folder]}")
     return done

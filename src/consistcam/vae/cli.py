@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from consistcam.cli import _int_at_least, _yaml_value
+from consistcam.arguments import add_config_options, add_quiet, config_overrides, int_at_least
 from consistcam.influence.cli import add_tracin_options
 
-_positive = _int_at_least(1)  # argparse type: an integer >= 1
+_positive = int_at_least(1)  # argparse type: an integer >= 1
 
 
 def _read_ids(path: str) -> list[int]:
@@ -32,8 +31,7 @@ def cmd_vae_train(args: argparse.Namespace) -> int:
     from consistcam.vae.config import VAEConfig
     from consistcam.vae.train import train_vae
 
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(VAEConfig)
-               if f.name != "exclude" and getattr(args, f.name, None) is not None}
+    options = config_overrides(args, VAEConfig, skip=("exclude",))
     if args.exclude_file:
         options["exclude"] = _read_ids(args.exclude_file)
     cfg = from_dict(VAEConfig, options)
@@ -105,7 +103,6 @@ def cmd_vae_influence(args: argparse.Namespace) -> int:
 
 
 def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
-    from consistcam.config import option_help
     from consistcam.vae.config import VAEConfig
 
     v = sub.add_parser("vae", help="a small convolutional VAE and VAE-TracIn (train, influence)",
@@ -116,15 +113,10 @@ def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
                         epilog="example:\n  consistcam vae train --data demo --epochs 10 --out runs/vae_demo\n"
                                "  consistcam vae train --data demo --extra tinyimagenet:PATH --extra-n 50 "
                                "--out runs/vae_outliers")
-    for f in dataclasses.fields(VAEConfig):
-        if f.name == "exclude":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        t.add_argument(flag, dest=f.name, type=_yaml_value, default=None, metavar=f.name.upper(),
-                       help=option_help(VAEConfig, f.name))
+    add_config_options(t, VAEConfig, skip=("exclude",))
     t.add_argument("--exclude-file", metavar="FILE", help="text file of sample ids to leave out of training")
     t.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds (else refused)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_quiet(t, "no progress bars or per-epoch lines")
     t.set_defaults(func=cmd_vae_train)
 
     i = vsub.add_parser("influence", help="VAE-TracIn: self-influence and proponents/opponents of test images",
