@@ -326,29 +326,14 @@ def test_run_folder_life_cycle(tmp_path, capsys):
     assert json.loads((run / "status.json").read_text())["epochs"] == 1
 
 
-def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path, capsys):
-    from consistcam.train.run_folder import RunFolderError, prepare_new_run
-
-    folder = tmp_path / "d"  # issue 25: --overwrite used to delete d/notes.txt
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    folder = tmp_path / "d"  # issue 25: --overwrite used to delete d/notes.txt (more in tests/run/test_status.py)
     folder.mkdir()
     (folder / "notes.txt").write_text("precious\n")
     assert main(["train", "--data", "demo:n=64,size=16", "--epochs", "1", "--batch-size", "16", "--quiet",
                  "--out", str(folder), "--overwrite"]) == 2
     assert f"--overwrite: {folder} is not a consistcam run folder" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
-    run = tmp_path / "run"  # a run folder (its files), then with a foreign file at the top and inside eval/
-    for name in ("status.json", "config.yaml", "model.safetensors", "eval/metrics.json",
-                 "tb/events.out.tfevents.1.host", "consistency/epoch_000.safetensors", ".model.safetensors.x.tmp"):
-        (run / name).parent.mkdir(parents=True, exist_ok=True)
-        (run / name).write_text('{"state": "complete"}' if name == "status.json" else "x")
-    for foreign in ("notes.txt", "eval/notes.txt"):
-        (run / foreign).write_text("precious\n")
-        with pytest.raises(RunFolderError, match=f"holds files consistcam did not write \\({foreign}\\)"):
-            prepare_new_run(run, overwrite=True)
-        assert (run / foreign).read_text() == "precious\n" and (run / "model.safetensors").is_file()
-        (run / foreign).unlink()
-    prepare_new_run(run, overwrite=True)  # only its own files: replaced
-    assert not run.exists()
 
 
 @pytest.mark.parametrize("argv,message", [
