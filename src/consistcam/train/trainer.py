@@ -120,9 +120,10 @@ class Trainer:
                  progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
                  dist_info: DistInfo | None = None, sync_bn: bool = False, preload: str = "off") -> None:
         self.device = resolve_device(device)
+        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
         self.model_recipe = _recipe(model, config, data)
-        if run_dir is not None and self.model_recipe is None and any(
-                isinstance(cb, Checkpointer) for cb in (default_callbacks() if callbacks is None else callbacks)):
+        if run_dir is not None and self.model_recipe is None and any(isinstance(cb, Checkpointer)
+                                                                     for cb in self.callbacks):
             raise ValueError(f"Trainer: run_dir is set but {type(model).__name__} was not built by "
                              "consistcam.models.create and no config= names its architecture, so the run's "
                              "model file could not be loaded again; build it with create() or pass config=")
@@ -138,7 +139,6 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids,
                                                              process_group=self.dist.group)
         self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
-        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
