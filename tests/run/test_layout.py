@@ -25,15 +25,16 @@ def test_run_folder_of_a_folder_or_a_file_inside_it(tmp_path):
     (tmp_path / MODEL_FILE).write_text("x")
     assert run_folder(tmp_path) == tmp_path
     assert run_folder(tmp_path / MODEL_FILE) == tmp_path
+    assert run_folder(tmp_path / "new") == tmp_path / "new"  # not there yet: a folder, not its parent
 
 
 def test_read_config_round_trip_and_options(tmp_path):
     write_config(tmp_path, {"data": "demo", "epochs": 3, "skip_bad": True})
     assert list(read_config(tmp_path)) == ["data", "epochs", "skip_bad"]  # written in the order given
+    (tmp_path / MODEL_FILE).write_text("x")
     assert read_config(tmp_path / MODEL_FILE)["epochs"] == 3  # a file inside the run names its run
     assert run_option(tmp_path, "skip_bad") is True
     assert run_option(tmp_path, "subset", 7) == 7
-    (tmp_path / "elsewhere").mkdir()
     assert run_option(tmp_path / "elsewhere", "skip_bad", False) is False  # no config: the default
 
 

@@ -26,13 +26,14 @@ RUN_LOCAL_KEYS = ("out", "workers", "device")
 
 
 def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of a file inside it (``RUN/model.safetensors``)."""
+    """The run folder of a run folder or of a file inside it (``RUN/model.safetensors``); a path
+    that does not exist is taken as a folder (never its parent, whose files belong to no run)."""
     path = Path(path)
-    return path if path.is_dir() else path.parent
+    return path.parent if path.is_file() else path
 
 
 def config_path(run: str | Path) -> Path:
-    return run_folder(run) / CONFIG_FILE
+    return Path(run) / CONFIG_FILE
 
 
 def model_path(run: str | Path) -> Path:
@@ -51,7 +52,7 @@ def read_config(run: str | Path, hint: str = "", missing_ok: bool = False) -> di
     """The run's config as a mapping (no validation: old and foreign layouts still read). A missing
     file is a FileNotFoundError naming it (``hint`` says what to do), or ``{}`` with ``missing_ok``;
     a damaged one a ConfigError naming it."""
-    path = config_path(run)
+    path = config_path(run_folder(run))
     try:
         text = path.read_text()
     except FileNotFoundError:
