@@ -15,11 +15,11 @@ import torch
 
 from consistcam.cli import main
 from consistcam.config import ConfigError
+from consistcam.run.status import write_status
 from consistcam.sweep import grid as g
 from consistcam.sweep.runner import Collected, check_same_config, collect, member_config, train_member
 from consistcam.sweep.stats import paired, summarize, t_quantile
 from consistcam.sweep.table import build_rows, markdown, write_outputs
-from consistcam.train.run_folder import write_status
 
 METHODS = ("erm", "ecl", "cgc")
 TINY = ["--set", "data=demo:n=16,n_test=8,size=16", "--set", "epochs=2", "--set", "batch_size=8",

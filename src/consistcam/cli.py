@@ -29,9 +29,10 @@ def _method_configs() -> list[tuple[str, type]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from consistcam.run.layout import config_path
+    from consistcam.run.status import read_status
     from consistcam.train import TrainConfig, Trainer
     from consistcam.train.config import merge
-    from consistcam.train.run_folder import read_status
 
     overrides = config_overrides(args, TrainConfig, skip=TRAIN_SKIP)
     for method, config in _method_configs():
@@ -40,13 +41,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[method] = options
     overrides = merge(overrides, parse_set(args.set))
     run_dir = Path(args.resume) if args.resume else None
-    if run_dir is not None and not (run_dir / "config.yaml").is_file() and (args.config or overrides):
+    if run_dir is not None and not config_path(run_dir).is_file() and (args.config or overrides):
         # killed before its config was written: nothing to resume, start the run the flags describe
         if any(not p.name.endswith(".tmp") for p in run_dir.iterdir()) if run_dir.is_dir() else False:
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found")
+            raise FileNotFoundError(f"cannot resume: {config_path(run_dir)} not found")
         overrides["out"], args.resume = str(run_dir), None
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
+        saved = config_path(args.resume)
         if not saved.is_file():
             raise FileNotFoundError(f"cannot resume: {saved} not found (is {args.resume} a run folder? A run killed "
                                     "before it wrote its config is resumed by its original command with --resume "
@@ -100,11 +101,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from consistcam.data import DataError, read_rgb
-    from consistcam.evaluation.run import run_folder, run_option
     from consistcam.explain import explain
     from consistcam.report import save_overlay
+    from consistcam.run.layout import run_folder, run_option
+    from consistcam.run.status import require_complete
     from consistcam.train import load_model
-    from consistcam.train.run_folder import require_complete
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from consistcam.evaluation import evaluate_run
 from consistcam.report import SavedEvaluation, evaluation_report, read_evaluation
+from consistcam.run.layout import checkpoint_path
 from consistcam.train import TrainConfig, Trainer
 
 # The ECL preset of the demo (as configs/compare/demo_cpu.yaml). The weights are tempered (also the
@@ -24,7 +25,7 @@ def demo_config(method: str, out: Path, epochs: int, seed: int, data: str, devic
 
 
 def _train_or_resume(cfg: TrainConfig, progress: bool) -> Trainer:
-    resume = (Path(cfg.out) / "checkpoint.safetensors").is_file()
+    resume = checkpoint_path(cfg.out).is_file()
     trainer = Trainer.from_config(cfg, progress=progress, resume=resume)
     trainer.fit()
     return trainer

@@ -127,7 +127,7 @@ def test_each_kind_lowers_its_fooling_loss(kind, explainer):
 def test_fool_run_writes_a_run_folder_evaluate_reads(tmp_path):
     from consistcam.cli import main
     from consistcam.evaluation import evaluate_run
-    from consistcam.train.run_folder import read_status
+    from consistcam.run.status import read_status
     from tests.evaluation.runs import QUICK, make_run
 
     run = make_run(tmp_path)

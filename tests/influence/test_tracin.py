@@ -17,9 +17,9 @@ from consistcam.influence import (
     tracin,
 )
 from consistcam.models import create
+from consistcam.run.checkpoint import read_metadata
+from consistcam.run.kept import kept_checkpoints
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.callbacks import kept_checkpoints
-from consistcam.train.checkpoint import read_metadata
 from tests.helpers import TinyNet
 
 

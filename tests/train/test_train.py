@@ -148,6 +148,40 @@ def test_resume_rejects_a_changed_config(tmp_path):
         Trainer.from_config(tiny(tmp_path, epochs=2, lr=0.2), progress=False, resume=True)
 
 
+def test_a_plain_trainer_run_ends_with_a_model_that_loads(tmp_path):
+    """Built without a TrainConfig, a complete run still has a loadable model.safetensors (issue 23)."""
+    from consistcam.models import create
+    from consistcam.run.status import read_status
+    from consistcam.train import build_strategy
+    from consistcam.train.data import TrainData
+
+    data = TrainData.from_spec("demo:n=32,n_test=16,size=16", 16, "none")
+    model = create("cc_resnet10", len(data.classes))
+    trainer = Trainer(model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05),
+                      Schedule(0.05, 1), epochs=1, batch_size=16, device="cpu", progress=False, run_dir=tmp_path)
+    trainer.fit()
+    assert read_status(tmp_path)["state"] == "complete"
+    loaded, info = load_model(tmp_path, "cpu")
+    assert info == {"arch": "cc_resnet10", "classes": data.classes, "image_size": 16}
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trainer.module.eval()(x))
+
+
+def test_a_trainer_refuses_a_run_folder_it_could_not_load_again(tmp_path):
+    from consistcam.train import build_strategy
+    from consistcam.train.data import TrainData
+    from tests.helpers import TinyNet
+
+    data = TrainData.from_spec("demo:n=32,n_test=16,size=16", 16, "none")
+    model = TinyNet(len(data.classes))
+    args = (model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, 1))
+    with pytest.raises(ValueError, match="was not built by consistcam.models.create"):
+        Trainer(*args, epochs=1, device="cpu", progress=False, run_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+    Trainer(*args, epochs=1, device="cpu", progress=False)  # nothing written: nothing to load again
+
+
 def test_training_set_is_read_once(tmp_path, monkeypatch):
     import consistcam.train.data as train_data
 
@@ -329,29 +363,14 @@ def test_run_folder_life_cycle(tmp_path, capsys):
     assert json.loads((run / "status.json").read_text())["epochs"] == 1
 
 
-def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path, capsys):
-    from consistcam.train.run_folder import RunFolderError, prepare_new_run
-
-    folder = tmp_path / "d"  # issue 25: --overwrite used to delete d/notes.txt
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    folder = tmp_path / "d"  # issue 25: --overwrite used to delete d/notes.txt (more in tests/run/test_status.py)
     folder.mkdir()
     (folder / "notes.txt").write_text("precious\n")
     assert main(["train", "--data", "demo:n=64,size=16", "--epochs", "1", "--batch-size", "16", "--quiet",
                  "--out", str(folder), "--overwrite"]) == 2
     assert f"--overwrite: {folder} is not a consistcam run folder" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
-    run = tmp_path / "run"  # a run folder (its files), then with a foreign file at the top and inside eval/
-    for name in ("status.json", "config.yaml", "model.safetensors", "eval/metrics.json",
-                 "tb/events.out.tfevents.1.host", "consistency/epoch_000.safetensors", ".model.safetensors.x.tmp"):
-        (run / name).parent.mkdir(parents=True, exist_ok=True)
-        (run / name).write_text('{"state": "complete"}' if name == "status.json" else "x")
-    for foreign in ("notes.txt", "eval/notes.txt"):
-        (run / foreign).write_text("precious\n")
-        with pytest.raises(RunFolderError, match=f"holds files consistcam did not write \\({foreign}\\)"):
-            prepare_new_run(run, overwrite=True)
-        assert (run / foreign).read_text() == "precious\n" and (run / "model.safetensors").is_file()
-        (run / foreign).unlink()
-    prepare_new_run(run, overwrite=True)  # only its own files: replaced
-    assert not run.exists()
 
 
 @pytest.mark.parametrize("argv,message", [

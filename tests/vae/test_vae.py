@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from consistcam.cli import main
 from consistcam.config import ConfigError
-from consistcam.train.callbacks import kept_checkpoints
-from consistcam.train.checkpoint import read_metadata
+from consistcam.run.checkpoint import read_metadata
+from consistcam.run.kept import kept_checkpoints
 from consistcam.vae import (
     ConvVAE,
     VAEConfig,
@@ -74,7 +74,7 @@ def test_kl_only_gradient_of_the_encoder_head_by_hand():
 
 
 TINY = dict(data="demo:n=24,size=16", image_size=16, latent_dim=4, widths=[4, 8], epochs=2, batch_size=8,
-            lr=1e-3, keep_every=1)
+            lr=1e-3, keep_checkpoints=1)
 
 
 @pytest.fixture(scope="module")

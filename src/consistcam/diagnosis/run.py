@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from consistcam.metrics.groups import alignment
 from consistcam.metrics.identification import identification
 from consistcam.report.results import DIAGNOSIS_DIR, DIAGNOSIS_FILE, ROUNDS_GLOB, load_tensors
+from consistcam.run.layout import config_path, read_config
 from consistcam.utils import atomic_write
 
 JTT_FILE = "jtt/error_set.safetensors"
@@ -35,12 +35,9 @@ COLUMNS = ("source", "epoch", "auc", "precision_at_k", "weight_share", "set_size
 
 
 def _config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("data"), str):
-        raise ValueError(f"{path}: no 'data' spec; the file is damaged")
+    cfg = read_config(run_dir, hint=f"is {run_dir} a run folder?")
+    if not isinstance(cfg.get("data"), str):
+        raise ValueError(f"{config_path(run_dir)}: no 'data' spec; the file is damaged")
     return cfg
 
 

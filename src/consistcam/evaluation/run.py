@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Subset
 
 from consistcam.config import to_dict
@@ -24,28 +23,16 @@ from consistcam.evaluation.config import EvaluationConfig
 from consistcam.evaluation.pipeline import evaluate_model, stream_seeds
 from consistcam.metrics import GroupAccuracy, alignment, group_report
 from consistcam.report.results import METRICS_FILE, examples_file, per_sample_file
+from consistcam.run.layout import config_path, read_config, run_folder, run_option
 from consistcam.utils import atomic_save_tensors, atomic_write
 
 
-def run_folder(run: str | Path) -> Path:
-    """The run folder of a run folder or of a ``model.safetensors`` path."""
-    return Path(run) if Path(run).is_dir() else Path(run).parent
-
-
 def run_data(run_dir: Path) -> str:
-    """The data spec the run was trained on (its config.yaml)."""
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: pass the data spec (--data) for a model without its run folder")
-    return yaml.safe_load(config.read_text())["data"]
-
-
-def run_option(run_dir: Path, key: str, default=None):
-    """An option of the run's config.yaml (``default`` without one)."""
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        return default
-    return (yaml.safe_load(config.read_text()) or {}).get(key, default)
+    """The data spec the run was trained on (its config)."""
+    config = read_config(run_dir, hint="pass the data spec (--data) for a model without its run folder")
+    if not isinstance(config.get("data"), str):
+        raise ValueError(f"{config_path(run_dir)}: no 'data' spec; pass --data or repair the file")
+    return config["data"]
 
 
 def start_evaluation(out_dir: Path) -> None:
@@ -53,7 +40,7 @@ def start_evaluation(out_dir: Path) -> None:
     file it names. Before the first new file, the previous metrics.json and report.html go (a kill
     now leaves no metrics.json rather than one describing other files), and so do temporaries a
     killed evaluation left behind."""
-    from consistcam.train.run_folder import remove_stale_temporaries
+    from consistcam.run.status import remove_stale_temporaries
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
@@ -137,9 +124,9 @@ def evaluate_run(
     report.html rendered from those files. An interrupted run is refused unless ``allow_incomplete``.
     """
     from consistcam.report import render_evaluation
+    from consistcam.run.checkpoint import load_model
     from consistcam.run.device import resolve_device
-    from consistcam.train import load_model  # only for the model; evaluation never trains
-    from consistcam.train.run_folder import require_complete
+    from consistcam.run.status import require_complete
 
     config = config or EvaluationConfig()
     if options:  # from_dict: an unknown option is named, with its near matches

@@ -12,18 +12,14 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Subset
 
 from consistcam.config import to_dict
 from consistcam.fool.finetune import FoolConfig, fool_model, frozen_copy, measure_fooling
 from consistcam.report.results import FOOL_EXAMPLES_FILE, FOOL_FILE  # one definition: the report reads them
+from consistcam.run.layout import model_path, read_config, run_folder, run_option, write_config
+from consistcam.run.status import prepare_new_run, require_complete, write_metrics, write_status
 from consistcam.utils import atomic_save_tensors, atomic_write, seed_everything
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str | torch.device = "auto",
@@ -36,13 +32,12 @@ def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str |
     holds a run (unless ``overwrite``); it is ``running`` until the last file is written.
     """
     from consistcam.data import build_dataset, build_transform, collate, eval_splits
-    from consistcam.evaluation.run import run_data, run_folder, run_option
-    from consistcam.train import load_model
-    from consistcam.train.run_folder import prepare_new_run, require_complete, write_status
+    from consistcam.evaluation.run import run_data
+    from consistcam.run.checkpoint import load_model
 
     run_dir, out = run_folder(run), Path(out)
-    if not (run_dir / "model.safetensors").is_file() and not Path(run).is_file():
-        raise FileNotFoundError(f"{run_dir / 'model.safetensors'} not found (is {run} a trained run folder?)")
+    if not model_path(run_dir).is_file() and not Path(run).is_file():
+        raise FileNotFoundError(f"{model_path(run_dir)} not found (is {run} a trained run folder?)")
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out {out} is the run being fooled; write the fooled model to a new folder")
     require_complete(run_dir, allow_incomplete)
@@ -61,9 +56,8 @@ def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str |
 
     prepare_new_run(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    config = {**(config or {"data": data}), "out": str(out)}
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+    config = {**(read_config(run_dir, missing_ok=True) or {"data": data}), "out": str(out)}
+    write_config(out, config)
     write_status(out, "running", fooled_from=str(run_dir.resolve()), kind=cfg.kind)
 
     seed_everything(cfg.seed)
@@ -77,20 +71,20 @@ def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str |
 
     def on_epoch_end(record: dict) -> None:
         records.append(record)
-        _write_jsonl(out / "metrics.jsonl", records)
+        write_metrics(out, records)
 
     fool_model(model, batches, cfg, on_epoch_end, progress)
     view = Subset(test, range(min(cfg.subset, len(test)))) if cfg.subset and cfg.kind != "active" else test
     loader = DataLoader(view, batch_size=cfg.eval_batch_size, collate_fn=collate)
     results, examples = measure_fooling(original, model, loader, cfg, progress)
 
-    from consistcam.train import save_model
+    from consistcam.run.checkpoint import save_model
 
-    save_model(out / "model.safetensors", model, info["arch"], num_classes,
+    save_model(model_path(out), model, info["arch"], num_classes,
                bool(config.get("small_input", False)), info["classes"], info.get("image_size"))
     if records:
         records[-1] = {**records[-1], f"{test_split}/acc": results["acc_after"]}
-        _write_jsonl(out / "metrics.jsonl", records)
+        write_metrics(out, records)
     doc = {"source": str(run_dir.resolve()), "command": command, "data": data, "split": test_split,
            "config": to_dict(cfg), **results,
            "examples": FOOL_EXAMPLES_FILE if examples else None}

@@ -65,7 +65,7 @@ def _ecl_row(check: str, scores_file: Path, ids: Tensor, self_influence: Tensor,
 
 def run_checks(run: str | Path, n_test: int = 20, k: int = 10, batch_size: int = 256) -> list[dict]:
     from consistcam.data import build_dataset, build_transform
-    from consistcam.train.checkpoint import load_model
+    from consistcam.run.checkpoint import load_model
 
     run = Path(run)
     data = run_data(run)

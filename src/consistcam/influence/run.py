@@ -20,19 +20,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from consistcam.influence.gradients import classifier_gradients
 from consistcam.influence.html import Row, write_grid_html
 from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
+from consistcam.run.checkpoint import load_model, read_metadata
 from consistcam.run.device import resolve_device
-from consistcam.train.callbacks import KEPT_FORMAT, kept_checkpoints
-from consistcam.train.checkpoint import read_metadata
+from consistcam.run.kept import KEPT_FORMAT, kept_checkpoints
+from consistcam.run.layout import KEPT_DIR, model_path, read_config
 from consistcam.utils import atomic_save_tensors, load_tensor_file
-
-
-def _run_config(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def load_kept_model(path: str | Path) -> nn.Module:
@@ -53,7 +45,7 @@ def run_checkpoints(run_dir: str | Path, last: int | None = None) -> list[TracIn
     run_dir = Path(run_dir)
     kept = kept_checkpoints(run_dir)
     if not kept:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no kept checkpoints: TracIn needs them; "
+        raise FileNotFoundError(f"{run_dir / KEPT_DIR} holds no kept checkpoints: TracIn needs them; "
                                 "train with --keep-checkpoints every=N (e.g. every=1 for short runs)")
     return kept_tracin_checkpoints(kept, load_kept_model, last)
 
@@ -77,7 +69,7 @@ def run_data(run_dir: str | Path) -> RunData:
     """The run's training split as it was trained (same data spec, image size and subset), un-augmented."""
     from consistcam.data import build_dataset, build_transform
 
-    cfg = _run_config(Path(run_dir))
+    cfg = read_config(run_dir, hint=f"is {run_dir} a run folder?")
     spec, size = cfg.get("data", "demo"), cfg.get("image_size")
     train = build_dataset(spec, "train", build_transform(size, "none"), skip_bad=True) if cfg.get("skip_bad") else \
         build_dataset(spec, "train", build_transform(size, "none"))
@@ -136,8 +128,6 @@ def influence_for_run(run: str | Path, tests: Sequence[str] = (), *, self_influe
     """TracIn of a run: influence of every training sample on each test image (labelled with its
     true class for ``SPLIT:INDEX``, with the final model's prediction for files) and/or the
     self-influence ranking. Writes OUT/influence.safetensors and OUT/influence.html."""
-    from consistcam.train.checkpoint import load_model
-
     run_dir = Path(run)
     if not tests and not self_influence:
         raise ValueError("nothing to do: give --test IMAGES and/or --self")
@@ -149,7 +139,7 @@ def influence_for_run(run: str | Path, tests: Sequence[str] = (), *, self_influe
     test_batch, names = None, []
     if tests:
         images, labels, names = load_test_images(tests, data)
-        final, _ = load_model(run_dir, dev) if (run_dir / "model.safetensors").is_file() else \
+        final, _ = load_model(run_dir, dev) if model_path(run_dir).is_file() else \
             (checkpoints[-1].load().to(dev), None)
         labels = torch.where(labels < 0, predict(final, images, dev), labels)
         test_batch = {"image": images, "label": labels, "id": torch.arange(len(images))}

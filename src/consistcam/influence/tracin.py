@@ -52,13 +52,12 @@ def kept_tracin_checkpoints(kept: dict[int, Path], loader: Callable[[Path], nn.M
     """The kept checkpoints ``{epoch: path}`` of a run (classifier or VAE) in epoch order, only the
     ``last`` few if given, each loaded lazily by ``loader`` and weighted by the learning rate and
     number of epochs stored in its metadata."""
-    from consistcam.train.checkpoint import read_metadata
+    from consistcam.run.kept import read_kept
 
     out = []
     for epoch, path in list(kept.items())[-last if last else 0:]:
-        meta = read_metadata(path)
-        out.append(TracInCheckpoint(lambda p=path: loader(p), float(meta["lr"]),
-                                    float(meta.get("interval_epochs", 1)), name=f"epoch {epoch}"))
+        info = read_kept(path)
+        out.append(TracInCheckpoint(lambda p=path: loader(p), info.lr, info.interval_epochs, name=f"epoch {epoch}"))
     return out
 
 

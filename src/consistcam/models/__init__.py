@@ -1,7 +1,16 @@
 """Model factory: ``create(name, num_classes, pretrained=False, small_input=False)``."""
 
-from consistcam.models.factory import IMAGENET_MEAN, IMAGENET_STD, MODELS, Normalize, SmallResNet, create, list_models
+from consistcam.models.factory import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    Normalize,
+    SmallResNet,
+    create,
+    list_models,
+    model_recipe,
+)
 from consistcam.models.state import preserved_state
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "Normalize", "SmallResNet", "create", "list_models",
-           "preserved_state"]
+           "model_recipe", "preserved_state"]

@@ -208,7 +208,15 @@ def create(
     cfg = getattr(model, "pretrained_cfg", None) or {}  # timm: the statistics its weights expect
     mean = cfg.get("mean", IMAGENET_MEAN) if mean is None else mean
     std = cfg.get("std", IMAGENET_STD) if std is None else std
-    return Normalize(model, mean, std)
+    wrapped = Normalize(model, mean, std)
+    wrapped._consistcam_recipe = {"arch": name, "small_input": bool(small_input)}
+    return wrapped
+
+
+def model_recipe(model: nn.Module) -> dict | None:
+    """``{"arch", "small_input"}`` of a model :func:`create` built (normalised), which is what a saved
+    model file needs to be rebuilt by name; None for any other model."""
+    return getattr(model, "_consistcam_recipe", None)
 
 
 def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from torch import Tensor
 
+from consistcam.run.layout import METRICS_FILE as HISTORY_FILE
+from consistcam.run.layout import MODEL_FILE
+
 METRICS_FILE = "metrics.json"
-HISTORY_FILE = "metrics.jsonl"
 ROUNDS_GLOB = "consistency/epoch_*.safetensors"
 DIAGNOSIS_DIR = "diagnosis"  # written by ``consistcam diagnose RUN``
 DIAGNOSIS_FILE = "diagnosis.json"
@@ -148,7 +150,7 @@ class SavedEvaluation:
         """The run folder (training curves, ECL rounds): the parent of ``eval/`` or the one recorded."""
         recorded = [Path(self.meta["run"])] if self.meta.get("run") else []
         for candidate in (self.eval_dir.parent, *recorded):
-            if any((candidate / f).exists() for f in ("metrics.jsonl", "model.safetensors")):
+            if any((candidate / f).exists() for f in (HISTORY_FILE, MODEL_FILE)):
                 return candidate
         return None
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from consistcam.config import ConfigError
+from consistcam.run.layout import read_config
 
 DEVICE_HELP = ("device: auto (the run's device if it exists here, else cuda when available, else cpu), "
                "cpu, cuda, cuda:N or mps")
@@ -36,7 +36,7 @@ def _available(device: torch.device) -> str | None:
 
 def resolve_device(name: str | torch.device | None = "auto", run_dir: str | Path | None = None) -> torch.device:
     """The ``torch.device`` for ``name``; ``auto``/None picks the device of ``run_dir`` (its
-    config.yaml) when that exists here, else CUDA when present, else the CPU."""
+    config) when that exists here, else CUDA when present, else the CPU."""
     if isinstance(name, torch.device):
         problem = _available(name)
         if problem:
@@ -61,10 +61,8 @@ def resolve_device(name: str | torch.device | None = "auto", run_dir: str | Path
 
 def run_device(run_dir: str | Path) -> torch.device | None:
     """The device a run folder was configured for (None: no config, or ``auto``/unreadable)."""
-    path = Path(run_dir)
-    config = (path if path.is_dir() else path.parent) / "config.yaml"
     try:
-        name = (yaml.safe_load(config.read_text()) or {}).get("device", "auto")
+        name = read_config(run_dir, missing_ok=True).get("device", "auto")
         return None if name in (None, "auto") else torch.device(str(name))
-    except (OSError, ValueError, RuntimeError, AttributeError, yaml.YAMLError):
+    except (OSError, ValueError, RuntimeError):  # ConfigError is a ValueError
         return None

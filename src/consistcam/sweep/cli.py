@@ -54,11 +54,11 @@ def add_command(sub, formatter_class) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from consistcam.run.status import read_status
     from consistcam.sweep import grid as g
     from consistcam.sweep.runner import collect, evaluation_options, is_evaluated, member_config, run_members
     from consistcam.sweep.table import write_outputs
     from consistcam.train import STRATEGIES, TrainConfig
-    from consistcam.train.run_folder import read_status
 
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"sweep CONFIG {args.config} not found (a YAML file of training options)")

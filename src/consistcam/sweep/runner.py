@@ -18,17 +18,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from consistcam.evaluation.config import EvaluationConfig
+from consistcam.run.layout import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_LOCAL_KEYS,
+    config_differences,
+    config_path,
+    metrics_path,
+    model_path,
+    read_config,
+)
+from consistcam.run.status import read_metrics, read_status
 from consistcam.sweep.grid import Member
 from consistcam.train import TrainConfig
 from consistcam.train.config import merge
-from consistcam.train.run_folder import read_metrics, read_status
 from consistcam.utils import atomic_write
 
 EVAL_MARKER = "sweep_evaluate.json"  # in the evaluation folder: the arguments it was evaluated with
-IGNORED = ("out", "workers", "device")
 SUMMARY = "summary"  # may differ between invocations without changing the run
 
 
@@ -44,17 +51,14 @@ def member_config(config: str | Path | None, base: Mapping, member: Member, root
 
 def _resolved(d: Mapping) -> dict:
     """A config mapping with defaults filled in (old layouts upgraded), for comparing two configs."""
-    return {k: v for k, v in TrainConfig.from_dict({**d, "out": "x"}).to_dict().items() if k not in IGNORED}
+    return {k: v for k, v in TrainConfig.from_dict({**d, "out": "x"}).to_dict().items() if k not in RUN_LOCAL_KEYS}
 
 
 def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse a run folder that holds a different run (the CONFIG file or the grid changed)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not config_path(run_dir).is_file():
         return
-    saved = _resolved(yaml.safe_load(path.read_text()) or {})
-    mine = _resolved(cfg.to_dict())
-    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    diff = config_differences(_resolved(read_config(run_dir)), _resolved(cfg.to_dict()))
     if diff:
         raise ValueError(f"{run_dir} holds a run whose config differs from this sweep member's in {diff}; "
                          f"use another --out or delete that folder")
@@ -70,7 +74,7 @@ def train_member(cfg: TrainConfig, progress: bool = False) -> str:
         check_same_config(run_dir, cfg)
     if state == "complete":
         return "skipped"
-    resume = run_dir.is_dir() and any((run_dir / f).is_file() for f in ("config.yaml", "checkpoint.safetensors"))
+    resume = run_dir.is_dir() and any((run_dir / f).is_file() for f in (CONFIG_FILE, CHECKPOINT_FILE))
     trainer = Trainer.from_config(cfg, progress=progress, resume=resume)
     trainer.fit()
     return "resumed" if resume else "trained"
@@ -78,7 +82,7 @@ def train_member(cfg: TrainConfig, progress: bool = False) -> str:
 
 def _model_stamp(run_dir: Path) -> str:
     """Content hash of the trained model: a re-trained member is evaluated again, a copied one is not."""
-    model = run_dir / "model.safetensors"
+    model = model_path(run_dir)
     if not model.is_file():
         return ""
     digest = hashlib.sha256()
@@ -154,7 +158,7 @@ def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -
         summary = json.loads((saved.eval_dir / "metrics.json").read_text()).get("summary")
         if isinstance(summary, dict):  # across-split figures (shortcut data: acc_correlated, worst_group_acc, ...)
             splits[SUMMARY] = dict(summary)
-        epochs = read_metrics(run_dir / "metrics.jsonl")
+        epochs = read_metrics(metrics_path(run_dir))
         if epochs and all("time_s" in r for r in epochs):  # the cost of the method: training wall time
             splits.setdefault(SUMMARY, {})["train_time_s"] = sum(r["time_s"] for r in epochs)
         for split, metrics in splits.items():

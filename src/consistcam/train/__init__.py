@@ -1,7 +1,8 @@
-"""Trainer, strategies (erm, ecl, ...), callbacks and checkpoints."""
+"""Trainer, strategies (erm, ecl, ...) and callbacks; the checkpoint functions are re-exported from
+consistcam.run (the run-folder layout lives there)."""
 
+from consistcam.run.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from consistcam.train.callbacks import Callback, Checkpointer, ConsolePrinter, JsonlLogger, TensorBoardLogger
-from consistcam.train.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
 from consistcam.train.strategies import (

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from consistcam.train.checkpoint import save_checkpoint, save_model
-from consistcam.utils import atomic_save_tensors, fault_point
+from consistcam.run.checkpoint import save_checkpoint, save_model
+from consistcam.run.kept import KEPT_FORMAT, is_kept_epoch, kept_checkpoints, write_kept
+from consistcam.run.layout import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE
+from consistcam.utils import fault_point
 
 if TYPE_CHECKING:
     from consistcam.train.trainer import Trainer
@@ -35,10 +36,10 @@ class JsonlLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.is_main and trainer.run_dir is not None:
             line = json.dumps(record) + "\n"
-            with open(trainer.run_dir / "metrics.jsonl", "a") as f:
+            with open(trainer.run_dir / METRICS_FILE, "a") as f:
                 f.write(line[: len(line) // 2])
                 f.flush()
-                fault_point("write:metrics.jsonl")  # a kill here leaves a torn line (the crash tests)
+                fault_point(f"write:{METRICS_FILE}")  # a kill here leaves a torn line (the crash tests)
                 f.write(line[len(line) // 2:])
 
 
@@ -66,42 +67,28 @@ class TensorBoardLogger(Callback):
             self.writer = None
 
 
-KEPT_DIR = "checkpoints"
-KEPT_FORMAT = "consistcam-kept-checkpoint-1"
-_KEPT_NAME = re.compile(r"^epoch_(\d+)\.safetensors$")
-
-
-def kept_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """The kept checkpoints of a run, by epoch (``RUN/checkpoints/epoch_XXX.safetensors``)."""
-    folder = Path(run_dir) / KEPT_DIR
-    if not folder.is_dir():
-        return {}
-    found = {int(m.group(1)): p for p in folder.iterdir() if (m := _KEPT_NAME.match(p.name))}
-    return dict(sorted(found.items()))
-
-
 class Checkpointer(Callback):
     """RUN/checkpoint.safetensors (exact resume) and RUN/model.safetensors (the model alone), both
-    rewritten atomically after every epoch; with ``keep_checkpoints: N``, also the weights of every
-    N-th epoch and of the last one in RUN/checkpoints/ (what TracIn sums over)."""
+    rewritten atomically after every epoch, so a complete run always has a model ``load_model``
+    rebuilds; with ``keep_checkpoints: N``, also the weights of every N-th epoch and of the last one
+    in RUN/checkpoints/ (what TracIn sums over)."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if not trainer.is_main or trainer.run_dir is None:
             return
-        cfg = trainer.config
+        recipe = trainer.model_recipe
+        if recipe is None:  # the Trainer refuses this at construction; a Checkpointer added later cannot
+            raise ValueError(_NO_RECIPE)
         # the model first: a kill between the two writes leaves the previous checkpoint, so resume
         # redoes the epoch and rewrites both (the other order could leave a stale model.safetensors)
-        if cfg is not None:
-            save_model(trainer.run_dir / "model.safetensors", trainer.module, cfg.arch, len(trainer.data.classes),
-                       cfg.small_input, trainer.data.classes, cfg.image_size)
-            every = cfg.keep_checkpoints or 0
-            epoch = record["epoch"]
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == trainer.epochs):
-                # before checkpoint.safetensors: a kill in between makes resume redo (and rewrite) this epoch
-                self.keep(trainer, epoch)
-        save_checkpoint(trainer.run_dir / "checkpoint.safetensors", trainer.module, trainer.optimizer,
+        save_model(trainer.run_dir / MODEL_FILE, trainer.module, recipe["arch"], len(trainer.data.classes),
+                   recipe["small_input"], trainer.data.classes, recipe["image_size"])
+        cfg = trainer.config
+        if cfg is not None and is_kept_epoch(record["epoch"], cfg.keep_checkpoints or 0, trainer.epochs):
+            # before checkpoint.safetensors: a kill in between makes resume redo (and rewrite) this epoch
+            self.keep(trainer, record["epoch"])
+        save_checkpoint(trainer.run_dir / CHECKPOINT_FILE, trainer.module, trainer.optimizer,
                         trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
-
 
     @staticmethod
     def keep(trainer: Trainer, epoch: int) -> Path:
@@ -109,20 +96,20 @@ class Checkpointer(Callback):
         learning rate over the epochs since the previous kept checkpoint and how many epochs that is
         (TracIn weighs each checkpoint's gradient products by lr x epochs). The interval is read from
         the files on disk, so a resumed or extended run counts each epoch once."""
-        cfg = trainer.config
+        cfg, recipe = trainer.config, trainer.model_recipe
         earlier = [e for e in kept_checkpoints(trainer.run_dir) if e < epoch]
         first = earlier[-1] + 1 if earlier else 0
         steps = max(1, math.ceil(len(trainer.data.indices) / trainer.batch_size))
         lrs = [float(trainer.schedule(s, steps)) for s in range(first * steps, (epoch + 1) * steps)]
-        meta = {"format": KEPT_FORMAT, "arch": cfg.arch, "num_classes": str(len(trainer.data.classes)),
-                "small_input": str(bool(cfg.small_input)), "classes": json.dumps(trainer.data.classes),
-                "image_size": json.dumps(cfg.image_size), "epoch": str(epoch), "lr": repr(sum(lrs) / len(lrs)),
-                "lr_last": repr(lrs[-1]), "interval_epochs": str(epoch + 1 - first), "steps_per_epoch": str(steps),
-                "method": cfg.method, "data": cfg.data}
-        path = trainer.run_dir / KEPT_DIR / f"epoch_{epoch:03d}.safetensors"
-        atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in trainer.module.state_dict().items()},
-                            path, meta)
-        return path
+        meta = {"format": KEPT_FORMAT, "arch": recipe["arch"], "num_classes": str(len(trainer.data.classes)),
+                "small_input": str(bool(recipe["small_input"])), "classes": json.dumps(trainer.data.classes),
+                "image_size": json.dumps(recipe["image_size"]), "lr_last": repr(lrs[-1]),
+                "steps_per_epoch": str(steps), "method": cfg.method, "data": cfg.data}
+        return write_kept(trainer.run_dir, epoch, trainer.module, sum(lrs) / len(lrs), epoch + 1 - first, meta)
+
+
+_NO_RECIPE = (f"the Checkpointer writes {MODEL_FILE}, which names the model's architecture: build the "
+              "model with consistcam.models.create (it records the name) or pass config= to the Trainer")
 
 
 class ConsolePrinter(Callback):

@@ -26,6 +26,7 @@ import yaml
 from consistcam.config import ConfigError, from_dict, load_yaml, option, registered, to_dict, validate
 from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
+from consistcam.run.kept import keep_check, keep_every
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -55,31 +56,6 @@ def _arch_check(value: str) -> str | None:
 
 def _device_check(value: str) -> str | None:
     return None if _DEVICE.match(value) else "expected auto, cpu, cuda, cuda:N or mps"
-
-
-def keep_every(value: int | str | None) -> int:
-    """Epochs between kept checkpoints from ``N``, ``"N"`` or ``"every=N"`` (0 or None: none kept)."""
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value
-    text = value.strip()
-    every = text.startswith("every=")
-    try:
-        n = int(text[len("every="):] if every else text)
-    except ValueError:
-        raise ConfigError(f"keep_checkpoints: expected every=N or an integer N >= 0, got {value!r}") from None
-    if every and n < 1:  # "every=0" is not "none": say so instead of keeping nothing
-        raise ConfigError(f"keep_checkpoints: every=N needs N >= 1, got {value!r} (leave the option out to keep none)")
-    return n
-
-
-def _keep_check(value: int | str) -> str | None:
-    try:
-        n = keep_every(value)
-    except ConfigError as err:
-        return str(err).removeprefix("keep_checkpoints: ").split(", got")[0]
-    return None if n >= 0 else "must be >= 0"
 
 
 @dataclass
@@ -124,7 +100,7 @@ class TrainConfig:
     out: str = option("runs/run", "run folder")
     keep_checkpoints: int | str | None = option(
         None, "keep the weights of every N-th epoch (and the last) with their learning rate, as TracIn needs "
-        "(consistcam influence): every=N or N; RUN/checkpoints/epoch_XXX.safetensors", check=_keep_check)
+        "(consistcam influence): every=N or N; RUN/checkpoints/epoch_XXX.safetensors", check=keep_check())
     # the method's own options (a dataclass instance, e.g. ECLConfig); a mapping is validated into one
     strategy: Any = field(default=None, metadata={"help": "options of the chosen method"})
 

@@ -21,11 +21,21 @@ from torch import nn
 
 from consistcam.config import ConfigError
 from consistcam.data.images import check_image_size
-from consistcam.models import create
+from consistcam.models import create, model_recipe
 from consistcam.models.state import preserved_state
+from consistcam.run.checkpoint import load_checkpoint
 from consistcam.run.device import resolve_device
-from consistcam.train.callbacks import Callback, default_callbacks
-from consistcam.train.checkpoint import load_checkpoint
+from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_LOCAL_KEYS, config_differences
+from consistcam.run.status import (
+    discard_unstarted_run,
+    prepare_new_run,
+    read_metrics,
+    read_status,
+    remove_stale_temporaries,
+    tensor_file_digests,
+    write_status,
+)
+from consistcam.train.callbacks import Callback, Checkpointer, default_callbacks
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
 from consistcam.train.distributed import (
@@ -35,15 +45,6 @@ from consistcam.train.distributed import (
     broadcast_object,
     gather_cat,
     init_distributed,
-)
-from consistcam.train.run_folder import (
-    discard_unstarted_run,
-    prepare_new_run,
-    read_metrics,
-    read_status,
-    remove_stale_temporaries,
-    tensor_file_digests,
-    write_status,
 )
 from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
 from consistcam.train.task import Task, f1_from_counts, multi_hot, multilabel_counts, resolve_task
@@ -108,6 +109,8 @@ class Trainer:
             ``multilabel`` (sigmoid + BCE; see :func:`consistcam.train.task.resolve_task`).
         run_dir: where callbacks and the strategy write (None: nothing is written).
         config: the :class:`TrainConfig` this trainer was built from (stored in checkpoints).
+            Without it, a run folder's model.safetensors names the architecture ``create`` built
+            ``model`` with; a model from elsewhere is refused when a Checkpointer would save it.
     """
 
     def __init__(self, model: nn.Module, data: TrainData, strategy: Strategy, optimizer: torch.optim.Optimizer,
@@ -117,6 +120,13 @@ class Trainer:
                  progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
                  dist_info: DistInfo | None = None, sync_bn: bool = False, preload: str = "off") -> None:
         self.device = resolve_device(device)
+        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
+        self.model_recipe = _recipe(model, config, data)
+        if run_dir is not None and self.model_recipe is None and any(isinstance(cb, Checkpointer)
+                                                                     for cb in self.callbacks):
+            raise ValueError(f"Trainer: run_dir is set but {type(model).__name__} was not built by "
+                             "consistcam.models.create and no config= names its architecture, so the run's "
+                             "model file could not be loaded again; build it with create() or pass config=")
         self.dist = dist_info or DistInfo()
         self.module = model.to(self.device)  # the model itself; self.model is what trains (DDP-wrapped)
         if channels_last:
@@ -129,7 +139,6 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids,
                                                              process_group=self.dist.group)
         self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
-        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -204,11 +213,11 @@ class Trainer:
     @staticmethod
     def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool) -> bool:
         """Check (and tidy) the run folder; returns whether there is a checkpoint to resume from."""
-        if resume and not (run_dir / "checkpoint.safetensors").is_file():
-            if not (run_dir / "config.yaml").is_file():
-                raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.safetensors'} not found")
+        if resume and not (run_dir / CHECKPOINT_FILE).is_file():
+            if not (run_dir / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"cannot resume: {run_dir / CHECKPOINT_FILE} not found")
             # killed before its first checkpoint: start over, dropping what the first epoch left
-            for name in ("metrics.jsonl", "consistency", "tb"):
+            for name in (METRICS_FILE, "consistency", "tb"):
                 path = run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             return False
@@ -236,15 +245,13 @@ class Trainer:
     def resume(self) -> None:
         """Restore model, optimizer and strategy from RUN/checkpoint.safetensors; the config must match
         the checkpoint's except for epochs, out, workers and device."""
-        path = self.run_dir / "checkpoint.safetensors"
+        path = self.run_dir / CHECKPOINT_FILE
         status = read_status(self.run_dir)
         state = load_checkpoint(path, self.module, self.optimizer)
         if self.config is not None:
-            ignore = ("epochs", "out", "workers", "device")
-            saved = {k: v for k, v in state["config"].items() if k not in ignore}
+            saved = {k: v for k, v in dict(state["config"]).items() if k not in RUN_LOCAL_KEYS}
             saved = TrainConfig.from_dict({**saved, "out": "x"}).to_dict()  # old layouts, defaults filled in
-            mine = self.config.to_dict()
-            diff = sorted(k for k in saved if k not in ignore and saved[k] != mine.get(k))
+            diff = config_differences(saved, self.config.to_dict(), ignore_epochs=True)
             if diff:
                 raise ValueError(f"cannot resume {self.run_dir}: config differs from the checkpoint's in {diff}")
         self.strategy.load_state_dict(state["strategy"])
@@ -252,7 +259,7 @@ class Trainer:
         done = status.get("epochs", state["epoch"] + 1)
         if status["state"] == "complete" and self.epochs > done:
             self.extended_from = done  # an explicit --epochs extension, recorded in status.json
-        log = self.run_dir / "metrics.jsonl"
+        log = self.run_dir / METRICS_FILE
         if log.is_file():  # drop records of epochs after the checkpoint (a crash mid-epoch)
             self.history = [r for r in read_metrics(log) if r.get("epoch", -1) < self.start_epoch]
             if self.is_main:  # rank 0 alone writes the run folder
@@ -271,7 +278,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.run_dir)
             if self.config is not None:
-                self.config.save_yaml(self.run_dir / "config.yaml")
+                self.config.save_yaml(self.run_dir / CONFIG_FILE)
             write_status(self.run_dir, "running", epochs=self.epochs, **self._status_info())
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -418,6 +425,14 @@ class Trainer:
         counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
                                 self.dist)
         return (counts[0] / counts[1].clamp_min(1)).item()
+
+
+def _recipe(model: nn.Module, config: TrainConfig | None, data: TrainData) -> dict | None:
+    """What the run's model file records to rebuild the model: from the config, else from ``create``."""
+    if config is not None:
+        return {"arch": config.arch, "small_input": config.small_input, "image_size": config.image_size}
+    made = model_recipe(model)
+    return None if made is None else {**made, "image_size": data.image_size}
 
 
 def set_deterministic() -> None:

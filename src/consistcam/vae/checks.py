@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from consistcam.influence.ranks import auc, spearman
+from consistcam.run.layout import model_path
 from consistcam.vae.config import VAEConfig
 from consistcam.vae.tracin import TEST_ID_OFFSET, elbo_per_sample, vae_tracin
 from consistcam.vae.train import load_vae, load_vae_data, train_vae
@@ -36,7 +37,7 @@ def _train(base: dict, out: Path, **changes) -> Path:
 
 def check_self(base: dict, out: Path, extra: str, extra_n: int, seed: int, samples: int, params: str = "last") -> dict:
     run = out / f"self_s{seed}"
-    if not (run / "model.safetensors").is_file():
+    if not model_path(run).is_file():
         run = _train(base, run, extra=extra, extra_n=extra_n, seed=seed)
     result, images = vae_tracin(run, samples=samples, seed=seed, params=params)
     data = load_vae_data(VAEConfig(**{**base, "extra": extra, "extra_n": extra_n}), keep_excluded=True)
@@ -90,7 +91,7 @@ def check_proponents(base: dict, out: Path, seed: int, n_test: int, k: int, samp
 
 def check_removal(base: dict, out: Path, seed: int, tests_idx: list[int], k: int, samples: int) -> list[dict]:
     run = out / f"base_s{seed}"
-    if not (run / "model.safetensors").is_file():
+    if not model_path(run).is_file():
         run = _train(base, run, seed=seed)
     tests, _, _ = _test_split(base, max(tests_idx) + 1)
     tests = tests[tests_idx]
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default="last", help="gradients of the self-influence check: last or all")
     args = p.parse_args(argv)
     base = {"data": args.data, "image_size": 32, "latent_dim": 16, "widths": [16, 32, 64], "epochs": args.epochs,
-            "batch_size": 64, "lr": 1e-3, "keep_every": 1}
+            "batch_size": 64, "lr": 1e-3, "keep_checkpoints": 1}
     out = Path(args.out)
     checks = args.checks.split(",")
     for seed in args.seeds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consistcam.config import option, validate
+from consistcam.run.kept import keep_check, keep_every
 
 
 def _widths_check(value: list) -> str | None:
@@ -24,7 +25,8 @@ class VAEConfig:
     optimizer: str = option("adam", "optimizer", choices=("adam", "sgd"))
     lr: float = option(1e-3, "learning rate (constant)", gt=0.0)
     momentum: float = option(0.0, "SGD momentum", ge=0.0, lt=1.0)
-    keep_every: int = option(1, "keep the weights of every N-th epoch (and the last) for TracIn", ge=1)
+    keep_checkpoints: int | str = option(1, "keep the weights of every N-th epoch (and the last) for TracIn: every=N "
+                                         "or N (as consistcam train --keep-checkpoints)", check=keep_check(1))
     subset: int | None = option(None, "train on the first N images only", ge=1)
     extra: str | None = option(None, "data spec whose first extra_n training images are appended (outliers: "
                                      "VAE-TracIn's unsupervised data-cleaning check)")
@@ -37,6 +39,7 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        self.keep_checkpoints = keep_every(self.keep_checkpoints)  # one spelling in config.yaml: an integer
         if self.extra_n and not self.extra:
             from consistcam.config import ConfigError
 

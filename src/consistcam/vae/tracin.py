@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from consistcam.influence.gradients import RandomProjection, per_sample_gradients, select_parameters
 from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tracin_checkpoints, tracin
 from consistcam.run.device import resolve_device
-from consistcam.train.callbacks import kept_checkpoints
+from consistcam.run.kept import kept_checkpoints
+from consistcam.run.layout import KEPT_DIR
 from consistcam.vae.loss import elbo_loss
 from consistcam.vae.model import LAST_LAYERS, ConvVAE
 from consistcam.vae.train import load_vae, load_vae_data, read_vae_config
@@ -89,7 +90,7 @@ def vae_checkpoints(run: str | Path, last: int | None = None) -> list[TracInChec
     """A VAE run's kept checkpoints in epoch order, each weighted by lr · epochs."""
     kept = kept_checkpoints(run)
     if not kept:
-        raise FileNotFoundError(f"{Path(run) / 'checkpoints'} holds no checkpoints: is {run} a VAE run folder?")
+        raise FileNotFoundError(f"{Path(run) / KEPT_DIR} holds no checkpoints: is {run} a VAE run folder?")
     return kept_tracin_checkpoints(kept, load_vae, last)
 
 

@@ -1,7 +1,7 @@
 """``train_vae(config)``: train :class:`ConvVAE` and write a run folder TracIn can read.
 
 RUN/config.yaml, RUN/metrics.jsonl (one line per epoch), RUN/model.safetensors, and every
-``keep_every``-th epoch's weights in RUN/checkpoints/epoch_XXX.safetensors with the learning rate
+``keep_checkpoints``-th epoch's weights in RUN/checkpoints/epoch_XXX.safetensors with the learning rate
 and the number of epochs they stand for; RUN/status.json says ``running`` until the last file is
 written, then ``complete``. All writes are atomic; weights are safetensors (no pickle).
 """
@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from consistcam.config import ConfigError, from_dict, to_dict
-from consistcam.train.checkpoint import read_metadata
-from consistcam.train.run_folder import prepare_new_run, write_status
-from consistcam.utils import atomic_save_tensors, atomic_write, load_tensor_file, progress_bar, seed_everything
+from consistcam.run.checkpoint import read_metadata
+from consistcam.run.device import resolve_device
+from consistcam.run.kept import is_kept_epoch, write_kept
+from consistcam.run.layout import MODEL_FILE, model_path, read_config, write_config
+from consistcam.run.status import prepare_new_run, write_metrics, write_status
+from consistcam.utils import atomic_save_tensors, load_tensor_file, progress_bar, seed_everything
 from consistcam.vae.config import VAEConfig
 from consistcam.vae.loss import elbo_loss
 from consistcam.vae.model import ConvVAE
@@ -69,16 +71,15 @@ def load_vae_data(cfg: VAEConfig, keep_excluded: bool = False) -> VAEData:
     return VAEData(images, ids, labels, extra)
 
 
-def _save_weights(path: Path, model: ConvVAE, meta: dict) -> None:
-    meta = {"format": FORMAT, "model": json.dumps(model.config()), **{k: str(v) for k, v in meta.items()}}
-    atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path, meta)
+def _format(model: ConvVAE) -> dict[str, str]:
+    return {"format": FORMAT, "model": json.dumps(model.config())}
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
     """A VAE from RUN/model.safetensors, a kept checkpoint, or a run folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / MODEL_FILE
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a consistcam VAE file (format {meta.get('format')!r})")
@@ -88,16 +89,14 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
 
 
 def read_vae_config(run: str | Path) -> VAEConfig:
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run} a VAE run folder (consistcam vae train)?")
-    return from_dict(VAEConfig, yaml.safe_load(path.read_text()) or {})
+    config = read_config(run, hint=f"is {run} a VAE run folder (consistcam vae train)?")
+    if "keep_every" in config:  # the option's name in run folders written before it was keep_checkpoints
+        config.setdefault("keep_checkpoints", config.pop("keep_every"))
+    return from_dict(VAEConfig, config)
 
 
 def train_vae(cfg: VAEConfig, overwrite: bool = False, progress: bool = False) -> Path:
     """Train and write the run folder; returns its path."""
-    from consistcam.run.device import resolve_device
-
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
     prepare_new_run(run_dir, overwrite)
@@ -112,8 +111,7 @@ def train_vae(cfg: VAEConfig, overwrite: bool = False, progress: bool = False) -
     optimizer = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam" else
                  torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum))
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(to_dict(cfg),
-                                                                                          sort_keys=False)))
+    write_config(run_dir, to_dict(cfg))
     write_status(run_dir, "running", epochs=cfg.epochs)
     images = data.images.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -138,13 +136,12 @@ def train_vae(cfg: VAEConfig, overwrite: bool = False, progress: bool = False) -
         log.append(record)
         if progress:
             print(json.dumps(record), flush=True)
-        if (epoch + 1) % cfg.keep_every == 0 or epoch + 1 == cfg.epochs:
-            _save_weights(run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", model,
-                          {"epoch": epoch, "lr": repr(cfg.lr), "interval_epochs": epoch - last_kept})
+        if is_kept_epoch(epoch, cfg.keep_checkpoints, cfg.epochs):
+            write_kept(run_dir, epoch, model, cfg.lr, epoch - last_kept, _format(model))
             last_kept = epoch
-        text = "".join(json.dumps(r) + "\n" for r in log)
-        atomic_write(run_dir / "metrics.jsonl", lambda tmp, text=text: Path(tmp).write_text(text))
-    _save_weights(run_dir / "model.safetensors", model, {"epoch": cfg.epochs - 1})
+        write_metrics(run_dir, log)
+    atomic_save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, model_path(run_dir),
+                        {**_format(model), "epoch": str(cfg.epochs - 1)})
     write_status(run_dir, "complete", epochs=cfg.epochs)
     return run_dir
 

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from consistcam.run.layout import MODEL_FILE
 from consistcam.utils import atomic_save_tensors, load_tensor_file
 
 FORMAT = "consistcam-checkpoint-1"
@@ -91,7 +92,7 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> tuple[n
     path = Path(path)
     device = resolve_device(device, path)  # before reading anything: a missing GPU is a one-line error
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / MODEL_FILE
     meta = read_metadata(path)
     if "arch" not in meta:
         raise ValueError(f"{path}: no model metadata (was it written by consistcam?)")

@@ -11,9 +11,8 @@ import time
 import warnings
 from pathlib import Path
 
+from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, KEPT_DIR, METRICS_FILE, MODEL_FILE, STATUS_FILE
 from consistcam.utils import atomic_write
-
-STATUS_FILE = "status.json"
 
 
 class RunFolderError(ValueError):
@@ -33,7 +32,7 @@ def read_status(run_dir: str | Path) -> dict:
         if not isinstance(status, dict) or status.get("state") not in ("running", "complete"):
             raise RunFolderError(f"{path}: not a consistcam run marker; delete it and resume the run")
         return status
-    if (run_dir / "checkpoint.safetensors").is_file():
+    if (run_dir / CHECKPOINT_FILE).is_file():
         return {"state": "running"}
     return {"state": "missing"}
 
@@ -49,7 +48,7 @@ def tensor_file_digests(run_dir: Path) -> dict[str, str]:
     Each file also carries a hash of its tensors, checked on every load (consistcam.utils.load_tensor_file)."""
     import hashlib
 
-    names = ("model.safetensors", "checkpoint.safetensors")
+    names = (MODEL_FILE, CHECKPOINT_FILE)
     return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names if (run_dir / n).is_file()}
 
 
@@ -63,9 +62,9 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 # What a run folder holds that consistcam wrote: top-level files, and folders whose files have these
 # suffixes (consistency rounds, TensorBoard events, kept checkpoints, evaluation and influence outputs).
-RUN_FILES = frozenset({STATUS_FILE, "config.yaml", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
-                       "skipped.txt", "fool.json", "fool_examples.safetensors", "report.html"})
-RUN_FOLDERS = {"consistency": (".safetensors",), "checkpoints": (".safetensors",), "tb": ("events.out.tfevents.",),
+RUN_FILES = frozenset({STATUS_FILE, CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, "skipped.txt",
+                       "fool.json", "fool_examples.safetensors", "report.html"})
+RUN_FOLDERS = {"consistency": (".safetensors",), KEPT_DIR: (".safetensors",), "tb": ("events.out.tfevents.",),
                "eval": (".safetensors", ".json", ".html", ".png"), "influence": (".safetensors", ".json", ".html",
                                                                                  ".png")}
 
@@ -93,7 +92,7 @@ def discard_unstarted_run(run_dir: Path) -> None:
     """After an error before the first checkpoint (an exception, not a kill): remove what this start
     wrote, so the folder is not left ``running`` with nothing to resume; files consistcam did not
     write stay, and so does the folder when they do."""
-    if (run_dir / "checkpoint.safetensors").is_file() or not run_dir.is_dir():
+    if (run_dir / CHECKPOINT_FILE).is_file() or not run_dir.is_dir():
         return
     foreign = set(_foreign_files(run_dir))
     for p in sorted(run_dir.iterdir()):
@@ -114,7 +113,7 @@ def is_run_folder(run_dir: Path) -> bool:
         state = read_status(run_dir)["state"] if run_dir.is_dir() else "missing"
     except RunFolderError:
         return False
-    return state != "missing" or ((run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file())
+    return state != "missing" or ((run_dir / CONFIG_FILE).is_file() and (run_dir / MODEL_FILE).is_file())
 
 
 def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
@@ -134,8 +133,8 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
         raise RunFolderError(f"{run_dir} already holds {what}; use --resume {run_dir} to continue it or "
                              "--overwrite to replace it")
     if not is_run_folder(run_dir):
-        raise RunFolderError(f"--overwrite: {run_dir} is not a consistcam run folder (no status.json, or config.yaml "
-                             "with model.safetensors); nothing was removed: choose another --out")
+        raise RunFolderError(f"--overwrite: {run_dir} is not a consistcam run folder (no {STATUS_FILE}, or "
+                             f"{CONFIG_FILE} with {MODEL_FILE}); nothing was removed: choose another --out")
     foreign = _foreign_files(run_dir)
     if foreign:
         names = ", ".join(str(p.relative_to(run_dir)) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
@@ -147,16 +146,25 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
 def require_complete(run_dir: str | Path, allow_incomplete: bool = False) -> None:
     """For ``evaluate``/``explain``/``report``: an unfinished run is an error unless allowed."""
     run_dir = Path(run_dir)
-    if not (run_dir / STATUS_FILE).is_file() and not (run_dir / "checkpoint.safetensors").is_file():
+    if not (run_dir / STATUS_FILE).is_file() and not (run_dir / CHECKPOINT_FILE).is_file():
         return  # a bare model file or folder: nothing to check
     if read_status(run_dir)["state"] != "complete" and not allow_incomplete:
         raise RunFolderError(f"{run_dir} is not complete (training was interrupted); finish it with "
                              f"`consistcam train --resume {run_dir}` or pass --allow-incomplete")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Records of metrics.jsonl. A torn last line (a kill mid-write) is dropped with a warning; a
-    bad line elsewhere is an error naming the file and line."""
+def write_metrics(run_dir: str | Path, records: list[dict]) -> None:
+    """Rewrite ``RUN/metrics.jsonl`` atomically with ``records`` (one JSON object a line)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(Path(run_dir) / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a run's metrics.jsonl (``path``: the run folder or the file). A torn last line (a
+    kill mid-write) is dropped with a warning; a bad line elsewhere is an error naming the file and line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
