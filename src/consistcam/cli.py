@@ -396,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from consistcam._registry import EntryPointError
+
+    try:
+        parser = build_parser()  # lists the training methods: loads the plug-ins' entry points
+    except EntryPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError are ValueErrors
