@@ -179,7 +179,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.target is not None and args.target >= len(info["classes"]):
             raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
         target = None if args.target is None else torch.tensor([args.target])
-        heat, logits = explain(model, image, target, method=args.method, return_logits=True)
+        heat, logits = explain(model, image, target, explainer=args.method, return_logits=True)
         cls = int(logits.argmax(1)) if args.target is None else args.target
         name = info["classes"][cls] if info["classes"] else str(cls)
         dest = save_overlay(out / dests[path], image[0], heat[0])

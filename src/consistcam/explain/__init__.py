@@ -1,4 +1,4 @@
-"""Batched class-activation heatmaps: ``explain(model, images, targets, method=...)``."""
+"""Batched class-activation heatmaps: ``explain(model, images, targets, explainer=...)``."""
 
 from consistcam.explain._state import capture
 from consistcam.explain.api import explain, list_explainers, normalize_maps

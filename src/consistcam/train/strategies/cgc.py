@@ -63,7 +63,7 @@ class CGCConfig:
     crop_scale: tuple[float, float] = option((0.08, 1.0), "area fraction range of the second view's random "
                                                           "resized crop (reference: (0.08, 1))", check=check_crop_scale)
     flip_p: float = option(0.5, "probability of a horizontal flip of the second view (reference: 0.5)", ge=0.0, le=1.0)
-    method: str = option("hirescam", "explainer of the trained map: hirescam = ReLU(sum_k dy/dA_k * A_k), the "
+    explainer: str = option("hirescam", "explainer of the trained map: hirescam = ReLU(sum_k dy/dA_k * A_k), the "
                                      "reference's map; other gradient CAMs are ablations", choices=GRADIENT_CAMS)
     target: str = option("prediction", "class explained: the prediction on the first view (reference) or the label",
                          choices=("prediction", "label"))
@@ -179,7 +179,7 @@ class CGC(Strategy):
         with keep_batchnorm_updates(model):
             # explain() without its input check: the batch is already [0, 1] images, and the check's
             # host sync would stall every training step
-            return explain(model, CheckedInputs(images, targets), method=self.config.method,
+            return explain(model, CheckedInputs(images, targets), explainer=self.config.explainer,
                            differentiable=True, normalize=False, return_logits=True)
 
     def loss(self, batch: dict) -> StepOutput:

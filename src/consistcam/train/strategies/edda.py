@@ -66,7 +66,7 @@ class EDDAConfig:
     fill: str = option("mean", "occlusion value: mean = each image's per-channel mean, zero = black (the deletion "
                                "metric's baseline), blur = Gaussian blur (kernel 11, sigma 5: the insertion metric's)",
                        choices=FILLS)
-    method: str = option("gradcam", "explainer of the heatmap", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the heatmap", check=registered(METHODS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained (and whose confidence the drop copy lowers): label or prediction",
                          choices=("label", "prediction"))
@@ -127,8 +127,9 @@ class EDDA(Strategy):
         # the data pipeline, so explain's input check (a host sync per step) is skipped
         module = self.ctx.module
         if cfg.target == "label":
-            return explain(module, CheckedInputs(images, labels), method=cfg.method, layer=cfg.layer), labels
-        maps, logits = explain(module, CheckedInputs(images), method=cfg.method, layer=cfg.layer, return_logits=True)
+            return explain(module, CheckedInputs(images, labels), explainer=cfg.explainer, layer=cfg.layer), labels
+        maps, logits = explain(module, CheckedInputs(images), explainer=cfg.explainer, layer=cfg.layer,
+                               return_logits=True)
         return maps, logits.argmax(1)
 
     def terms(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:

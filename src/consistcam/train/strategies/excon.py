@@ -97,7 +97,7 @@ class ExConConfig:
                                              check=check_crop_scale)
     flip_p: float = option(0.5, "probability of a horizontal flip of the random views (reference: 0.5)",
                            ge=0.0, le=1.0)
-    method: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(METHODS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained: label (reference) or prediction", choices=("label", "prediction"))
     classifier: str = option("probe", "how CE trains: probe = the last Linear on detached features, the encoder "
@@ -190,7 +190,7 @@ class ExCon(Strategy):
         with classifier_inputs(self.classifier) as seen:
             if explaining:
                 targets = labels if cfg.target == "label" else None
-                maps, logits = explain(model, CheckedInputs(images, targets), method=cfg.method, layer=layer,
+                maps, logits = explain(model, CheckedInputs(images, targets), explainer=cfg.explainer, layer=layer,
                                        return_logits=True)  # a batch of the data pipeline: no input check
             else:
                 with torch.no_grad(), preserved_state(model):
