@@ -77,9 +77,10 @@ def peers(model, x, targets) -> tuple[dict[str, Callable[[], object]], list[str]
 
 def main() -> None:
     args, model, x, targets = resnet50_setup(__doc__)
-    contenders = {OURS: lambda: explain(model, x, targets, method="gradcam")}
+    contenders = {OURS: lambda: explain(model, x, targets, explainer="gradcam")}
     if x.device.type == "cuda":  # is the channels-last forward (the CPU default) worth it on the GPU too?
-        contenders[f"{OURS} channels_last"] = lambda: explain(model, x, targets, method="gradcam", channels_last=True)
+        contenders[f"{OURS} channels_last"] = lambda: explain(model, x, targets, explainer="gradcam",
+                                                              channels_last=True)
     others, missing = peers(model, x, targets)
     contenders.update(others)
     for note in missing:

@@ -46,7 +46,7 @@ def bench_run(run: str, n_images: int, batch: int, steps: int, rotate: int = 0) 
         seen, handle = _count_forwards(model)
         start = time.perf_counter()
         try:
-            maps = torch.cat([explain(model, images[i:i + batch], labels[i:i + batch], method=name, batch_size=128)
+            maps = torch.cat([explain(model, images[i:i + batch], labels[i:i + batch], explainer=name, batch_size=128)
                               for i in range(0, len(images), batch)])
         finally:
             handle.remove()

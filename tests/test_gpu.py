@@ -57,8 +57,8 @@ def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 def test_explain_matches_cpu(device, data):
     x, y, _ = data
-    ref, ref_logits = explain(trained_tiny_net(), x, y, method="gradcam", return_logits=True)
-    maps, logits = explain(trained_tiny_net().to(device), *_on(device, x, y), method="gradcam", return_logits=True)
+    ref, ref_logits = explain(trained_tiny_net(), x, y, explainer="gradcam", return_logits=True)
+    maps, logits = explain(trained_tiny_net().to(device), *_on(device, x, y), explainer="gradcam", return_logits=True)
     assert maps.device.type == device.type and maps.shape == (32, 1, 16, 16)
     assert torch.allclose(logits.cpu(), ref_logits, atol=1e-4)
     # float32 rounding only (different kernels), through the per-map min-max normalisation

@@ -133,7 +133,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.target is not None and args.target >= len(info["classes"]):
             raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
         target = None if args.target is None else torch.tensor([args.target])
-        heat, logits = explain(model, image, target, method=args.explainer, return_logits=True)
+        heat, logits = explain(model, image, target, explainer=args.explainer, return_logits=True)
         cls = int(logits.argmax(1)) if args.target is None else args.target
         name = info["classes"][cls] if info["classes"] else str(cls)
         dest = save_overlay(out / dests[path], image[0], heat[0])
@@ -277,7 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from consistcam._registry import EntryPointError
+
+    try:
+        parser = build_parser()  # lists the training methods: loads the plug-ins' entry points
+    except EntryPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError are ValueErrors

@@ -39,7 +39,7 @@ def reference_maps(model: nn.Module, images: Tensor, method: str, targets: Seque
 
 def assert_matches_reference(model: nn.Module, images: Tensor, method: str, layer: str = "layer4", **kwargs) -> None:
     """Our maps for :data:`TARGETS` equal pytorch-grad-cam's to 1e-4 (both min-max scaled)."""
-    ours = explain(model, images, torch.tensor(TARGETS), method=method, layer=layer, **kwargs)
+    ours = explain(model, images, torch.tensor(TARGETS), explainer=method, layer=layer, **kwargs)
     ref = reference_maps(model, images, method, TARGETS, layer, kwargs.get("reshape_transform"))
     assert ours.shape == ref.shape == (len(TARGETS), 1, *images.shape[-2:])
     assert ours.amax() > 0.99  # not a degenerate all-zero comparison

@@ -32,7 +32,7 @@ def test_matches_pytorch_grad_cam_on_mobilenet(method):
 
 def test_every_method_runs_and_is_normalised(resnet18, images):
     for method in list_explainers():
-        maps = explain(resnet18, images, method=method, steps=4, batch_size=128)
+        maps = explain(resnet18, images, explainer=method, steps=4, batch_size=128)
         assert maps.shape == (4, 1, 64, 64), method
         assert maps.min() >= 0 and maps.max() <= 1, method
         assert torch.isfinite(maps).all(), method
@@ -40,7 +40,7 @@ def test_every_method_runs_and_is_normalised(resnet18, images):
 
 def test_unknown_method_lists_known(resnet18, images):
     with pytest.raises(ValueError, match="known: .*gradcam"):
-        explain(resnet18, images, method="nope")
+        explain(resnet18, images, explainer="nope")
 
 
 def test_default_layer_found_for_common_backbones():
@@ -98,7 +98,7 @@ def test_multilabel_targets_give_one_map_per_class(resnet18, images):
 
 
 def _integrated_reference(model, x, target, steps, layer="layer4"):
-    return explain(model, x, target, method="integrated-gradcam", normalize=False, steps=steps, layer=layer)
+    return explain(model, x, target, explainer="integrated-gradcam", normalize=False, steps=steps, layer=layer)
 
 
 def test_integrated_gradcam_converges_to_its_integral(resnet18, images):

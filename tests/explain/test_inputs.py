@@ -141,8 +141,8 @@ def test_attacks_and_consistency_need_one_class_id_per_image(model, batch):
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"method": "scorecam", "batch_size": 0}, "explainer option batch_size: batch_size must be >= 1, got 0"),
-    ({"method": "integrated-gradcam", "steps": 2.5}, "explainer option steps: steps must be >= 1, got 2.5"),
+    ({"explainer": "scorecam", "batch_size": 0}, "explainer option batch_size: batch_size must be >= 1, got 0"),
+    ({"explainer": "integrated-gradcam", "steps": 2.5}, "explainer option steps: steps must be >= 1, got 2.5"),
     ({"bogus": 1}, "unknown explainer option 'bogus'; known: baseline, batch_size"),
     ({"batch_sise": 8}, "unknown explainer option 'batch_sise'; did you mean batch_size"),
 ])

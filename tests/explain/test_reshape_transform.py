@@ -58,7 +58,7 @@ def token_net():
 def test_token_layer_equals_the_plain_conv_layer(token_net, method, differentiable):
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor(TARGETS)
-    kw = dict(method=method, differentiable=differentiable, steps=3, batch_size=20)
+    kw = dict(explainer=method, differentiable=differentiable, steps=3, batch_size=20)
     tokens = explain(token_net, images, targets, layer="to_tokens", reshape_transform=vit_reshape_transform, **kw)
     plain = explain(token_net, images, targets, layer="features", **kw)
     assert tokens.amax() > 0.99

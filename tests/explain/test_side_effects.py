@@ -33,7 +33,7 @@ def test_state_restored(method, training):
     model = torchvision.models.resnet18(num_classes=5).train(training)
     model.fc.requires_grad_(False)  # a mixed pattern must survive too
     before = _snapshot(model)
-    explain(model, torch.rand(3, 3, 32, 32), method=method, steps=2)
+    explain(model, torch.rand(3, 3, 32, 32), explainer=method, steps=2)
     _assert_same(before, _snapshot(model))
     assert all(p.grad is None for p in model.parameters())
 
@@ -50,7 +50,7 @@ def test_state_restored_after_exception():
 def test_differentiable_maps_carry_gradients_to_parameters():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).train()
-    maps = explain(model, torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2]), method="hirescam",
+    maps = explain(model, torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2]), explainer="hirescam",
                    differentiable=True)
     maps.sum().backward()
     assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
@@ -73,7 +73,7 @@ def test_batchnorm_buffers_restored_in_place(differentiable):
     names = ("running_mean", "running_var", "num_batches_tracked")
     objects = [[getattr(m, n) for n in names] for m in bns]
     values = [[t.clone() for t in ts] for ts in objects]
-    maps = explain(model, torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2]), method="gradcam",
+    maps = explain(model, torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2]), explainer="gradcam",
                    differentiable=differentiable)
     for m, ts, vs in zip(bns, objects, values):
         for n, t, v in zip(names, ts, vs):

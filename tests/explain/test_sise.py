@@ -158,7 +158,7 @@ def _minmax(a):
 
 @pytest.mark.parametrize("method, reference", [("sise", reference_sise), ("ada-sise", reference_ada_sise)])
 def test_agrees_with_the_reference_implementation(net, x, method, reference):
-    ours = explain(net, x, torch.tensor(TARGETS), method=method, layers=LAYERS)[:, 0].double().numpy()
+    ours = explain(net, x, torch.tensor(TARGETS), explainer=method, layers=LAYERS)[:, 0].double().numpy()
     for i, cls in enumerate(TARGETS):
         ref = _minmax(reference(net, x[i], cls, LAYERS))
         assert np.corrcoef(ours[i].ravel(), ref.ravel())[0, 1] > 0.9999
@@ -167,7 +167,7 @@ def test_agrees_with_the_reference_implementation(net, x, method, reference):
 
 def test_default_layers_are_the_block_ends(net, x):
     assert find_block_layers(net, x, net.b3, (4, 4)) == ["b1", "b2"]
-    assert torch.allclose(explain(net, x, 1, method="sise"), explain(net, x, 1, method="sise", layers=LAYERS))
+    assert torch.allclose(explain(net, x, 1, explainer="sise"), explain(net, x, 1, explainer="sise", layers=LAYERS))
     resnet = torchvision.models.resnet18(num_classes=3).eval()
     assert find_block_layers(resnet, torch.rand(1, 3, 224, 224), resnet.layer4, (7, 7)) == [
         "relu", "layer1", "layer2", "layer3"]
@@ -190,10 +190,10 @@ def test_otsu_levels_matches_opencv():
 @pytest.mark.parametrize("method", ["sise", "ada-sise"])
 def test_batched_chunked_and_per_image_results_agree(net, x, method):
     targets = torch.tensor(TARGETS)
-    full = explain(net, x, targets, method=method, batch_size=1000)
+    full = explain(net, x, targets, explainer=method, batch_size=1000)
     assert full.shape == (3, 1, 16, 16) and full.amax() > 0.99
-    assert torch.allclose(explain(net, x, targets, method=method, batch_size=7), full, atol=1e-5)
-    alone = torch.cat([explain(net, x[i:i + 1], targets[i:i + 1], method=method) for i in range(3)])
+    assert torch.allclose(explain(net, x, targets, explainer=method, batch_size=7), full, atol=1e-5)
+    alone = torch.cat([explain(net, x[i:i + 1], targets[i:i + 1], explainer=method) for i in range(3)])
     assert torch.allclose(alone, full, atol=1e-5)
 
 
@@ -216,7 +216,7 @@ def test_ada_sise_does_less_work_and_both_localise_the_object():
 
         def run(method=method):
             nonlocal maps
-            maps = explain(model, images, labels, method=method, batch_size=10_000)
+            maps = explain(model, images, labels, explainer=method, batch_size=10_000)
 
         work[method] = _count_masked_images(model, run)
         energy[method] = float(((maps * masks).sum((1, 2, 3)) / maps.sum((1, 2, 3))).mean())
@@ -226,7 +226,7 @@ def test_ada_sise_does_less_work_and_both_localise_the_object():
 
 
 def test_differentiable_maps_reach_the_parameters(net, x):
-    maps = explain(net, x, torch.tensor(TARGETS), method="sise", differentiable=True)
+    maps = explain(net, x, torch.tensor(TARGETS), explainer="sise", differentiable=True)
     assert maps.requires_grad
     maps.sum().backward()
     assert net.b1[0].weight.grad is not None and net.b1[0].weight.grad.abs().sum() > 0
@@ -234,12 +234,12 @@ def test_differentiable_maps_reach_the_parameters(net, x):
 
 
 def test_progress_bar_and_errors(net, x, capsys):
-    explain(net, x, 1, method="ada-sise", progress=True)
+    explain(net, x, 1, explainer="ada-sise", progress=True)
     assert "ada-sise" in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        explain(net, x, 1, method="sise", batch_size=0)
+        explain(net, x, 1, explainer="sise", batch_size=0)
     with pytest.raises(ValueError, match="no layer 'b9'"):
-        explain(net, x, 1, method="sise", layers=["b1", "b9"])
+        explain(net, x, 1, explainer="sise", layers=["b1", "b9"])
 
 
 def test_listed_on_the_command_line(capsys):

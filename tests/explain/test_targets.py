@@ -25,31 +25,31 @@ def x():
 @pytest.mark.parametrize("method", list_explainers())
 def test_callables_equal_class_ids(net, x, method):
     ids = [3, 1, 4, 0]
-    by_ids = explain(net, x, torch.tensor(ids), method=method, **OPTIONS)
-    per_image = explain(net, x, [lambda z, c=c: z[c] for c in ids], method=method, **OPTIONS)
+    by_ids = explain(net, x, torch.tensor(ids), explainer=method, **OPTIONS)
+    per_image = explain(net, x, [lambda z, c=c: z[c] for c in ids], explainer=method, **OPTIONS)
     assert by_ids.amax() > 0.99
     assert torch.allclose(per_image, by_ids, atol=1e-6)
-    same_class = explain(net, x, 2, method=method, **OPTIONS)
-    assert torch.allclose(explain(net, x, lambda logits: logits[:, 2], method=method, **OPTIONS), same_class,
+    same_class = explain(net, x, 2, explainer=method, **OPTIONS)
+    assert torch.allclose(explain(net, x, lambda logits: logits[:, 2], explainer=method, **OPTIONS), same_class,
                           atol=1e-6)
-    assert torch.allclose(explain(net, x, [2, 2, 2, 2], method=method, **OPTIONS), same_class, atol=1e-6)
+    assert torch.allclose(explain(net, x, [2, 2, 2, 2], explainer=method, **OPTIONS), same_class, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "scorecam", "integrated-gradcam"])
 def test_pytorch_grad_cam_targets_work_directly(net, x, method):
     targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
     ids = [3, 1, 4, 0]
-    expected = explain(net, x, torch.tensor(ids), method=method, **OPTIONS)
-    ours = explain(net, x, [targets.ClassifierOutputTarget(c) for c in ids], method=method, **OPTIONS)
+    expected = explain(net, x, torch.tensor(ids), explainer=method, **OPTIONS)
+    ours = explain(net, x, [targets.ClassifierOutputTarget(c) for c in ids], explainer=method, **OPTIONS)
     assert torch.allclose(ours, expected, atol=1e-6)
-    one = explain(net, x, targets.ClassifierOutputTarget(3), method=method, **OPTIONS)  # (N, C) -> (N,)
-    assert torch.allclose(one, explain(net, x, 3, method=method, **OPTIONS), atol=1e-6)
-    soft = explain(net, x, [targets.ClassifierOutputSoftmaxTarget(c) for c in ids], method=method, **OPTIONS)
+    one = explain(net, x, targets.ClassifierOutputTarget(3), explainer=method, **OPTIONS)  # (N, C) -> (N,)
+    assert torch.allclose(one, explain(net, x, 3, explainer=method, **OPTIONS), atol=1e-6)
+    soft = explain(net, x, [targets.ClassifierOutputSoftmaxTarget(c) for c in ids], explainer=method, **OPTIONS)
     assert soft.shape == expected.shape and torch.isfinite(soft).all()
 
 
 def test_callable_targets_are_differentiable(net, x):
-    maps = explain(net, x, lambda z: z.log_softmax(1)[:, 1], method="gradcam", differentiable=True)
+    maps = explain(net, x, lambda z: z.log_softmax(1)[:, 1], explainer="gradcam", differentiable=True)
     maps.sum().backward()
     assert net.features[0].weight.grad.abs().sum() > 0
     net.zero_grad(set_to_none=True)

@@ -52,7 +52,7 @@ def pgc_swin_reshape(tensor):
 
 
 def _assert_close_to_reference(model, images, method, layer, reshape):
-    ours = explain(model, images, torch.tensor(TARGETS), method=method)  # layer and reshape chosen automatically
+    ours = explain(model, images, torch.tensor(TARGETS), explainer=method)  # layer and reshape chosen automatically
     ref = reference_maps(model, images, method, TARGETS, layer, reshape)
     assert ours.shape == ref.shape == (4, 1, 32, 32)
     assert ours.amax() > 0.99
@@ -81,7 +81,7 @@ def test_defaults_inside_our_wrapper_and_distillation_tokens():
     assert reshape.keywords == {"grid": (8, 8), "num_prefix_tokens": 2}
     tokens = torch.arange(2 * 66 * 3.0).view(2, 66, 3)
     assert torch.equal(reshape(tokens)[:, :, 0, 0], tokens[:, 2])  # the first patch, after both prefix tokens
-    maps = explain(model, x, method="gradcam")
+    maps = explain(model, x, explainer="gradcam")
     assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
     # one cc_vit_tiny takes 32 and 64 px (dynamic image size): the grid follows the input
     vit = create("cc_vit_tiny", 4).eval()

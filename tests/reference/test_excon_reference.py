@@ -94,7 +94,6 @@ def _case(mode: str, seed: int = 0):
     images, labels = torch.rand(N, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (N,), generator=g)
     crops = resized_crop_flip(2 * N, (SIZE, SIZE), (0.2, 1.0), generator=g)
     strategy = build_strategy("excon", {})
-    strategy.parameters(model)
     strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=N,
                                    train_ids=torch.arange(N)))
     return model, strategy, images, labels, crops

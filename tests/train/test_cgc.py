@@ -119,5 +119,5 @@ def test_one_epoch_on_demo_data_trains_and_logs_the_contrastive_term(tmp_path):
     assert record["train/loss"] == pytest.approx(record["train/ce"] + 0.5 * record["train/contrastive"], rel=1e-4)
     with pytest.raises(ConfigError, match=r"cgc.crop_scale: expected two area fractions"):
         TrainConfig.from_dict({**TINY, "method": "cgc", "cgc": {"crop_scale": [0.5, 0.1]}})
-    with pytest.raises(ConfigError, match="cgc.method"):
-        TrainConfig.from_dict({**TINY, "method": "cgc", "cgc": {"method": "scorecam"}})
+    with pytest.raises(ConfigError, match="cgc.explainer"):
+        TrainConfig.from_dict({**TINY, "method": "cgc", "cgc": {"explainer": "scorecam"}})

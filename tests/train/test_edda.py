@@ -10,9 +10,9 @@ from consistcam.explain import explain
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
 from consistcam.train.strategies import StrategyContext, build_strategy
+from consistcam.train.strategies._shared import occlude
 from consistcam.train.strategies.edda import (
     EDDAConfig,
-    occlude,
     occlusion_masks,
     random_scores,
     soft_cross_entropy,

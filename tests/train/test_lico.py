@@ -123,7 +123,6 @@ def clip_dir(tmp_path_factory):
 
 def _strategy(model, **options):
     strategy = build_strategy("lico", {"class_names": NAMES, **options})
-    strategy.parameters(model)
     strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy

@@ -10,7 +10,8 @@ from torch import nn
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
 from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.sgt import SGTConfig, fill_masked, kl_divergence, masked_count
+from consistcam.train.strategies._shared import masked_count
+from consistcam.train.strategies.sgt import SGTConfig, fill_masked, kl_divergence
 from consistcam.train.task import Task
 
 TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)

@@ -240,6 +240,11 @@ def test_a_new_strategy_plugs_in_without_touching_the_trainer(tmp_path):
     ({"method": "ecll"}, "method: unknown training method .*did you mean ecl"),
     ({"method": "ecl", "ecl": {"consistency": {"eps": -0.1}}}, "ecl.consistency.eps: must be >= 0"),
     ({"ecl": {"warmpu": 1}}, "unknown option 'ecl.warmpu'; did you mean warmup"),
+    # the explainer of cgc, edda and excon is "explainer" (was "method", the word for training methods)
+    ({"method": "cgc", "cgc": {"method": "gradcam"}}, "unknown option 'cgc.method'"),
+    ({"method": "edda", "edda": {"method": "gradcam"}}, "unknown option 'edda.method'"),
+    ({"method": "excon", "excon": {"method": "gradcam"}}, "unknown option 'excon.method'"),
+    ({"method": "excon", "excon": {"explainer": "gradcm"}}, "excon.explainer: unknown explainer method"),
     ({"ecl": {"consistency": {"steps": 0}}}, "ecl.consistency.steps: must be >= 1"),
     ({"ecl": {"consistency": {"attack": "pdg"}}}, "ecl.consistency.attack: 'pdg' is not one of .*did you mean pgd"),
 ])

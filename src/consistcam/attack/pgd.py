@@ -121,7 +121,7 @@ def masked_attack(
     opts = dict(explainer_options or {})
     with preserved_state(model, freeze_params=True, eval_mode=True):
         if objective == "explanation" and reference_maps is None:
-            reference_maps = explain(model, checked.replace(images=images), method=explainer, layer=layer, **opts)
+            reference_maps = explain(model, checked.replace(images=images), explainer=explainer, layer=layer, **opts)
         if random_start:  # uniform in the L-inf box / uniform radius in the L2 ball, on the background
             shape, dev = images.shape, images.device
             noise = torch.rand(shape, generator=generator, device=dev, dtype=images.dtype)
@@ -143,7 +143,7 @@ def masked_attack(
                     checked.check_classes(logits.shape[-1])  # host values: no sync
                     loss = F.cross_entropy(logits, labels, reduction="sum")
                 else:
-                    maps = explain(model, checked.replace(images=x), method=explainer, layer=layer,
+                    maps = explain(model, checked.replace(images=x), explainer=explainer, layer=layer,
                                    differentiable=True, **opts)
                     loss = (1 - F.cosine_similarity(maps.flatten(1), reference_maps.flatten(1), dim=1)).sum()
                 (grad,) = torch.autograd.grad(loss, delta)

@@ -91,7 +91,7 @@ def reduce_pairs(rows: Tensor, values: dict[str, Tensor], n: int, reduce: str = 
 def _union_heatmap_foreground(model: nn.Module, images: Tensor, rows: Tensor, classes: Tensor,
                               cfg: ConsistencyConfig) -> Tensor:
     """(N, 1, H, W): the union over each image's pairs of their heatmap foregrounds (``tau``/``top_q``, dilated)."""
-    heat = explain(model, images[rows], classes, method=cfg.explainer, layer=cfg.layer, **cfg.explainer_options)
+    heat = explain(model, images[rows], classes, explainer=cfg.explainer, layer=cfg.layer, **cfg.explainer_options)
     fg = mask_from_heatmap(heat, cfg.tau, cfg.top_q, cfg.dilation)
     flat = fg.flatten(1)
     union = torch.zeros(len(images), flat.shape[1], device=fg.device, dtype=fg.dtype)

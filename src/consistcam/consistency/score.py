@@ -50,7 +50,7 @@ def explanation_consistency(
     # Eval mode inside; on exit every sub-module gets back its own train/eval flag.
     with preserved_state(model, eval_mode=True):
         first = checked.replace(targets=None) if cfg.target == "prediction" else checked  # labels still range-checked
-        heat, logits = explain(model, first, method=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
+        heat, logits = explain(model, first, explainer=cfg.explainer, layer=cfg.layer, return_logits=True, **opts)
         pred = logits.argmax(1)
         classes = pred if cfg.target == "prediction" else checked.targets  # explained and attacked
         explained = checked.replace(targets=classes)
@@ -69,7 +69,7 @@ def explanation_consistency(
         if adv is images:  # no attack: the second explained forward would repeat the first exactly
             heat_adv, logits_adv = heat, logits
         else:
-            heat_adv, logits_adv = explain(model, explained.replace(images=adv), method=cfg.explainer,
+            heat_adv, logits_adv = explain(model, explained.replace(images=adv), explainer=cfg.explainer,
                                            layer=cfg.layer, return_logits=True, **opts)
     p, p_adv = logits.float().softmax(1), logits_adv.float().softmax(1)
     heat, heat_adv = heat.float(), heat_adv.float()  # under bf16 autocast the maps may come back in bf16

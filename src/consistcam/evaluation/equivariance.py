@@ -20,7 +20,7 @@ from consistcam.data.geometry import apply_crop_flip, random_crop_flip
 from consistcam.explain import explain, normalize_maps
 
 
-def heatmap_equivariance(model: nn.Module, images: Tensor, targets: Tensor, method: str = "gradcam",
+def heatmap_equivariance(model: nn.Module, images: Tensor, targets: Tensor, explainer: str = "gradcam",
                          layer=None, transforms: Tensor | None = None, generator: torch.Generator | None = None,
                          heatmaps: Tensor | None = None, **options) -> Tensor:
     """Per-image cosine(N(T(H(x))), N(H(T(x)))) in [0, 1], N = min-max normalisation over the view.
@@ -30,6 +30,6 @@ def heatmap_equivariance(model: nn.Module, images: Tensor, targets: Tensor, meth
     if transforms is None:
         transforms = random_crop_flip(len(images), generator, device=images.device)
     if heatmaps is None:
-        heatmaps = explain(model, images, targets, method=method, layer=layer, **options)
-    moved = explain(model, apply_crop_flip(images, transforms), targets, method=method, layer=layer, **options)
+        heatmaps = explain(model, images, targets, explainer=explainer, layer=layer, **options)
+    moved = explain(model, apply_crop_flip(images, transforms), targets, explainer=explainer, layer=layer, **options)
     return cosine_similarity(normalize_maps(apply_crop_flip(heatmaps, transforms)), moved)

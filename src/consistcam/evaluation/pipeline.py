@@ -146,7 +146,7 @@ def _multilabel_maps(model, images, labels, boxes, box_labels, configs):
     class_boxes = [boxes[i][torch.as_tensor(box_labels[i]) == c] for i, c in pairs]
     gt = mask_from_boxes(class_boxes, images.shape[-2:], images.device)
     classes = torch.tensor([c for _, c in pairs], device=images.device)
-    heat = [torch.cat(explain(model, images, targets, method=cfg.explainer, layer=cfg.layer,
+    heat = [torch.cat(explain(model, images, targets, explainer=cfg.explainer, layer=cfg.layer,
                               **cfg.explainer_options)) for cfg in configs]
     return heat, gt, classes
 

@@ -1,4 +1,4 @@
-"""Batched class-activation heatmaps: ``explain(model, images, targets, method=...)``."""
+"""Batched class-activation heatmaps: ``explain(model, images, targets, explainer=...)``."""
 
 from consistcam.explain import sise  # noqa: F401  (its import adds "sise" and "ada-sise" to METHODS)
 from consistcam.explain._state import capture

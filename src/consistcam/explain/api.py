@@ -49,7 +49,7 @@ def explain(
     model: nn.Module,
     images: Tensor | CheckedInputs,
     targets: Targets = None,
-    method: str = "gradcam",
+    explainer: str = "gradcam",
     layer: nn.Module | str | None = None,
     differentiable: bool = False,
     normalize: bool = True,
@@ -71,7 +71,7 @@ def explain(
             N callables maps each image's (C,) logits to its scalar score (pytorch-grad-cam's
             ``ClassifierOutputTarget`` works as is); a sequence of N sequences of class ids
             (multi-label) gives one map per image and class and returns a list of (K_i, 1, H, W) tensors.
-        method: one of :func:`list_explainers` (``gradcam``, ``gradcam++``, ``xgradcam``,
+        explainer: one of :func:`list_explainers` (``gradcam``, ``gradcam++``, ``xgradcam``,
             ``layercam``, ``hirescam``, ``scorecam``, ``integrated-gradcam``).
         layer: module or dotted name; default: the last spatial feature stage, found automatically.
         differentiable: keep the graph (``create_graph``) so a training loss or an attack can
@@ -86,7 +86,7 @@ def explain(
         channels_last: run the forward on channels-last images (``None``: on the CPU when not
             ``differentiable``, where oneDNN convolutions are ~15 % faster in that layout); the maps
             differ from the contiguous layout's by float rounding only.
-        **options: method options (``batch_size`` for scorecam, ``steps``/``baseline`` for
+        **options: explainer options (``batch_size`` for scorecam, ``steps``/``baseline`` for
             integrated-gradcam).
 
     Returns (N, 1, H, W) maps, or (maps, logits) with ``return_logits``.
@@ -95,7 +95,7 @@ def explain(
     restored, BatchNorm running statistics unchanged even in train mode. Bad images or targets raise
     :class:`~consistcam.explain.inputs.InputError` (a ValueError and a TypeError) before any map is made.
     """
-    cam_method = METHODS.get(method)  # an unknown method is named before the inputs are looked at
+    cam_method = METHODS.get(explainer)  # an unknown explainer is named before the inputs are looked at
     check_explainer_options(options)
     checked = check_inputs(model, images, targets)
     images, counts = checked.images, checked.counts
@@ -106,7 +106,7 @@ def explain(
             return [images.new_zeros(0, 1, *images.shape[-2:]) for _ in counts]
         index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
                                         torch.tensor(counts, device=images.device))
-        maps = explain(model, checked.replace(images=images[index], counts=None), None, method, layer,
+        maps = explain(model, checked.replace(images=images[index], counts=None), None, explainer, layer,
                        differentiable, normalize, reshape_transform=reshape_transform,
                        channels_last=channels_last, **options)
         return list(maps.split(counts))

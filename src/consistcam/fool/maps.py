@@ -44,4 +44,4 @@ def fool_maps(model: nn.Module, images: Tensor, targets: Tensor, explainer: str 
         return input_gradient(model, images, targets, differentiable)
     if explainer not in list_explainers():
         raise ValueError(f"unknown explainer {explainer!r}; known: {', '.join(fool_explainers())}")
-    return explain(model, images, targets, method=explainer, differentiable=differentiable)
+    return explain(model, images, targets, explainer=explainer, differentiable=differentiable)

@@ -83,11 +83,10 @@ class Schedule:
         return self.lr
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, extra: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over the model's parameters, plus a strategy's own (second group)."""
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the model's parameters; the :class:`Trainer` adds a strategy's own
+    parameters as a second group after ``strategy.setup`` (which creates them)."""
     params: list = [{"params": list(model.parameters())}]
-    if extra:
-        params.append({"params": list(extra)})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
@@ -101,7 +100,8 @@ class Trainer:
         model: a classifier taking images in [0, 1] (normalisation inside, see consistcam.models).
         data: the :class:`TrainData` (built once).
         strategy: the method (``build_strategy("ecl", {...})``).
-        optimizer: any torch optimizer over the model's parameters.
+        optimizer: any torch optimizer over the model's parameters; the strategy's own parameters
+            (``strategy.parameters(model)`` after ``setup``) join it as a second group with its defaults.
         schedule: ``schedule(step, steps_per_epoch) -> lr`` (stateless), e.g. :class:`Schedule`.
         callbacks: logging, checkpoints, console (default: all of :func:`default_callbacks`).
         epochs, batch_size, eval_batch_size, device, seed, amp, channels_last, progress: as named.
@@ -154,6 +154,9 @@ class Trainer:
                                                                              self.dist.world_size, ids),
             reset_optimizer=lambda: self.optimizer.state.clear())  # late-bound: resume replaces the state dict
         self.strategy.setup(self.ctx)
+        # after setup, which creates them (a head, prompts): a second group in the parameters' fixed order
+        if extra := list(self.strategy.parameters(self.module)):
+            self.optimizer.add_param_group({"params": extra})
         # after setup: a strategy may only then know whether it reads boxes or masks
         self.preload_note = None if data.preloaded is not None else data.preload(preload, self.device,
                                                                                  strategy.needs_locations)
@@ -199,7 +202,7 @@ class Trainer:
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
         strategy = build_strategy(config.method, config.strategy)
         check_layer_options(model, strategy.config, config.method)
-        optimizer = build_optimizer(config, model, strategy.parameters(model))
+        optimizer = build_optimizer(config, model)
         trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
                       epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                       device=device, seed=config.seed, label_smoothing=config.label_smoothing, task=config.task,

@@ -1,7 +1,9 @@
 """Training methods as plug-ins: one file and one config dataclass per strategy.
 
 ``consistcam list methods`` shows the registered names. A new method is a module with a
-``@register_strategy("name")`` class; importing this package registers the built-in ones.
+``@register_strategy("name")`` class; importing this package registers the built-in ones. Other
+packages register theirs through the entry-point group ``consistcam.strategies`` (name ->
+``module:Class``), loaded on the first lookup of :data:`STRATEGIES`.
 """
 
 from consistcam.train.strategies.base import (

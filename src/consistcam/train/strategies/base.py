@@ -115,13 +115,14 @@ class Strategy:
         self.ctx: StrategyContext | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters the strategy owns besides the model's (e.g. a projection head);
-        called once before the optimizer is built, which trains them as a second parameter group.
-        Their values must also be in ``state_dict`` for resume."""
+        """Trainable parameters the strategy owns besides the model's (e.g. a projection head), in a
+        fixed order; the trainer asks once, after ``setup`` (which creates them), and adds them to the
+        optimizer as a second parameter group. Their values must also be in ``state_dict`` for resume."""
         return []
 
     def setup(self, ctx: StrategyContext) -> None:
-        """Called once before training (and before ``load_state_dict`` on resume)."""
+        """Called once before training (and before ``load_state_dict`` on resume); creates the
+        strategy's own trainable modules, on ``ctx.device``."""
         if self.single_label and ctx.task.multilabel:
             raise ValueError(f"{self.name} explains one class per image; multi-label training is not supported by it")
         self.ctx = ctx
@@ -150,17 +151,28 @@ class Strategy:
             raise ValueError(f"strategy {self.name!r} has no state to restore, got {sorted(state)}")
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("training method")
+ENTRY_POINT_GROUP = "consistcam.strategies"
+
+
+def _strategy_class(name: str, cls: Any) -> type[Strategy]:
+    """Check that ``cls`` is a Strategy subclass with a dataclass ``Config`` and name it ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise TypeError(f"{cls!r} is not a subclass of consistcam.train.strategies.Strategy")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    cls.name = name
+    return cls
+
+
+# built-ins register on import; third-party packages through the entry-point group, loaded on first lookup
+STRATEGIES: Registry[type[Strategy]] = Registry("training method", ENTRY_POINT_GROUP, _strategy_class)
 
 
 def register_strategy(name: str, *aliases: str) -> Callable[[type[Strategy]], type[Strategy]]:
     """Class decorator: ``@register_strategy("ecl")`` on a Strategy subclass with its ``Config``."""
 
     def deco(cls: type[Strategy]) -> type[Strategy]:
-        if not dataclasses.is_dataclass(cls.Config):
-            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
-        cls.name = name
-        STRATEGIES.add(name, cls, *aliases)
+        STRATEGIES.add(name, _strategy_class(name, cls), *aliases)
         return cls
 
     return deco

@@ -48,15 +48,9 @@ from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
-from consistcam.train.strategies.crops import resized_crop_flip
+from consistcam.train.strategies.crops import check_crop_scale, resized_crop_flip
 
 GRADIENT_CAMS = ("hirescam", "gradcam", "gradcam++", "xgradcam", "layercam")
-
-
-def _check_scale(scale: tuple[float, float]) -> str | None:
-    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-        return "expected two area fractions 0 < low <= high <= 1"
-    return None
 
 
 @dataclass
@@ -67,9 +61,9 @@ class CGCConfig:
                              "(reference README --lambda 0.5)", ge=0.0)
     temperature: float = option(0.5, "InfoNCE temperature tau (reference README -t 0.5)", gt=0.0)
     crop_scale: tuple[float, float] = option((0.08, 1.0), "area fraction range of the second view's random "
-                                                          "resized crop (reference: (0.08, 1))", check=_check_scale)
+                                                          "resized crop (reference: (0.08, 1))", check=check_crop_scale)
     flip_p: float = option(0.5, "probability of a horizontal flip of the second view (reference: 0.5)", ge=0.0, le=1.0)
-    method: str = option("hirescam", "explainer of the trained map: hirescam = ReLU(sum_k dy/dA_k * A_k), the "
+    explainer: str = option("hirescam", "explainer of the trained map: hirescam = ReLU(sum_k dy/dA_k * A_k), the "
                                      "reference's map; other gradient CAMs are ablations", choices=GRADIENT_CAMS)
     target: str = option("prediction", "class explained: the prediction on the first view (reference) or the label",
                          choices=("prediction", "label"))
@@ -185,7 +179,7 @@ class CGC(Strategy):
         with keep_batchnorm_updates(model):
             # explain() without its input check: the batch is already [0, 1] images, and the check's
             # host sync would stall every training step
-            return explain(model, CheckedInputs(images, targets), method=self.config.method,
+            return explain(model, CheckedInputs(images, targets), explainer=self.config.explainer,
                            differentiable=True, normalize=False, return_logits=True)
 
     def loss(self, batch: dict) -> StepOutput:

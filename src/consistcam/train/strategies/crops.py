@@ -17,9 +17,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["TRIES", "resized_crop_flip"]
+__all__ = ["TRIES", "check_crop_scale", "resized_crop_flip"]
 
 TRIES = 10  # torchvision's RandomResizedCrop.get_params
+
+
+def check_crop_scale(scale: tuple[float, float]) -> str | None:
+    """Config check of a ``crop_scale`` option: the problem, or None when it is a valid area range."""
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        return "expected two area fractions 0 < low <= high <= 1"
+    return None
 
 
 def resized_crop_flip(n: int, size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),

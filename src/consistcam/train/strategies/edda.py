@@ -36,16 +36,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from consistcam.config import option, registered, validate
 from consistcam.explain import METHODS, explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.metrics.faithfulness import pixel_ranks
+from consistcam.train.strategies._shared import FILLS, masked_count, occlude
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
-from consistcam.train.strategies.sgt import masked_count
-
-FILLS = ("mean", "zero", "blur")
 
 
 @dataclass
@@ -69,7 +66,7 @@ class EDDAConfig:
     fill: str = option("mean", "occlusion value: mean = each image's per-channel mean, zero = black (the deletion "
                                "metric's baseline), blur = Gaussian blur (kernel 11, sigma 5: the insertion metric's)",
                        choices=FILLS)
-    method: str = option("gradcam", "explainer of the heatmap", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the heatmap", check=registered(METHODS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained (and whose confidence the drop copy lowers): label or prediction",
                          choices=("label", "prediction"))
@@ -96,19 +93,6 @@ def random_scores(images: Tensor, grid: int = 0) -> Tensor:
         return torch.rand(n, 1, h, w, device=images.device)
     coarse = torch.rand(n, 1, grid, grid, device=images.device)
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def occlude(images: Tensor, mask: Tensor, fill: str = "mean") -> Tensor:
-    """Replace the pixels where ``mask`` (N, 1, H, W) is set, in every channel, by ``fill``."""
-    if fill == "zero":
-        values = torch.zeros((), dtype=images.dtype, device=images.device)
-    elif fill == "mean":
-        values = images.mean((2, 3), keepdim=True)
-    elif fill == "blur":
-        values = gaussian_blur(images, [11, 11], [5.0, 5.0])
-    else:
-        raise ValueError(f"unknown fill {fill!r}; expected one of {', '.join(FILLS)}")
-    return torch.where(mask, values, images)
 
 
 def soft_target(classes: Tensor, num_classes: int, mass: float | None = None) -> Tensor:
@@ -143,8 +127,9 @@ class EDDA(Strategy):
         # the data pipeline, so explain's input check (a host sync per step) is skipped
         module = self.ctx.module
         if cfg.target == "label":
-            return explain(module, CheckedInputs(images, labels), method=cfg.method, layer=cfg.layer), labels
-        maps, logits = explain(module, CheckedInputs(images), method=cfg.method, layer=cfg.layer, return_logits=True)
+            return explain(module, CheckedInputs(images, labels), explainer=cfg.explainer, layer=cfg.layer), labels
+        maps, logits = explain(module, CheckedInputs(images), explainer=cfg.explainer, layer=cfg.layer,
+                               return_logits=True)
         return maps, logits.argmax(1)
 
     def terms(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:

@@ -54,8 +54,6 @@ Rejected samples vary in number, so building the negatives costs one host sync p
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -67,11 +65,9 @@ from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import METHODS, explain, resolve_layer
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.models.state import preserved_state
+from consistcam.train.strategies._shared import classifier_inputs, classifier_layer, normalization, occlude
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.cgc import _check_scale
-from consistcam.train.strategies.crops import resized_crop_flip
-from consistcam.train.strategies.edda import occlude
-from consistcam.train.strategies.sgt import normalization
+from consistcam.train.strategies.crops import check_crop_scale, resized_crop_flip
 
 
 @dataclass
@@ -97,10 +93,11 @@ class ExConConfig:
     warmup: int = option(0, "epochs of plain SupCon before masked views are used (reference --exp_epochs: 0 "
                             "Tiny ImageNet, 50 CIFAR-100)", ge=0)
     crop_scale: tuple[float, float] = option((0.2, 1.0), "area fraction range of the random resized crops of "
-                                                         "the random views (reference: (0.2, 1))", check=_check_scale)
+                                                         "the random views (reference: (0.2, 1))",
+                                             check=check_crop_scale)
     flip_p: float = option(0.5, "probability of a horizontal flip of the random views (reference: 0.5)",
                            ge=0.0, le=1.0)
-    method: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(METHODS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained: label (reference) or prediction", choices=("label", "prediction"))
     classifier: str = option("probe", "how CE trains: probe = the last Linear on detached features, the encoder "
@@ -109,30 +106,6 @@ class ExConConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-
-
-def classifier_layer(model: nn.Module) -> nn.Linear:
-    """The model's last ``nn.Linear``: its input is the pooled feature vector, its output the logits."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"excon needs a classifier ending in nn.Linear; {type(model).__name__} has none")
-    return linears[-1]
-
-
-@contextlib.contextmanager
-def classifier_inputs(layer: nn.Module) -> Iterator[list[Tensor]]:
-    """Collect what ``layer`` receives in the forwards inside the block (as (N, D) tensors, graph kept);
-    the first is the clean forward's (explainers such as Score-CAM run more forwards after it)."""
-    seen: list[Tensor] = []
-
-    def hook(_module: nn.Module, args: tuple) -> None:
-        seen.append(args[0].flatten(1))
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def projection_head(dim: int, out_dim: int = 128) -> nn.Sequential:
@@ -185,18 +158,17 @@ class ExCon(Strategy):
         self.head: nn.Sequential | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """The projection head, built here on the first call (its width is the model's feature size)."""
+        """The projection head (built by ``setup``)."""
         if self.head is None:
-            self.head = projection_head(classifier_layer(model).in_features, self.config.projection_dim)
+            raise RuntimeError("excon builds its projection head in setup(): call it before parameters()")
         return list(self.head.parameters())
 
     def setup(self, ctx: StrategyContext) -> None:
+        """Builds the projection head (its width is the model's feature size), on the CPU first: its
+        initial weights do not depend on the device."""
         super().setup(ctx)
-        if self.head is None:
-            raise RuntimeError("excon trains a projection head: pass strategy.parameters(model) to the optimizer "
-                               "(build_optimizer(cfg, model, strategy.parameters(model))) before setup")
-        self.head.to(ctx.device)  # in place: the optimizer keeps the same Parameter objects
         self.classifier = classifier_layer(ctx.model)
+        self.head = projection_head(self.classifier.in_features, self.config.projection_dim).to(ctx.device)
 
     def views(self, images: Tensor, labels: Tensor, crops: Tensor | None = None) -> dict[str, Tensor | None]:
         """The contrastive views of one batch.
@@ -218,7 +190,7 @@ class ExCon(Strategy):
         with classifier_inputs(self.classifier) as seen:
             if explaining:
                 targets = labels if cfg.target == "label" else None
-                maps, logits = explain(model, CheckedInputs(images, targets), method=cfg.method, layer=layer,
+                maps, logits = explain(model, CheckedInputs(images, targets), explainer=cfg.explainer, layer=layer,
                                        return_logits=True)  # a batch of the data pipeline: no input check
             else:
                 with torch.no_grad(), preserved_state(model):

@@ -59,8 +59,8 @@ from torch import Tensor, nn
 from consistcam.config import option, validate
 from consistcam.explain import resolve_layer
 from consistcam.models.text import FrozenTextEncoder, TextEncoding, encoder_problem, load_text_encoder
+from consistcam.train.strategies._shared import classifier_inputs, classifier_layer
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.excon import classifier_inputs, classifier_layer
 
 
 @dataclass
@@ -173,31 +173,29 @@ class LICO(Strategy):
         self.layer: nn.Module | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Loads the encoder (trainable unless ``train_text_encoder`` is false) and builds the context
-        vectors, the local-feature map (its input width is the classifier's input, the channels of the
-        last stage) and tau, on the first call."""
+        """The context vectors, the local-feature map, the text encoder's weights (unless
+        ``train_text_encoder`` is false) and tau (if learnt), all built by ``setup``."""
         if self.encoder is None:
-            cfg = self.config
-            self.encoder = load_text_encoder(cfg.text_encoder)
-            self.context = nn.Parameter(torch.randn(cfg.n_ctx, self.encoder.embed_dim) * cfg.ctx_std)
-            self.projection = nn.Linear(classifier_layer(model).in_features, self.encoder.token_dim)
-            self.temperature = nn.Parameter(torch.tensor(float(cfg.temperature)),
-                                            requires_grad=cfg.learn_temperature)
-            self.encoder.model.requires_grad_(cfg.train_text_encoder)  # stays in eval mode: no dropout
+            raise RuntimeError("lico builds its prompts and text encoder in setup(): call it before parameters()")
         trained = [self.context, *self.projection.parameters()]
         if self.config.train_text_encoder:
             trained += list(self.encoder.parameters())
         return trained + ([self.temperature] if self.config.learn_temperature else [])
 
     def setup(self, ctx: StrategyContext) -> None:
+        """Loads the encoder and builds the context vectors, the local-feature map (its input width is
+        the classifier's input, the channels of the last stage) and tau, on the CPU first: their
+        initial values do not depend on the device."""
         super().setup(ctx)
-        if self.encoder is None:
-            raise RuntimeError("lico trains prompt vectors and a feature map: pass strategy.parameters(model) to the "
-                               "optimizer (build_optimizer(cfg, model, strategy.parameters(model))) before setup")
-        for part in (self.encoder, self.projection):
-            part.to(ctx.device)  # in place: the optimizer keeps the same Parameter objects
-        for p in (self.context, self.temperature):
-            p.data = p.data.to(ctx.device)
+        cfg = self.config
+        self.encoder = load_text_encoder(cfg.text_encoder)
+        context = torch.randn(cfg.n_ctx, self.encoder.embed_dim) * cfg.ctx_std
+        self.context = nn.Parameter(context.to(ctx.device))
+        self.projection = nn.Linear(classifier_layer(ctx.module).in_features, self.encoder.token_dim).to(ctx.device)
+        self.temperature = nn.Parameter(torch.tensor(float(cfg.temperature), device=ctx.device),
+                                        requires_grad=cfg.learn_temperature)
+        self.encoder.model.requires_grad_(cfg.train_text_encoder)  # stays in eval mode: no dropout
+        self.encoder.to(ctx.device)
         self.classifier = classifier_layer(ctx.module)
         names = list(self.config.class_names or ctx.classes)
         if not names:

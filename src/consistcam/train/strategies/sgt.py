@@ -33,7 +33,6 @@ where we differ (docs/methods.md has the table with measured effects):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.config import option, validate
-from consistcam.models import Normalize
 from consistcam.models.state import preserved_state
+from consistcam.train.strategies._shared import masked_count, normalization
 from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
 
 
@@ -80,11 +79,6 @@ class SGTConfig:
         validate(self)
 
 
-def masked_count(fraction: float, units: int) -> int:
-    """k = floor(fraction * units), at least 1 when fraction > 0 (reference ``get_SingleMask``)."""
-    return 0 if fraction <= 0 else max(1, math.floor(fraction * units + 1e-9))
-
-
 def lowest_saliency_mask(gradient: Tensor, fraction: float, unit: str = "pixel", saliency: str = "abs") -> Tensor:
     """Boolean (N, C, H, W) mask of each image's k lowest-saliency features from the input gradient.
 
@@ -117,11 +111,6 @@ def kl_divergence(logits: Tensor, masked_logits: Tensor, detach_target: bool = F
     """KL(p(x) || p(x_masked)), summed over classes, mean over the batch (``KLDivLoss(batchmean)``)."""
     log_p = F.log_softmax(logits.detach() if detach_target else logits, 1)
     return F.kl_div(F.log_softmax(masked_logits, 1), log_p, reduction="batchmean", log_target=True)
-
-
-def normalization(model: nn.Module) -> Normalize | None:
-    """The model's input :class:`Normalize` (its mean and std), or None when it takes inputs as they come."""
-    return next((m for m in model.modules() if isinstance(m, Normalize)), None)
 
 
 def normalized_gradient(model: nn.Module, gradient: Tensor) -> Tensor:
