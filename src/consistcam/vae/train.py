@@ -90,8 +90,6 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
 
 def read_vae_config(run: str | Path) -> VAEConfig:
     config = read_config(run, hint=f"is {run} a VAE run folder (consistcam vae train)?")
-    if "keep_every" in config:  # the option's name in run folders written before it was keep_checkpoints
-        config.setdefault("keep_checkpoints", config.pop("keep_every"))
     return from_dict(VAEConfig, config)
 
 
