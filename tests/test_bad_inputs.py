@@ -108,7 +108,7 @@ CASES = [
     (["train", "--resume", "{root}/nothing"], "cannot resume: {root}/nothing/config.yaml not found"),
     (["evaluate", "{root}/nothing"], "checkpoint {root}/nothing not found"),
     (["evaluate", "{run}", "--explainer", "gradcm"],
-     "explainers: 'gradcm': unknown explainer method (did you mean gradcam"),
+     "explainers: 'gradcm': unknown explainer (did you mean gradcam"),
     (["evaluate", "{run}", "--subset", "-1"], "subset: must be >= 1, got -1"),
     (["evaluate", "{run}", "--batch-size", "0"], "batch_size: must be >= 1, got 0"),
     (["evaluate", "{run}", "--set", "consistency.stpes=3"], "unknown option 'consistency.stpes'; did you mean steps"),
@@ -120,7 +120,7 @@ CASES = [
     (["evaluate", "{run}", "--data", "imagefolder:{root}/four"], "split 'val' has ['cross', 'disk', 'ring', 'square']"),
     (["explain", "{run}", "{root}/missing.png"], "missing.png: file not found"),
     (["explain", "{run}", "{root}/notimage.png"], "notimage.png: unreadable or truncated image"),
-    (["explain", "{run}", "{root}/ok.png", "--explainer", "nope"], "unknown explainer method 'nope'"),
+    (["explain", "{run}", "{root}/ok.png", "--explainer", "nope"], "unknown explainer 'nope'"),
     (["explain", "{run}", "{root}/ok.png", "--target", "9"], "--target 9: the model has 4 classes"),
     (["report", "{root}/nothing", "--out", "{root}/r.html"], "nothing"),
 ]

@@ -244,7 +244,7 @@ def test_a_new_strategy_plugs_in_without_touching_the_trainer(tmp_path):
     ({"method": "cgc", "cgc": {"method": "gradcam"}}, "unknown option 'cgc.method'"),
     ({"method": "edda", "edda": {"method": "gradcam"}}, "unknown option 'edda.method'"),
     ({"method": "excon", "excon": {"method": "gradcam"}}, "unknown option 'excon.method'"),
-    ({"method": "excon", "excon": {"explainer": "gradcm"}}, "excon.explainer: unknown explainer method"),
+    ({"method": "excon", "excon": {"explainer": "gradcm"}}, "excon.explainer: unknown explainer"),
     ({"ecl": {"consistency": {"steps": 0}}}, "ecl.consistency.steps: must be >= 1"),
     ({"ecl": {"consistency": {"attack": "pdg"}}}, "ecl.consistency.attack: 'pdg' is not one of .*did you mean pgd"),
 ])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from consistcam.config import ConfigError, from_dict, option, registered, validate
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
 from consistcam.consistency.weights import WEIGHT_SCHEMES
-from consistcam.explain import METHODS, check_explainer_options
+from consistcam.explain import EXPLAINERS, check_explainer_options
 
 ATTACKS = ("pgd", "fgsm", "noise", "none")
 MASKS = ("heatmap", "gt", "boxes", "mask", "none")
@@ -18,7 +18,7 @@ MASKS = ("heatmap", "gt", "boxes", "mask", "none")
 class ConsistencyConfig:
     """Every choice of the scoring pass; defaults are those of docs/method.md (see its table)."""
 
-    explainer: str = option("gradcam", "explainer of h and h_adv", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of h and h_adv", check=registered(EXPLAINERS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained (and attacked): the label or the prediction",
                          choices=("label", "prediction"))

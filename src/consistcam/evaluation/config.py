@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from consistcam.config import from_dict, option, registered, validate
 from consistcam.consistency import ConsistencyConfig
 from consistcam.evaluation.pipeline import PROTOCOLS
-from consistcam.explain import METHODS
+from consistcam.explain import EXPLAINERS
 
 
 def _explainers_check(value: tuple) -> str | None:
     if not value:
         return "expected at least one explainer"
     for name in value:
-        problem = registered(METHODS)(name)
+        problem = registered(EXPLAINERS)(name)
         if problem:
             return f"{name!r}: {problem}"
     return None

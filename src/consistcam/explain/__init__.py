@@ -1,14 +1,14 @@
 """Batched class-activation heatmaps: ``explain(model, images, targets, explainer=...)``."""
 
-from consistcam.explain import sise  # noqa: F401  (its import adds "sise" and "ada-sise" to METHODS)
+from consistcam.explain import sise  # noqa: F401  (its import adds "sise" and "ada-sise" to EXPLAINERS)
 from consistcam.explain._state import capture
 from consistcam.explain.api import explain, list_explainers, normalize_maps
 from consistcam.explain.layers import find_target_layer, get_layer, resolve_layer, vit_reshape_transform
-from consistcam.explain.methods import METHODS, check_explainer_options
+from consistcam.explain.methods import EXPLAINERS, check_explainer_options
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 
 __all__ = [
-    "METHODS",
+    "EXPLAINERS",
     "TargetScore",
     "Targets",
     "capture",

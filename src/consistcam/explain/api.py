@@ -10,7 +10,7 @@ from consistcam.explain._state import capture
 from consistcam.explain.inputs import CheckedInputs, check_inputs
 from consistcam.explain.layers import resolve_layer, transformer_defaults
 from consistcam.explain.methods import (
-    METHODS,
+    EXPLAINERS,
     CAMContext,
     Reshape,
     check_explainer_options,
@@ -42,7 +42,7 @@ def _forward(model: nn.Module, images: Tensor, channels_last: bool) -> Tensor:
 
 
 def list_explainers() -> list[str]:
-    return METHODS.names()
+    return EXPLAINERS.names()
 
 
 def explain(
@@ -95,7 +95,7 @@ def explain(
     restored, BatchNorm running statistics unchanged even in train mode. Bad images or targets raise
     :class:`~consistcam.explain.inputs.InputError` (a ValueError and a TypeError) before any map is made.
     """
-    cam_method = METHODS.get(explainer)  # an unknown explainer is named before the inputs are looked at
+    cam_method = EXPLAINERS.get(explainer)  # an unknown explainer is named before the inputs are looked at
     check_explainer_options(options)
     checked = check_inputs(model, images, targets)
     images, counts = checked.images, checked.counts

@@ -42,20 +42,20 @@ class CAMContext:
 
 
 @dataclass(frozen=True)
-class CAMMethod:
+class Explainer:
     fn: Callable[[CAMContext], Tensor]
     needs_gradients: bool = True
     options: tuple[str, ...] = ()  # the options ``explain(**options)`` passes to this method
 
 
-METHODS: Registry[CAMMethod] = Registry("explainer method")
+EXPLAINERS: Registry[Explainer] = Registry("explainer")
 COUNT_OPTIONS = ("batch_size", "steps")  # chunk sizes and step counts: integers >= 1
 
 
 def check_explainer_options(options: Mapping[str, object]) -> None:
     """Options no explainer knows (a typo) and non-positive counts are errors naming the option.
     An option of another explainer is allowed: one option set serves several explainers."""
-    known = sorted({o for name in METHODS.names() for o in METHODS.get(name).options})
+    known = sorted({o for name in EXPLAINERS.names() for o in EXPLAINERS.get(name).options})
     for key, value in options.items():
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=2)
@@ -65,9 +65,9 @@ def check_explainer_options(options: Mapping[str, object]) -> None:
             raise ValueError(f"explainer option {key}: {key} must be >= 1, got {value!r}")
 
 
-def _method(name: str, *aliases: str, needs_gradients: bool = True, options: tuple[str, ...] = ()):
+def _explainer(name: str, *aliases: str, needs_gradients: bool = True, options: tuple[str, ...] = ()):
     def deco(fn: Callable[[CAMContext], Tensor]) -> Callable[[CAMContext], Tensor]:
-        METHODS.add(name, CAMMethod(fn, needs_gradients, options), *aliases)
+        EXPLAINERS.add(name, Explainer(fn, needs_gradients, options), *aliases)
         return fn
 
     return deco
@@ -84,25 +84,25 @@ def target_gradients(logits: Tensor, score: Callable[[Tensor], Tensor], acts: Te
     return grads
 
 
-@_method("gradcam", "grad-cam")
+@_explainer("gradcam", "grad-cam")
 def gradcam(ctx: CAMContext) -> Tensor:
     return _weighted(ctx.gradients.mean((2, 3)), ctx.activations)
 
 
-@_method("hirescam")
+@_explainer("hirescam")
 def hirescam(ctx: CAMContext) -> Tensor:
     """Element-wise gradient x activation (Draelos & Carin), the map CGC trains with."""
     return (ctx.gradients * ctx.activations).sum(1)
 
 
-@_method("xgradcam", "xgrad-cam")
+@_explainer("xgradcam", "xgrad-cam")
 def xgradcam(ctx: CAMContext) -> Tensor:
     acts, grads = ctx.activations, ctx.gradients
     total = acts.sum((2, 3), keepdim=True)
     return _weighted((grads * acts / (total + 1e-7)).sum((2, 3)), acts)
 
 
-@_method("gradcam++", "gradcampp", "gradcamplusplus")
+@_explainer("gradcam++", "gradcampp", "gradcamplusplus")
 def gradcam_plus_plus(ctx: CAMContext) -> Tensor:
     acts, grads = ctx.activations, ctx.gradients
     g2 = grads.pow(2)
@@ -113,12 +113,12 @@ def gradcam_plus_plus(ctx: CAMContext) -> Tensor:
     return _weighted((grads.clamp_min(0) * alpha).sum((2, 3)), acts)
 
 
-@_method("layercam")
+@_explainer("layercam")
 def layercam(ctx: CAMContext) -> Tensor:
     return (ctx.gradients.clamp_min(0) * ctx.activations).sum(1)
 
 
-@_method("scorecam", "score-cam", needs_gradients=False, options=("batch_size",))
+@_explainer("scorecam", "score-cam", needs_gradients=False, options=("batch_size",))
 def scorecam(ctx: CAMContext) -> Tensor:
     """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target scores of
     the N·K masked images (one batched stream, ``batch_size`` at a time) are soft-maxed over
@@ -143,7 +143,7 @@ def scorecam(ctx: CAMContext) -> Tensor:
     return _weighted(weights, acts)
 
 
-@_method("integrated-gradcam", "integrated_gradcam", "igcam", options=("steps", "baseline"))
+@_explainer("integrated-gradcam", "integrated_gradcam", "igcam", options=("steps", "baseline"))
 def integrated_gradcam(ctx: CAMContext) -> Tensor:
     """Integrated Grad-CAM (Sattarzadeh et al., ICASSP 2021), as the path integral of the Grad-CAM
     weights along the straight line from a baseline x' (black image) to x:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from consistcam.explain._state import capture
 from consistcam.explain.layers import find_block_layers, resolve_layer
-from consistcam.explain.methods import METHODS, CAMContext, CAMMethod, Reshape, no_reshape
+from consistcam.explain.methods import EXPLAINERS, CAMContext, Explainer, Reshape, no_reshape
 from consistcam.explain.targets import TargetScore
 
 __all__ = ["otsu_levels", "sise_maps"]
@@ -251,7 +251,7 @@ def ada_sise(ctx: CAMContext) -> Tensor:
     return sise_maps(ctx.model, ctx.images, ctx.score, layers, reshapes, adaptive=True, **_options(ctx))
 
 
-METHODS.add("sise", CAMMethod(sise, needs_gradients=False, options=("layers", "batch_size", "grad_threshold",
+EXPLAINERS.add("sise", Explainer(sise, needs_gradients=False, options=("layers", "batch_size", "grad_threshold",
                                                                   "temperature", "softmax", "progress")))
-METHODS.add("ada-sise", CAMMethod(ada_sise, needs_gradients=False, options=("layers", "batch_size", "softmax",
+EXPLAINERS.add("ada-sise", Explainer(ada_sise, needs_gradients=False, options=("layers", "batch_size", "softmax",
                                                                            "progress")), "adasise", "ada_sise")

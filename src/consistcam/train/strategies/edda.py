@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from consistcam.config import option, registered, validate
-from consistcam.explain import METHODS, explain
+from consistcam.explain import EXPLAINERS, explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.metrics.faithfulness import pixel_ranks
 from consistcam.train.strategies._shared import FILLS, masked_count, occlude
@@ -66,7 +66,7 @@ class EDDAConfig:
     fill: str = option("mean", "occlusion value: mean = each image's per-channel mean, zero = black (the deletion "
                                "metric's baseline), blur = Gaussian blur (kernel 11, sigma 5: the insertion metric's)",
                        choices=FILLS)
-    explainer: str = option("gradcam", "explainer of the heatmap", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the heatmap", check=registered(EXPLAINERS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained (and whose confidence the drop copy lowers): label or prediction",
                          choices=("label", "prediction"))

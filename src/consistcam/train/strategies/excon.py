@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from consistcam.config import option, registered, validate
 from consistcam.data.geometry import apply_crop_flip
-from consistcam.explain import METHODS, explain, resolve_layer
+from consistcam.explain import EXPLAINERS, explain, resolve_layer
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies._shared import classifier_inputs, classifier_layer, normalization, occlude
@@ -97,7 +97,7 @@ class ExConConfig:
                                              check=check_crop_scale)
     flip_p: float = option(0.5, "probability of a horizontal flip of the random views (reference: 0.5)",
                            ge=0.0, le=1.0)
-    explainer: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(METHODS))
+    explainer: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(EXPLAINERS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
     target: str = option("label", "class explained: label (reference) or prediction", choices=("label", "prediction"))
     classifier: str = option("probe", "how CE trains: probe = the last Linear on detached features, the encoder "
