@@ -107,7 +107,9 @@ def test_manifold_alignment_and_transport_match_the_reference_on_the_strategy_in
     text = strategy.text_features()
     tau = strategy.temperature.clamp(min=0.01)
     ma = ref_manifold_alignment(pooled[0], text.sentence[labels], tau)
-    assert t["ma"].item() == pytest.approx(ma.item(), rel=1e-5)
+    # a KL of ~0.006 between near-equal softmaxes: float32 cancellation puts its relative error near
+    # 1e-5 and how near depends on the CPU's kernels (1.15e-5 on one CI VM), so 1e-4 with the gradient
+    assert t["ma"].item() == pytest.approx(ma.item(), rel=1e-4)
     shared = [strategy.context, strategy.temperature, *strategy.encoder.parameters()]
     g_ours = flat_grad(t["ma"], list(model.parameters()) + shared)
     g_ref = flat_grad(ma, list(twin.parameters()) + shared)
