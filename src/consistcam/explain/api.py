@@ -95,7 +95,7 @@ def explain(
     restored, BatchNorm running statistics unchanged even in train mode. Bad images or targets raise
     :class:`~consistcam.explain.inputs.InputError` (a ValueError and a TypeError) before any map is made.
     """
-    cam_method = EXPLAINERS.get(explainer)  # an unknown explainer is named before the inputs are looked at
+    entry = EXPLAINERS.get(explainer)  # an unknown explainer is named before the inputs are looked at
     check_explainer_options(options)
     checked = check_inputs(model, images, targets)
     images, counts = checked.images, checked.counts
@@ -135,13 +135,13 @@ def explain(
         targets = checked.targets
         score = TargetScore(ids=targets.long()) if isinstance(targets, Tensor) else resolve_targets(targets, logits)
         grads = None
-        if cam_method.needs_gradients:
+        if entry.needs_gradients:
             grads = reshape(target_gradients(logits, score, cap.activation, differentiable))
             if not differentiable:
                 grads = grads.detach()
         ctx = CAMContext(model, layer_module, images, score, acts if differentiable else acts.detach(), grads,
                          differentiable, options, reshape)
-        raw = cam_method.fn(ctx)
+        raw = entry.fn(ctx)
     maps = F.interpolate(F.relu(raw)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
     if normalize:
         maps = normalize_maps(maps)

@@ -45,7 +45,7 @@ class CAMContext:
 class Explainer:
     fn: Callable[[CAMContext], Tensor]
     needs_gradients: bool = True
-    options: tuple[str, ...] = ()  # the options ``explain(**options)`` passes to this method
+    options: tuple[str, ...] = ()  # the options ``explain(**options)`` passes to this explainer
 
 
 EXPLAINERS: Registry[Explainer] = Registry("explainer")

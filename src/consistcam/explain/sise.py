@@ -252,6 +252,6 @@ def ada_sise(ctx: CAMContext) -> Tensor:
 
 
 EXPLAINERS.add("sise", Explainer(sise, needs_gradients=False, options=("layers", "batch_size", "grad_threshold",
-                                                                  "temperature", "softmax", "progress")))
+                                                                      "temperature", "softmax", "progress")))
 EXPLAINERS.add("ada-sise", Explainer(ada_sise, needs_gradients=False, options=("layers", "batch_size", "softmax",
-                                                                           "progress")), "adasise", "ada_sise")
+                                                                               "progress")), "adasise", "ada_sise")
