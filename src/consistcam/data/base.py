@@ -62,6 +62,47 @@ def check_classes(ids: Sequence[str], source: str) -> None:
         seen[cid] = n
 
 
+def read_class_list(path: str | Path) -> list[str]:
+    """Class ids from a text file, one a line; blank lines and ``#`` comments are ignored."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: class list not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: class list unreadable ({type(err).__name__})") from None
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = [i for i in ids if i]
+    check_classes(ids, str(path))
+    if not ids:
+        raise DataError(f"{path}: class list is empty")
+    return ids
+
+
+def select_classes(ids: Sequence[str], source: str, classes: str | Path | Sequence[str] | None = None,
+                   exclude: str | Path | Sequence[str] | None = None) -> list[str]:
+    """The ids of ``ids`` kept by ``classes`` (keep only these) and ``exclude`` (drop these), in the
+    data set's own order, so labels follow the data set and not the list. Each is a file (one id a
+    line) or a sequence of ids. An id the data set does not have is an error naming it: a typo would
+    otherwise silently keep a class that a benchmark reserves."""
+    known = set(ids)
+    kept = list(ids)
+    for name, chosen in (("classes", classes), ("exclude", exclude)):
+        if chosen is None:
+            continue
+        where = str(chosen) if isinstance(chosen, (str, Path)) else f"{name}="
+        wanted = read_class_list(chosen) if isinstance(chosen, (str, Path)) else list(chosen)
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise DataError(f"{where}: class id {unknown[0]!r}{more} is not a class of {source}")
+        wanted_set = set(wanted)
+        kept = [c for c in kept if (c in wanted_set) == (name == "classes")]
+    if not kept:
+        raise DataError(f"{source}: no class left after classes={classes} exclude={exclude}")
+    return kept
+
+
 def check_same_classes(expected: Sequence[str], got: Sequence[str], expected_what: str, got_what: str) -> None:
     """Labels are class indices, so two label spaces agree only when their class names agree in
     order: {a, b} and {a, c} both have two classes, and "c" would be scored as "b"."""

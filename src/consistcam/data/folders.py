@@ -6,27 +6,31 @@ optional foreground masks (``fg_mask/<split>/<class>/<stem>.npy``, boolean H x W
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from consistcam.data.base import DataError, LocatedDataset
+from consistcam.data.base import DataError, LocatedDataset, select_classes
 from consistcam.data.images import read_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 
 
-def scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
-    """Sorted class folders and their image files; an empty class folder is an error, not a silent gap
-    in the label space (every later class would be shifted by one)."""
+def scan_class_folders(root: Path, classes: str | Path | Sequence[str] | None = None,
+                       exclude: str | Path | Sequence[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
+    """Sorted class folders (those kept by ``classes`` / ``exclude``, see ``select_classes``) and their
+    image files; an empty class folder is an error, not a silent gap in the label space (every later
+    class would be shifted by one)."""
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    found_classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found_classes:
         raise DataError(f"{root}: no class folders found")
+    classes = select_classes(found_classes, f"{root} (its class folders)", classes, exclude)
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -41,9 +45,9 @@ def scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
 class _FolderDataset(LocatedDataset):
     """Images read lazily from a scanned class-folder tree; unreadable ones skipped under ``skip_bad``."""
 
-    def _init_files(self, root: Path, skip_bad: bool) -> None:
+    def _init_files(self, root: Path, skip_bad: bool, classes=None, exclude=None) -> None:
         self.root = root
-        self.classes, self.files, self.labels = scan_class_folders(root)
+        self.classes, self.files, self.labels = scan_class_folders(root, classes, exclude)
         self._skip_bad = skip_bad
 
     def __len__(self) -> int:
@@ -74,13 +78,16 @@ class _FolderDataset(LocatedDataset):
 
 
 class ImageFolder(_FolderDataset):
-    """``root/<split>/<class>/*.jpg`` when ``root/<split>`` exists, else ``root/<class>/*.jpg``. No locations."""
+    """``root/<split>/<class>/*.jpg`` when ``root/<split>`` exists, else ``root/<class>/*.jpg``. No locations.
+    ``classes=`` / ``exclude=`` (a file of folder names, or a list) keep a subset of the classes."""
 
-    def __init__(self, root: str | Path, split: str = "train", transform=None, skip_bad: bool = False) -> None:
+    def __init__(self, root: str | Path, split: str = "train", transform=None, skip_bad: bool = False,
+                 classes: str | Path | Sequence[str] | None = None,
+                 exclude: str | Path | Sequence[str] | None = None) -> None:
         super().__init__(transform)
         root = Path(root)
         self.split = split
-        self._init_files(root / split if (root / split).is_dir() else root, skip_bad)
+        self._init_files(root / split if (root / split).is_dir() else root, skip_bad, classes, exclude)
         if skip_bad:
             self.check()
 

@@ -1,10 +1,12 @@
 """Selecting data with one string: ``demo``, ``demo:rho=0.8,n=4000``, ``tinyimagenet:PATH``, ``cub:PATH``,
-``voc:PATH``, ``stl10:PATH``, ``imagefolder:PATH``, ``in9:PATH``, and the background-shortcut benchmark
+``voc:PATH``, ``stl10:PATH``, ``imagefolder:PATH``, ``in9:PATH`` (Tiny ImageNet and ImageFolder take
+``classes=FILE`` / ``exclude=FILE`` before the path: ``tinyimagenet:exclude=FILE:PATH``), and the background-shortcut benchmark
 over any of those with boxes or masks: ``shortcut:tinyimagenet:PATH``, ``shortcut:rho=0.8:cub:PATH``."""
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from consistcam._registry import Registry
@@ -53,11 +55,31 @@ def _demo(arg: str, split: str, transform, **kw) -> LocatedDataset:
     return DemoShapes(split=split, transform=transform, **opts)
 
 
-def _path_loader(cls, kind: str, example: str):
+_OPTION_PREFIX = re.compile(r"^[a-z_]+=")
+
+
+def parse_path_options(arg: str, kind: str, known: tuple[str, ...], example: str) -> tuple[dict[str, str], str]:
+    """``key=value[,key=value]:PATH`` -> (options, PATH); a bare ``PATH`` has no options. A first
+    segment that looks like options but names an unknown one is an error, not a path."""
+    head, sep, rest = arg.partition(":")
+    if not sep or not _OPTION_PREFIX.match(head):
+        return {}, arg
+    opts: dict[str, str] = {}
+    for item in filter(None, head.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in known or not eq or not value:
+            raise ValueError(f"bad {kind} option {item!r}; known: {', '.join(known) or 'none'} "
+                             f"(e.g. {kind}:{example})")
+        opts[key] = value
+    return opts, rest
+
+
+def _path_loader(cls, kind: str, example: str, options: tuple[str, ...] = ()):
     def build(arg: str, split: str, transform, **kw) -> LocatedDataset:
-        if not arg:
+        opts, path = parse_path_options(arg, kind, options, f"{options[0]}=FILE:{example}" if options else example)
+        if not path:
             raise ValueError(f"{kind} needs a path: {kind}:{example}")
-        return cls(Path(arg).expanduser(), split=split, transform=transform, **kw)
+        return cls(Path(path).expanduser(), split=split, transform=transform, **opts, **kw)
     return build
 
 
@@ -76,11 +98,15 @@ def _shortcut(arg: str, split: str, transform, **kw) -> LocatedDataset:
 
 
 DATASETS.add("demo", _demo)
-DATASETS.add("tinyimagenet", _path_loader(TinyImageNet, "tinyimagenet", "/data/tiny-imagenet-200"), "tiny-imagenet")
+# classes=FILE / exclude=FILE (one class id a line) keep a subset, e.g. a pretraining set that never
+# shares a class with a benchmark: tinyimagenet:exclude=reserved_classes.txt:/data/tiny-imagenet-200
+_SELECT = ("classes", "exclude")
+DATASETS.add("tinyimagenet", _path_loader(TinyImageNet, "tinyimagenet", "/data/tiny-imagenet-200", _SELECT),
+             "tiny-imagenet")
 DATASETS.add("cub", _path_loader(CUB200, "cub", "/data/CUB_200_2011"), "cub200")
 DATASETS.add("voc", _path_loader(VOCDetectionLabels, "voc", "/data/VOCdevkit/VOC2007"), "pascal-voc")
 DATASETS.add("stl10", _path_loader(STL10, "stl10", "/data/stl10_binary"), "stl-10")
-DATASETS.add("imagefolder", _path_loader(ImageFolder, "imagefolder", "/data/my-images"), "folder")
+DATASETS.add("imagefolder", _path_loader(ImageFolder, "imagefolder", "/data/my-images", _SELECT), "folder")
 DATASETS.add("in9", _path_loader(ImageNet9, "in9", "/data/bg_challenge"), "imagenet9", "bg_challenge")
 DATASETS.add("shortcut", _shortcut, "waterbirds-protocol")
 

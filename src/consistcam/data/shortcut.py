@@ -99,6 +99,8 @@ class ShortcutBackgrounds(LocatedDataset):
         g = torch.Generator().manual_seed(seed * 1009 + _SPLIT_SEED[split])
         labels = torch.tensor(base.all_labels())
         k = len(self.classes)
+        if k < 2:  # a minority background is another class's: one class has none
+            raise DataError(f"shortcut needs at least 2 classes, the base data set has {k} ({', '.join(self.classes)})")
         members = self._members(labels, split, val_fraction, seed)
         self.index = members.tolist()  # base indices of this split's samples
         self.labels = labels[members].tolist()

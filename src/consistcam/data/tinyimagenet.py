@@ -1,18 +1,27 @@
 """Tiny ImageNet in its native layout (works for the 200-class original and subsets of it).
 
 train/<wnid>/images/<wnid>_<k>.JPEG with train/<wnid>/<wnid>_boxes.txt, val/images/val_<k>.JPEG
-with val/val_annotations.txt. Box files give inclusive pixel coordinates (x0 y0 x1 y1); we store
+with val/val_annotations.txt. ``classes=`` / ``exclude=`` (a file of wnids, or a list) keep a subset
+of the classes, labelled in wnids.txt order. Box files give inclusive pixel coordinates (x0 y0 x1 y1); we store
 XYXY with exclusive x1/y1 (x1 + 1, y1 + 1), so a box covering the whole 64 px image is 0 0 64 64.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from consistcam.data.base import DataError, LocatedDataset, annotation_lines, check_classes, check_no_empty_class
+from consistcam.data.base import (
+    DataError,
+    LocatedDataset,
+    annotation_lines,
+    check_classes,
+    check_no_empty_class,
+    select_classes,
+)
 from consistcam.data.images import read_rgb
 
 
@@ -26,7 +35,8 @@ class TinyImageNet(LocatedDataset):
     has_boxes = True
 
     def __init__(self, root: str | Path, split: str = "train", transform=None, skip_bad: bool = False,
-                 preload: bool = True) -> None:
+                 preload: bool = True, classes: str | Path | Sequence[str] | None = None,
+                 exclude: str | Path | Sequence[str] | None = None) -> None:
         super().__init__(transform)
         self.root = Path(root)
         if split not in ("train", "val"):
@@ -34,8 +44,11 @@ class TinyImageNet(LocatedDataset):
         wnids_file = self.root / "wnids.txt"
         if not wnids_file.is_file():
             raise DataError(f"{wnids_file}: not found; is {self.root} a Tiny ImageNet folder?")
-        self.wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
-        check_classes(self.wnids, str(wnids_file))
+        all_wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
+        check_classes(all_wnids, str(wnids_file))
+        # classes= / exclude= keep a subset; val lines of the dropped classes are left out, not errors
+        self.wnids = select_classes(all_wnids, str(wnids_file), classes, exclude)
+        self._dropped = set(all_wnids) - set(self.wnids)
         self._skip = self.skipped if skip_bad else None
         names = {}
         words = self.root / "words.txt"
@@ -112,6 +125,8 @@ class TinyImageNet(LocatedDataset):
         if not ann.is_file():
             raise DataError(f"{ann}: not found")
         for where, parts in annotation_lines(ann, 6, "'file wnid x0 y0 x1 y1'", skip=self._skip):
+            if parts[1] in self._dropped:
+                continue
             if parts[1] not in index:
                 raise _BadLine(where, f"{where}: class id {parts[1]!r} is not in wnids.txt")
             yield self.root / "val" / "images" / parts[0], index[parts[1]], self._parse_box(parts[2:], where), where

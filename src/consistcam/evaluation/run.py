@@ -172,7 +172,8 @@ def evaluate_run(
     meta = {"checkpoint": str(run), "run": str(run_dir.resolve()), "data": data, "explainers": explainers,
             "protocols": list(protocols), "subset": subset, "seed": seed, "skip_bad": skip_bad,
             "seeds": {**stream_seeds(seed), "background": seed}, "consistency": to_dict(cfg),
-            "classes": info["classes"], "command": command, "files": files, "sha256": digests}
+            "classes": info["classes"], "command": command, "files": files, "sha256": digests,
+            "init": {"path": run_option(run_dir, "init"), "sha256": run_option(run_dir, "init_sha256")}}
     summary = shortcut_summary(results, group_inputs, info["classes"])
     text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
     atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))

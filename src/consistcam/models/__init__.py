@@ -6,11 +6,12 @@ from consistcam.models.factory import (
     MODELS,
     Normalize,
     SmallResNet,
+    classifier_head,
     create,
     list_models,
     model_recipe,
 )
 from consistcam.models.state import preserved_state
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "Normalize", "SmallResNet", "create", "list_models",
-           "model_recipe", "preserved_state"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "Normalize", "SmallResNet", "classifier_head", "create",
+           "list_models", "model_recipe", "preserved_state"]

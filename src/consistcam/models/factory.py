@@ -219,13 +219,32 @@ def model_recipe(model: nn.Module) -> dict | None:
     return getattr(model, "_consistcam_recipe", None)
 
 
-def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
+def classifier_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """(qualified name, module) of the final linear classifier: timm's ``get_classifier()`` where it
+    exists, else the last ``nn.Linear`` of ``fc`` / ``classifier`` / ``head`` / ``heads`` (torchvision,
+    ours). Looks inside :class:`Normalize`. Fine-tuning re-initialises it, a linear probe trains it alone."""
+    prefix, inner = ("model.", model.model) if isinstance(model, Normalize) else ("", model)
+    get = getattr(inner, "get_classifier", None)
+    if callable(get):
+        head = get()
+        for name, module in inner.named_modules():
+            if module is head and isinstance(head, nn.Linear):
+                return prefix + name, head
     for attr in ("fc", "classifier", "head", "heads"):
-        head = getattr(model, attr, None)
+        head = getattr(inner, attr, None)
         if isinstance(head, nn.Linear):
-            setattr(model, attr, nn.Linear(head.in_features, num_classes))
-            return
-        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-            head[-1] = nn.Linear(head[-1].in_features, num_classes)
-            return
-    raise ValueError(f"do not know how to replace the classifier head of {name!r}")
+            return prefix + attr, head
+        if isinstance(head, nn.Sequential) and len(head) and isinstance(head[-1], nn.Linear):
+            return f"{prefix}{attr}.{len(head) - 1}", head[-1]
+    raise ValueError(f"no linear classifier head found in {type(inner).__name__} (looked for get_classifier(), "
+                     "fc, classifier, head, heads)")
+
+
+def _replace_head(model: nn.Module, num_classes: int, name: str) -> None:
+    try:
+        qualified, head = classifier_head(model)
+    except ValueError:
+        raise ValueError(f"do not know how to replace the classifier head of {name!r}") from None
+    parent_name, _, attr = qualified.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Linear(head.in_features, num_classes))

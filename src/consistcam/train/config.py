@@ -30,6 +30,7 @@ from consistcam.run.kept import keep_check, keep_every
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _data_check(value: str) -> str | None:
@@ -66,6 +67,17 @@ class TrainConfig:
                        check=_arch_check)
     pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
     small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
+    init: str | None = option(None, "fine-tune from these weights: a run folder or its model.safetensors, or a "
+                              "torchvision/timm state dict (.safetensors, or .pth/.pt/.bin/.ckpt read with "
+                              "weights_only=True); the classifier head is re-initialised when the class count "
+                              "differs, any other missing or unexpected key is an error")
+    init_sha256: str | None = option(None, "sha256 of the init file: recorded when training starts; a value given "
+                                     "here must match the file", check=lambda v: None if _SHA256.match(v) else
+                                     "expected 64 hexadecimal digits")
+    freeze: str = option("none", "backbone: train the classifier head alone (a linear probe; the frozen part "
+                         "stays in eval mode)", choices=("none", "backbone"))
+    backbone_lr_scale: float = option(1.0, "the backbone's learning rate is lr times this (fine-tuning)", ge=0.0)
+    head_lr_scale: float = option(1.0, "the classifier head's learning rate is lr times this (fine-tuning)", gt=0.0)
     image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1, le=MAX_SIDE)
     augment: str = option("flip", "training augmentation", choices=AUGMENTATIONS)
     method: str = option("erm", "training method (consistcam list methods)", check=registered(STRATEGIES))
@@ -106,6 +118,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.freeze == "backbone" and self.init is None and not self.pretrained:
+            raise ConfigError("freeze: backbone trains only the head of a random backbone; give init= or pretrained")
         # one spelling in config.yaml (an integer, None when off), so resume compares like with like
         self.keep_checkpoints = keep_every(self.keep_checkpoints) or None
         try:

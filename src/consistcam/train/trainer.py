@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,11 @@ from torch import nn
 
 from consistcam.config import ConfigError
 from consistcam.data.images import check_image_size
-from consistcam.models import create, model_recipe
+from consistcam.models import classifier_head, create, model_recipe
 from consistcam.models.state import preserved_state
 from consistcam.run.checkpoint import load_checkpoint
 from consistcam.run.device import resolve_device
+from consistcam.run.init import InitInfo, file_sha256, freeze_backbone, load_init, resolve_init_path
 from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_LOCAL_KEYS, config_differences
 from consistcam.run.status import (
     discard_unstarted_run,
@@ -83,14 +85,46 @@ class Schedule:
         return self.lr
 
 
+def model_param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
+    """The model's parameter groups: one, unless fine-tuning options split the classifier head from
+    the backbone (``backbone_lr_scale``, ``head_lr_scale``: each group's lr is the schedule's times its
+    ``lr_scale``) or freeze the backbone (a linear probe: the head alone)."""
+    if cfg.freeze == "none" and cfg.backbone_lr_scale == 1.0 and cfg.head_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    head = freeze_backbone(model) if cfg.freeze == "backbone" else list(classifier_head(model)[1].parameters())
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    groups = [{"params": backbone, "lr_scale": cfg.backbone_lr_scale}] if backbone else []
+    return [*groups, {"params": head, "lr_scale": cfg.head_lr_scale}]
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over the model's parameters; the :class:`Trainer` adds a strategy's own
-    parameters as a second group after ``strategy.setup`` (which creates them)."""
-    params: list = [{"params": list(model.parameters())}]
+    """SGD (Nesterov) or AdamW over the model's parameter groups (:func:`model_param_groups`); the
+    :class:`Trainer` adds a strategy's own parameters as a further group after ``strategy.setup``
+    (which creates them)."""
+    params = model_param_groups(cfg, model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def apply_init(config: TrainConfig, model: nn.Module, resume: bool) -> InitInfo | None:
+    """Load ``config.init`` into ``model`` and record the file's sha256 in the config (a given
+    ``init_sha256`` must match). A resume takes the weights from its checkpoint, so it only checks
+    the file when it is still there (the checkpoint's config then has to agree on the hash)."""
+    if config.init is None:
+        return None
+    if resume:
+        path = Path(config.init).expanduser()
+        if path.exists():
+            config.init_sha256 = file_sha256(resolve_init_path(path))
+        return None
+    info = load_init(model, config.init)
+    if config.init_sha256 is not None and config.init_sha256 != info.sha256:
+        raise ConfigError(f"init_sha256: {info.path} has sha256 {info.sha256}, not the {config.init_sha256} given")
+    config.init_sha256 = info.sha256
+    return info
 
 
 class Trainer:
@@ -154,7 +188,13 @@ class Trainer:
                                                                              self.dist.world_size, ids),
             reset_optimizer=lambda: self.optimizer.state.clear())  # late-bound: resume replaces the state dict
         self.strategy.setup(self.ctx)
-        # after setup, which creates them (a head, prompts): a second group in the parameters' fixed order
+        # modules whose parameters are all frozen (a linear probe's backbone) stay in eval mode in training
+        self._frozen = [m for m in self.module.modules()
+                        if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)]
+        self.init_status: dict | None = None
+        self.init_info = None
+        # after setup, which creates them (a head, prompts): a further group in the parameters' fixed order
+        self._model_groups = len(self.optimizer.param_groups)
         if extra := list(self.strategy.parameters(self.module)):
             self.optimizer.add_param_group({"params": extra})
         # after setup: a strategy may only then know whether it reads boxes or masks
@@ -200,6 +240,7 @@ class Trainer:
         if dist_info.is_main:
             data.record_skipped(run_dir)
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
+        init_info = apply_init(config, model, resume)
         strategy = build_strategy(config.method, config.strategy)
         check_layer_options(model, strategy.config, config.method)
         optimizer = build_optimizer(config, model)
@@ -209,6 +250,10 @@ class Trainer:
                       amp=config.amp,
                       channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
                       dist_info=dist_info, sync_bn=config.sync_bn, preload=config.preload)
+        trainer.init_info = init_info
+        if init_info is not None and init_info.head_reinitialised and progress and dist_info.is_main:
+            print(f"init: {init_info.path} (sha256 {init_info.sha256[:12]}...): classifier head "
+                  f"{init_info.head_reinitialised} re-initialised for {len(data.classes)} classes", file=sys.stderr)
         if resume:
             trainer.resume()
         return trainer
@@ -251,7 +296,10 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_FILE
         status = read_status(self.run_dir)
         state = load_checkpoint(path, self.module, self.optimizer)
+        self.init_status = status.get("init", self.init_status)
         if self.config is not None:
+            if self.config.init is not None and self.config.init_sha256 is None:  # the file is gone: trust the run
+                self.config.init_sha256 = dict(state["config"]).get("init_sha256")
             saved = {k: v for k, v in dict(state["config"]).items() if k not in RUN_LOCAL_KEYS}
             saved = TrainConfig.from_dict({**saved, "out": "x"}).to_dict()  # old layouts, defaults filled in
             diff = config_differences(saved, self.config.to_dict(), ignore_epochs=True)
@@ -315,7 +363,20 @@ class Trainer:
         info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
         info["input_pipeline"] = "preloaded" if self.data.preloaded is not None else \
             f"dataloader ({self.preload_note})"
+        if self.init_status is not None:
+            info["init"] = self.init_status
         return info
+
+    @property
+    def init_info(self) -> InitInfo | None:
+        return self._init_info
+
+    @init_info.setter
+    def init_info(self, info: InitInfo | None) -> None:
+        """What status.json records of the init file (kept across resumes, which read no init file)."""
+        self._init_info = info
+        if info is not None:
+            self.init_status = {"path": info.path, "sha256": info.sha256, "head_reinitialised": info.head_reinitialised}
 
     def run_epoch(self, epoch: int) -> dict:
         t0 = time.time()
@@ -345,6 +406,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int, seed: int) -> dict:
         self.model.train()
+        for module in self._frozen:
+            module.eval()
         loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations,
                                         rank=self.dist.rank, world_size=self.dist.world_size)
         steps = len(loader)
@@ -357,7 +420,7 @@ class Trainer:
         for i, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch}", enabled=self.progress)):
             lr = self.schedule(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = self._to_device(batch)
             n = len(batch["label"])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -394,7 +457,8 @@ class Trainer:
     def _average_strategy_gradients(self) -> None:
         """DDP averages the model's gradients; a strategy's own parameters (second group) are averaged
         here, in one flat bucket: one collective per step instead of one per parameter."""
-        grads = [p.grad for group in self.optimizer.param_groups[1:] for p in group["params"] if p.grad is not None]
+        grads = [p.grad for group in self.optimizer.param_groups[self._model_groups:] for p in group["params"]
+                 if p.grad is not None]
         average_flat(grads, self.dist)
 
     @torch.no_grad()
