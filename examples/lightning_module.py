@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None, **trainer_options) -> lightning.Trainer:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n", type=int, default=512, help="training images")
     parser.add_argument("--steps", type=int, default=2, help="PGD steps of the background attack")
+    parser.add_argument("--resume", help="a Lightning checkpoint to continue from (ECL's state included)")
     args = parser.parse_args(argv)
     lightning.seed_everything(0, verbose=False)
     # consistcam's data sets yield dicts with "image", "label" and "id"; any other: consistcam.WithIds
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None, **trainer_options) -> lightning.Trainer:
     trainer = lightning.Trainer(max_epochs=args.epochs, accelerator="cpu", callbacks=[ecl], logger=False,
                                 enable_model_summary=False, **trainer_options)
     trainer.fit(Classifier(len(train_set.classes)),
-                DataLoader(train_set, batch_size=64, shuffle=True, collate_fn=collate))
+                DataLoader(train_set, batch_size=64, shuffle=True, collate_fn=collate), ckpt_path=args.resume)
     return trainer
 
 
