@@ -14,10 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from consistcam.utils import DistInfo, all_reduce_sum, gather_cat
-
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "broadcast_object", "gather_cat", "init_distributed",
-           "launched_by_torchrun"]
+from consistcam.utils import DistInfo
 
 
 def launched_by_torchrun() -> bool:

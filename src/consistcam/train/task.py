@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from consistcam.consistency.ecl import multi_hot, per_sample_loss
+from consistcam.consistency.ecl import multi_hot, per_sample_loss  # one loss for ECL's API and the trainer
 
 TASKS = ("auto", "single", "multilabel")
 
@@ -80,5 +80,5 @@ class Task:
         return labels
 
 
-__all__ = ["TASKS", "Task", "f1_from_counts", "multi_hot", "multilabel_counts", "resolve_task",
+__all__ = ["TASKS", "Task", "f1_from_counts", "multilabel_counts", "resolve_task",
            "weighted_cross_entropy"]

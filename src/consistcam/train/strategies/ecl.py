@@ -21,8 +21,6 @@ from consistcam.consistency.ecl import ECL as ECLSchedule
 from consistcam.consistency.ecl import ECLConfig
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
 
-__all__ = ["ECL", "ECLConfig"]
-
 
 @register_strategy("ecl")
 class ECL(Strategy):
