@@ -117,3 +117,33 @@ def test_ids_seen_twice_or_out_of_range_are_refused(demo):
         consistcam.ECL(len(data), config(warmup=0)).on_epoch_start(model, twice, 0)
     with pytest.raises(ValueError, match="sample id 47, outside 0 .. num_samples - 1 = 9"):
         consistcam.ECL(10, config(warmup=0)).on_epoch_start(model, DataLoader(data, 48, collate_fn=collate), 0)
+
+
+# without the attack's random start a sample's E does not depend on which batch (or rank) scores it
+NO_RANDOM_START = config(warmup=0, consistency=consistcam.ConsistencyConfig(steps=1, random_start=False))
+
+
+def _rank_weights(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    data = DemoShapes("train", n=48, size=16, transform=build_transform(None, "none"))
+    model = consistcam.create("cc_resnet10", len(data.classes)).eval()
+    shard = torch.utils.data.Subset(data, range(rank, len(data), world))  # disjoint, interleaved
+    ecl = consistcam.ECL(len(data), NO_RANDOM_START)  # process_group=None: the default group
+    ecl.on_epoch_start(model, DataLoader(shard, 16, collate_fn=collate), 0)
+    torch.save(ecl.weights, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_gather_the_same_weights_as_one(demo, tmp_path):
+    """Each rank scores its shard; after the gather both hold v of the whole set, that of one process
+    (up to float rounding: the shards' batches differ)."""
+    data, model = demo
+    torch.multiprocessing.spawn(_rank_weights, args=(2, f"file://{tmp_path}/init", str(tmp_path)), nprocs=2)
+    one = consistcam.ECL(len(data), NO_RANDOM_START)
+    one.on_epoch_start(model, DataLoader(data, 16, collate_fn=collate), 0)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert torch.equal(ranks[0], ranks[1])
+    assert torch.allclose(ranks[0], one.weights, atol=1e-4) and one.weights.std() > 0
