@@ -16,11 +16,11 @@ demo: $(STAMP)
 	$(VENV)/bin/consistcam demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_gradcam.py

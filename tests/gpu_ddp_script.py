@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from consistcam.train import TrainConfig, Trainer
 from consistcam.train import trainer as trainer_module
-from consistcam.train.distributed import DistInfo
+from consistcam.utils import DistInfo
 
 
 class OneRankWorld(DistInfo):

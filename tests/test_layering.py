@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("run", "metrics", "explain"),  # run: device and run folders (config, utils, models)
     ("arguments", "attack", "report"),  # arguments: shared CLI options (config, run); report/ only reads files
     ("consistency",),
-    ("train",),
+    ("train", "lightning"),  # lightning: the ECL callback (the optional extra), beside the trainer
     ("evaluation",),
     ("fool", "influence", "sweep", "diagnosis", "demo"),
     ("vae",),  # TracIn of VAEs reuses influence/

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, progress bars, seeding."""
+"""Small shared helpers: atomic file writes, progress bars, seeding, and the two collectives a
+per-sample pass needs under DDP (here, below every user of them: consistcam.ECL and the trainer)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import random
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch import Tensor
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -150,3 +155,52 @@ def fault_point(name: str) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, local rank, and the process group (None: default)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    group: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def of(cls, group=None) -> DistInfo:
+        """This process in ``group`` (None: the default group) when torch.distributed is initialised,
+        else one process: what a loop run by someone else (plain DDP, Lightning) is in right now."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        return cls(dist.get_rank(group), dist.get_world_size(group), group=group)
+
+
+def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=info.group)
+    return t
+
+
+def gather_cat(t: Tensor, info: DistInfo) -> Tensor:
+    """Concatenate every rank's tensor along dim 0 (lengths may differ), rank order."""
+    if not info.enabled:
+        return t
+    if t.dtype == torch.bool:  # not every backend gathers bools
+        return gather_cat(t.to(torch.uint8), info).bool()
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n, group=info.group)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded, group=info.group)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])

@@ -1,5 +1,7 @@
-"""Explanation consistency E, training weights v = 1 - E, and the data-set scoring pass."""
+"""Explanation consistency E, training weights v = 1 - E, the data-set scoring pass, and ECL's schedule
+for any training loop (:class:`ECL`)."""
 
+from consistcam.consistency.ecl import ECL, ECLConfig
 from consistcam.consistency.score import (
     ConsistencyConfig,
     ConsistencyScores,
@@ -23,8 +25,10 @@ from consistcam.consistency.weights import consistency_weights
 __all__ = [
     "PREDICTION_CONSISTENCIES",
     "SIMILARITIES",
+    "ECL",
     "ConsistencyConfig",
     "ConsistencyScores",
+    "ECLConfig",
     "consistency_weights",
     "cosine_similarity",
     "explanation_consistency",

@@ -119,10 +119,15 @@ class ConsistencyScores:
 
 
 def unpack_batch(batch, device) -> tuple[Tensor, Tensor, Tensor, object, Tensor | None]:
-    """(images, labels, ids, boxes, masks) from a loader's dict batch, moved to ``device``."""
+    """(images, labels, ids, boxes, masks) from a loader's batch, moved to ``device``: a dict with
+    'image', 'label', 'id' (boxes/mask optional), or an ``(images, labels, ids)`` tuple
+    (:class:`consistcam.data.WithIds` over an (image, label) data set)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3:
+        batch = dict(zip(("image", "label", "id"), batch))
     if not isinstance(batch, Mapping) or not {"image", "label", "id"} <= set(batch):
-        raise TypeError("loader batches must be dicts with 'image', 'label' and 'id' "
-                        "(use consistcam.data.collate); got " + type(batch).__name__)
+        raise TypeError("loader batches must be dicts with 'image', 'label' and 'id' (use consistcam.data.collate) "
+                        "or (images, labels, ids) tuples (wrap the data set in consistcam.WithIds); got "
+                        + type(batch).__name__)
     images = batch["image"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     ids = batch["id"].to(device, non_blocking=True)

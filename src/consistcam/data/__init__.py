@@ -4,6 +4,7 @@ from consistcam.data.base import DataError, LocatedDataset, check_same_classes, 
 from consistcam.data.cub import CUB200
 from consistcam.data.demo import DemoShapes, make_demo_split
 from consistcam.data.folders import ImageFolder, ImageNet9
+from consistcam.data.ids import WithIds
 from consistcam.data.images import read_rgb
 from consistcam.data.masks import dilate, mask_from_boxes, mask_from_pixels, object_mask
 from consistcam.data.registry import DATASETS, build_dataset, eval_splits, parse_spec
@@ -27,6 +28,7 @@ __all__ = [
     "LocatedDataset",
     "TinyImageNet",
     "VOCDetectionLabels",
+    "WithIds",
     "build_dataset",
     "build_transform",
     "check_same_classes",

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from consistcam.consistency.ecl import multi_hot, per_sample_loss  # one loss for ECL's API and the trainer
+
 TASKS = ("auto", "single", "multilabel")
 
 
@@ -32,13 +34,6 @@ def resolve_task(name: str, data_multilabel: bool, data_name: str = "the data") 
         raise ValueError(f"task: 'single' needs one class per image, but {data_name} has multi-hot labels "
                          "(use --task multilabel or auto)")
     return data_multilabel if name == "auto" else name == "multilabel"
-
-
-def multi_hot(labels: Tensor, num_classes: int) -> Tensor:
-    """Multi-hot float (N, C) labels from class ids (N,); multi-hot labels pass through as floats."""
-    if labels.dim() == 1:
-        return F.one_hot(labels.long(), num_classes).float()
-    return labels.float()
 
 
 def multilabel_counts(logits: Tensor, labels: Tensor) -> Tensor:
@@ -65,12 +60,7 @@ class Task:
 
     def per_sample_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(N,) losses: cross-entropy, or binary cross-entropy averaged over the classes."""
-        if self.multilabel:
-            target = multi_hot(labels, logits.shape[1]).to(logits.dtype)
-            if self.label_smoothing:
-                target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
-        return F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
+        return per_sample_loss(logits, labels, self.multilabel, self.label_smoothing)
 
     def loss(self, logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         per_sample = self.per_sample_loss(logits, labels)
@@ -90,5 +80,5 @@ class Task:
         return labels
 
 
-__all__ = ["TASKS", "Task", "f1_from_counts", "multi_hot", "multilabel_counts", "resolve_task",
+__all__ = ["TASKS", "Task", "f1_from_counts", "multilabel_counts", "resolve_task",
            "weighted_cross_entropy"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from consistcam.config import ConfigError
+from consistcam.consistency.ecl import multi_hot
 from consistcam.data.images import check_image_size
 from consistcam.models import classifier_head, create, model_recipe
 from consistcam.models.state import preserved_state
@@ -40,17 +41,18 @@ from consistcam.run.status import (
 from consistcam.train.callbacks import Callback, Checkpointer, default_callbacks
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
-from consistcam.train.distributed import (
+from consistcam.train.distributed import barrier, broadcast_object, init_distributed
+from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
+from consistcam.train.task import Task, f1_from_counts, multilabel_counts, resolve_task
+from consistcam.utils import (
     DistInfo,
     all_reduce_sum,
-    barrier,
-    broadcast_object,
+    atomic_write,
+    fault_point,
     gather_cat,
-    init_distributed,
+    progress_bar,
+    seed_everything,
 )
-from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
-from consistcam.train.task import Task, f1_from_counts, multi_hot, multilabel_counts, resolve_task
-from consistcam.utils import atomic_write, fault_point, progress_bar, seed_everything
 
 
 class NonFiniteLossError(ValueError):

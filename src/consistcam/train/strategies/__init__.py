@@ -6,6 +6,7 @@ packages register theirs through the entry-point group ``consistcam.strategies``
 ``module:Class``), loaded on the first lookup of :data:`STRATEGIES`.
 """
 
+from consistcam.consistency.ecl import ECLConfig  # the ecl strategy's Config is the public API's
 from consistcam.train.strategies.base import (
     STRATEGIES,
     NoOptions,
@@ -17,7 +18,7 @@ from consistcam.train.strategies.base import (
     strategy_config,
 )
 from consistcam.train.strategies.cgc import CGC, CGCConfig
-from consistcam.train.strategies.ecl import ECL, ECLConfig
+from consistcam.train.strategies.ecl import ECL
 from consistcam.train.strategies.edda import EDDA, EDDAConfig
 from consistcam.train.strategies.erm import ERM
 from consistcam.train.strategies.excon import ExCon, ExConConfig

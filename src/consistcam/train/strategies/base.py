@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from consistcam._registry import Registry
 from consistcam.config import from_dict
-from consistcam.train.distributed import DistInfo, gather_cat
 from consistcam.train.task import Task
+from consistcam.utils import DistInfo, gather_cat
 
 
 class StepOutput(NamedTuple):

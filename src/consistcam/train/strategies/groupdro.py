@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from consistcam.config import option, validate
-from consistcam.train.distributed import all_reduce_sum
 from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
 from consistcam.train.strategies.groups import (
     GROUPINGS,
@@ -31,6 +30,7 @@ from consistcam.train.strategies.groups import (
     num_groups,
     training_groups,
 )
+from consistcam.utils import all_reduce_sum
 
 
 @dataclass
