@@ -101,7 +101,7 @@ CASES = [
       "--out", "{root}/layer_run"], "ecl.consistency.layer: Normalize has no layer 'model.nope'"),
     (["train", "--config", "{root}"], "config file {root}: a folder, not a YAML file"),
     (["explain", "{run}", "{root}/ok.png", "--out", "{root}/ok.png"],
-     "--out {root}/ok.png: exists and is not a folder"),
+     "--out {root}/ok.png: cannot create the folder: exists and is not a folder"),
     (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
     (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
@@ -225,3 +225,46 @@ def test_bit_flips_in_tensors_are_refused_on_load(world, tmp_path, capsys, name,
     err = capsys.readouterr().err
     assert f"{copy / name}: the tensors do not match the content hash stored with them" in err, err
     assert "Traceback" not in err and _digest(copy) == before
+
+
+OUT_COMMANDS = {  # every command that creates an output folder, with that folder as {out}
+    "train": ["train", *RUN_ARGS, "--out", "{out}"],
+    "evaluate": ["evaluate", "{run}", "--out", "{out}", "--quiet"],
+    "explain": ["explain", "{run}", "{root}/ok.png", "--out", "{out}", "--quiet"],
+    "fool": ["fool", "{run}", "--out", "{out}", "--quiet"],
+    "vae train": ["vae", "train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--out", "{out}",
+                  "--quiet"],
+    "sweep": ["sweep", "--grid", "lr=0.1,0.2", "--seeds", "0", "--out", "{out}", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("blocked", ["file_in_path", "read_only_parent"])
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_an_output_folder_that_cannot_be_made_is_one_clear_error(world, tmp_path, capsys, monkeypatch, command,
+                                                                 blocked):
+    """A file where a folder should be, or a parent that cannot be written (simulated: the tests may run as
+    root, who may write anywhere): one error naming the path and the reason, exit 2, nothing changed."""
+    (tmp_path / "afile.txt").write_text("x")
+    parent = tmp_path / ("afile.txt" if blocked == "file_in_path" else "locked")
+    out = parent / "sub"
+    if blocked == "read_only_parent":
+        parent.mkdir()
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self == out or parent in self.parents and self != parent:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        monkeypatch.setattr("os.access", lambda path, mode, **kw: Path(path) != parent)
+    before = {name: _digest(world[name]) for name in ("run", "partial")} | {"tmp": _digest(tmp_path)}
+    dirs = sorted(str(p) for p in tmp_path.rglob("*"))
+    code = main(_fill(OUT_COMMANDS[command], {**world, "out": out}))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    reason = "afile.txt is a file, not a folder" if blocked == "file_in_path" else "permission denied in"
+    assert f"{out}: cannot create the folder" in err and reason in err, err
+    assert ({name: _digest(world[name]) for name in ("run", "partial")} | {"tmp": _digest(tmp_path)}) == before
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == dirs

@@ -11,6 +11,7 @@ from consistcam.arguments import (
     add_config_options,
     add_device,
     add_quiet,
+    check_output_folder,
     config_overrides,
     int_at_least,
     parse_set,
@@ -57,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_yaml(args.config, overrides)
     else:
         cfg = TrainConfig.from_dict(overrides)
+    check_output_folder(cfg.out)
     trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume), overwrite=args.overwrite)
     if args.resume and trainer.start_epoch >= trainer.epochs and read_status(trainer.run_dir)["state"] == "complete":
         print(f"{trainer.run_dir} is complete ({trainer.epochs} epochs); nothing to do (--epochs N extends it)")
@@ -107,9 +109,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from consistcam.run.status import require_complete
     from consistcam.train import load_model
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder (the overlays are written into a folder)")
+    out = check_output_folder(args.out)
     dests = _overlay_names(args.images, args.explainer)
     require_complete(run_folder(args.checkpoint), args.allow_incomplete)
     model, info = load_model(args.checkpoint, args.device)
