@@ -268,3 +268,40 @@ def test_an_output_folder_that_cannot_be_made_is_one_clear_error(world, tmp_path
     assert f"{out}: cannot create the folder" in err and reason in err, err
     assert ({name: _digest(world[name]) for name in ("run", "partial")} | {"tmp": _digest(tmp_path)}) == before
     assert sorted(str(p) for p in tmp_path.rglob("*")) == dirs
+
+
+def test_explain_names_an_image_too_small_before_writing_any_overlay(world, tmp_path, capsys):
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    out = tmp_path / "overlays"
+    ok = str(world["root"] / "ok.png")
+    assert main(["explain", str(world["run"]), ok, ok, str(tmp_path / "tiny.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'tiny.png'}: 1x1 pixels is too small for this model to explain" in err, err
+    assert "Normalize" not in err and "layer=" not in err
+    assert not out.exists()  # nothing written, not even the folder
+    assert main(["explain", str(world["run"]), ok, "--size", "1", "--out", str(out)]) == 2
+    assert f"{ok}: 1x1 pixels after --size is too small" in capsys.readouterr().err
+    assert main(["explain", str(world["run"]), ok, str(world["root"] / "notimage.png"), "--out", str(out)]) == 2
+    assert "notimage.png: unreadable" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failed_explain_leaves_no_empty_folder(world, tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("disk full (simulated)")
+
+    monkeypatch.setattr("consistcam.report.save_overlay", fail)
+    out = tmp_path / "overlays"
+    assert main(["explain", str(world["run"]), str(world["root"] / "ok.png"), "--out", str(out)]) == 2
+    assert "disk full (simulated)" in capsys.readouterr().err and not out.exists()
+    (out / "kept").mkdir(parents=True)  # a folder that was there before is left as it was
+    assert main(["explain", str(world["run"]), str(world["root"] / "ok.png"), "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["kept"]
+
+
+@pytest.mark.parametrize("command", ["fool", "vae train"])
+def test_commands_without_resume_do_not_advise_it(world, tmp_path, capsys, command):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(_fill(OUT_COMMANDS[command], {**world, "out": tmp_path})) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already holds files; use --overwrite to replace it or choose another --out" in err, err
+    assert "--resume" not in err and (tmp_path / "notes.txt").read_text() == "mine"
