@@ -172,3 +172,73 @@ def test_no_package_imports_the_command_line():
     arguments = ast.parse((src / "arguments.py").read_text())
     imported = {n.module for n in ast.walk(arguments) if isinstance(n, ast.ImportFrom)}
     assert {m for m in imported if m and m.startswith("consistcam")} <= {"consistcam.config", "consistcam.run.device"}
+
+
+def _configs_with_choices() -> list[type]:
+    """Every options dataclass of the package that documents choices (imports each module once)."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import consistcam
+
+    found = []
+    for info in pkgutil.walk_packages(consistcam.__path__, "consistcam."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        found += [obj for obj in vars(module).values()
+                  if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+                  and any(f.metadata.get("choices") is not None for f in dataclasses.fields(obj))]
+    return found
+
+
+def test_every_documented_choice_of_every_option_passes_the_command_line():
+    """``--preload off`` used to be refused: flag and ``--set`` values are read as YAML, which reads
+    on/off/yes/no as booleans. Each choice goes through a flag, through ``--set`` and through a YAML file."""
+    import dataclasses
+
+    from consistcam.config import _choices, from_dict, load_yaml
+
+    configs = _configs_with_choices()
+    names = {cls.__name__ for cls in configs}
+    assert {"TrainConfig", "CGCConfig", "SGTConfig", "ConsistencyConfig", "FoolConfig", "VAEConfig"} <= names
+    checked = 0
+    for cls in configs:
+        parser = argparse.ArgumentParser()
+        add_config_options(parser, cls)
+        for f in dataclasses.fields(cls):
+            for choice in _choices(f) or ():
+                flag = "--" + f.name.replace("_", "-")
+                given = {"flag": config_overrides(parser.parse_args([flag, str(choice)]), cls),
+                         "--set": parse_set([f"{f.name}={choice}"]), "yaml": load_yaml(f"{f.name}: {choice}")}
+                for route, overrides in given.items():
+                    assert getattr(from_dict(cls, overrides), f.name) == choice, (cls.__name__, f.name, choice, route)
+                checked += 1
+    assert checked > 60
+
+
+def test_yaml_booleans_stay_booleans_where_no_choice_is_meant():
+    from consistcam.config import from_dict
+    from consistcam.train import TrainConfig
+
+    assert from_dict(TrainConfig, {"preload": False}).preload == "off"  # what YAML makes of `off`
+    with pytest.raises(ConfigError, match="augment: expected a string, got False"):
+        from_dict(TrainConfig, {"augment": False})  # no choice YAML reads as false
+
+
+def test_every_choice_of_the_commands_own_flags_is_accepted():
+    """Flags with argparse choices, on every sub-command: each documented choice converts and is accepted."""
+    from consistcam.cli import build_parser
+
+    parsers, seen = [build_parser()], 0
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += list(action.choices.values())
+            elif action.choices is not None:
+                for choice in action.choices:
+                    assert (action.type or str)(str(choice)) in action.choices, (parser.prog, action.dest, choice)
+                    seen += 1
+    assert seen >= 5  # `list` has five

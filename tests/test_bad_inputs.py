@@ -101,7 +101,7 @@ CASES = [
       "--out", "{root}/layer_run"], "ecl.consistency.layer: Normalize has no layer 'model.nope'"),
     (["train", "--config", "{root}"], "config file {root}: a folder, not a YAML file"),
     (["explain", "{run}", "{root}/ok.png", "--out", "{root}/ok.png"],
-     "--out {root}/ok.png: exists and is not a folder"),
+     "--out {root}/ok.png: cannot create the folder: exists and is not a folder"),
     (["train", "--config", "{root}/missing.yaml"], "config file {root}/missing.yaml not found"),
     (["train", "--out", "{run}"], "{run} already holds a complete run; use --resume"),
     (["train", "--resume", "{run}", "--lr", "0.5"], "config differs from the checkpoint's in ['lr']"),
@@ -225,3 +225,83 @@ def test_bit_flips_in_tensors_are_refused_on_load(world, tmp_path, capsys, name,
     err = capsys.readouterr().err
     assert f"{copy / name}: the tensors do not match the content hash stored with them" in err, err
     assert "Traceback" not in err and _digest(copy) == before
+
+
+OUT_COMMANDS = {  # every command that creates an output folder, with that folder as {out}
+    "train": ["train", *RUN_ARGS, "--out", "{out}"],
+    "evaluate": ["evaluate", "{run}", "--out", "{out}", "--quiet"],
+    "explain": ["explain", "{run}", "{root}/ok.png", "--out", "{out}", "--quiet"],
+    "fool": ["fool", "{run}", "--out", "{out}", "--quiet"],
+    "vae train": ["vae", "train", "--data", "demo:n=32,n_test=16,size=16", "--epochs", "1", "--out", "{out}",
+                  "--quiet"],
+    "sweep": ["sweep", "--grid", "lr=0.1,0.2", "--seeds", "0", "--out", "{out}", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("blocked", ["file_in_path", "read_only_parent"])
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_an_output_folder_that_cannot_be_made_is_one_clear_error(world, tmp_path, capsys, monkeypatch, command,
+                                                                 blocked):
+    """A file where a folder should be, or a parent that cannot be written (simulated: the tests may run as
+    root, who may write anywhere): one error naming the path and the reason, exit 2, nothing changed."""
+    (tmp_path / "afile.txt").write_text("x")
+    parent = tmp_path / ("afile.txt" if blocked == "file_in_path" else "locked")
+    out = parent / "sub"
+    if blocked == "read_only_parent":
+        parent.mkdir()
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self == out or parent in self.parents and self != parent:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        monkeypatch.setattr("os.access", lambda path, mode, **kw: Path(path) != parent)
+    before = {name: _digest(world[name]) for name in ("run", "partial")} | {"tmp": _digest(tmp_path)}
+    dirs = sorted(str(p) for p in tmp_path.rglob("*"))
+    code = main(_fill(OUT_COMMANDS[command], {**world, "out": out}))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    reason = "afile.txt is a file, not a folder" if blocked == "file_in_path" else "permission denied in"
+    assert f"{out}: cannot create the folder" in err and reason in err, err
+    assert ({name: _digest(world[name]) for name in ("run", "partial")} | {"tmp": _digest(tmp_path)}) == before
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == dirs
+
+
+def test_explain_names_an_image_too_small_before_writing_any_overlay(world, tmp_path, capsys):
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    out = tmp_path / "overlays"
+    ok = str(world["root"] / "ok.png")
+    assert main(["explain", str(world["run"]), ok, ok, str(tmp_path / "tiny.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'tiny.png'}: 1x1 pixels is too small for this model to explain" in err, err
+    assert "Normalize" not in err and "layer=" not in err
+    assert not out.exists()  # nothing written, not even the folder
+    assert main(["explain", str(world["run"]), ok, "--size", "1", "--out", str(out)]) == 2
+    assert f"{ok}: 1x1 pixels after --size is too small" in capsys.readouterr().err
+    assert main(["explain", str(world["run"]), ok, str(world["root"] / "notimage.png"), "--out", str(out)]) == 2
+    assert "notimage.png: unreadable" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failed_explain_leaves_no_empty_folder(world, tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("disk full (simulated)")
+
+    monkeypatch.setattr("consistcam.report.save_overlay", fail)
+    out = tmp_path / "overlays"
+    assert main(["explain", str(world["run"]), str(world["root"] / "ok.png"), "--out", str(out)]) == 2
+    assert "disk full (simulated)" in capsys.readouterr().err and not out.exists()
+    (out / "kept").mkdir(parents=True)  # a folder that was there before is left as it was
+    assert main(["explain", str(world["run"]), str(world["root"] / "ok.png"), "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["kept"]
+
+
+@pytest.mark.parametrize("command", ["fool", "vae train"])
+def test_commands_without_resume_do_not_advise_it(world, tmp_path, capsys, command):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(_fill(OUT_COMMANDS[command], {**world, "out": tmp_path})) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already holds files; use --overwrite to replace it or choose another --out" in err, err
+    assert "--resume" not in err and (tmp_path / "notes.txt").read_text() == "mine"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,8 +23,8 @@ import yaml
 from consistcam.config import ConfigError, option_help
 from consistcam.run.device import DEVICE_HELP
 
-__all__ = ["DEVICE_HELP", "Formatter", "add_config_options", "add_device", "add_quiet", "config_overrides",
-           "int_at_least", "parse_set", "yaml_value"]
+__all__ = ["DEVICE_HELP", "Formatter", "add_config_options", "add_device", "add_quiet", "check_output_folder",
+           "config_overrides", "int_at_least", "parse_set", "yaml_value"]
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -43,6 +45,20 @@ def yaml_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before anything is read or written, an output folder that cannot be created: a file where
+    one of its folders should be, or a first existing ancestor that cannot be written. Creates nothing
+    (a command that fails later must not leave an empty folder behind)."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "exists and is not a folder" if existing == path else f"{existing} is a file, not a folder"
+        raise ValueError(f"{flag} {path}: cannot create the folder: {what}")
+    if existing is not None and existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot create the folder: permission denied in {existing}")
+    return path
 
 
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:

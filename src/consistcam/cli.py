@@ -11,6 +11,7 @@ from consistcam.arguments import (
     add_config_options,
     add_device,
     add_quiet,
+    check_output_folder,
     config_overrides,
     int_at_least,
     parse_set,
@@ -57,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_yaml(args.config, overrides)
     else:
         cfg = TrainConfig.from_dict(overrides)
+    check_output_folder(cfg.out)
     trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume), overwrite=args.overwrite)
     if args.resume and trainer.start_epoch >= trainer.epochs and read_status(trainer.run_dir)["state"] == "complete":
         print(f"{trainer.run_dir} is complete ({trainer.epochs} epochs); nothing to do (--epochs N extends it)")
@@ -73,9 +75,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import warnings
+
     from consistcam.report import compare_runs
 
-    print(f"report: {compare_runs(args.runs, args.out, args.title)}")
+    with warnings.catch_warnings(record=True) as caught:  # runs left out: one line each, not Python's format
+        warnings.simplefilter("always")
+        page = compare_runs(args.runs, args.out, args.title)
+    for w in caught:
+        print(f"warning: {str(w.message).removeprefix('compare_runs: ')}", file=sys.stderr)
+    print(f"report: {page}")
     return 0
 
 
@@ -107,18 +116,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from consistcam.run.status import require_complete
     from consistcam.train import load_model
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder (the overlays are written into a folder)")
+    out = check_output_folder(args.out)
     dests = _overlay_names(args.images, args.explainer)
     require_complete(run_folder(args.checkpoint), args.allow_incomplete)
     model, info = load_model(args.checkpoint, args.device)
+    if args.target is not None and args.target >= len(info["classes"]):
+        raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
     size = args.size or info.get("image_size")
-    out.mkdir(parents=True, exist_ok=True)
     skip_bad = args.skip_bad if args.skip_bad is not None else bool(run_option(run_folder(args.checkpoint),
                                                                                "skip_bad", False))
+    # every image is read and checked before the first overlay is written (and before --out is made)
+    images: dict[str, torch.Tensor] = {}
     skipped = 0
-    for path in args.images:
+    for path in dict.fromkeys(args.images):
         try:
             image = read_rgb(path).float().div(255)[None]  # DataError names the file; main() reports it
         except DataError as err:
@@ -129,19 +139,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         if size:
             image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        image = image.to(next(model.parameters()).device)
-        if args.target is not None and args.target >= len(info["classes"]):
-            raise ValueError(f"--target {args.target}: the model has {len(info['classes'])} classes")
-        target = None if args.target is None else torch.tensor([args.target])
-        heat, logits = explain(model, image, target, explainer=args.explainer, return_logits=True)
-        cls = int(logits.argmax(1)) if args.target is None else args.target
-        name = info["classes"][cls] if info["classes"] else str(cls)
-        dest = save_overlay(out / dests[path], image[0], heat[0])
-        if not args.quiet:
-            print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
+        images[path] = image.to(next(model.parameters()).device)
+        _check_explainable(model, path, images[path], resized=bool(size))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for path, image in images.items():
+            target = None if args.target is None else torch.tensor([args.target])
+            heat, logits = explain(model, image, target, explainer=args.explainer, return_logits=True)
+            cls = int(logits.argmax(1)) if args.target is None else args.target
+            name = info["classes"][cls] if info["classes"] else str(cls)
+            dest = save_overlay(out / dests[path], image[0], heat[0])
+            if not args.quiet:
+                print(f"{path}: class {cls} ({name}), p={logits.softmax(1)[0, cls]:.3f} -> {dest}")
+    except BaseException:
+        if created and not any(out.iterdir()):  # a failed command leaves no empty folder behind
+            out.rmdir()
+        raise
     if skipped:
         print(f"warning: skipped {skipped} unreadable image(s)", file=sys.stderr)
     return 0
+
+
+def _check_explainable(model, path: str, image, resized: bool) -> None:
+    """An image too small for the model (no layer keeps a spatial map, or a kernel larger than its
+    feature map) is named with its size, instead of an error about the model's layers."""
+    from consistcam.explain import find_target_layer
+
+    try:
+        find_target_layer(model, image)
+    except (ValueError, RuntimeError):
+        height, width = image.shape[-2:]
+        hint = "pass a larger --size" if resized else "use a larger image or --size N (the training size)"
+        raise ValueError(f"{path}: {width}x{height} pixels{' after --size' if resized else ''} is too small for "
+                         f"this model to explain (no layer keeps a spatial map); {hint}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

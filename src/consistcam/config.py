@@ -92,6 +92,19 @@ def _choices(f: dataclasses.Field) -> list | None:
     return list(choices) if choices is not None else None
 
 
+_YAML_BOOLS = {True: ("true", "yes", "on"), False: ("false", "no", "off")}  # YAML 1.1, case-insensitive
+
+
+def _yaml_bool_choice(f: dataclasses.Field, value: Any) -> Any:
+    """The choice a YAML boolean stands for: YAML 1.1 reads ``off``/``on``/``yes``/``no`` as booleans, so
+    ``preload: off`` in a file or ``--preload off`` arrives as False. An option whose choices hold exactly
+    one word YAML reads as that boolean gets the word back; any other value is returned unchanged."""
+    if not isinstance(value, bool):
+        return value
+    words = [c for c in _choices(f) or () if isinstance(c, str) and c.lower() in _YAML_BOOLS[value]]
+    return words[0] if len(words) == 1 else value
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -206,7 +219,7 @@ def validate(obj: Any, where: str = "") -> None:
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         path = f"{where}.{f.name}" if where else f.name
-        value = _coerce(getattr(obj, f.name), hints[f.name], path)
+        value = _coerce(_yaml_bool_choice(f, getattr(obj, f.name)), hints[f.name], path)
         _check_constraints(f, value, path)
         object.__setattr__(obj, f.name, value)
 
@@ -222,11 +235,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
         path = f"{where}.{key}" if where else str(key)
         hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}"
         raise ConfigError(f"unknown option {path!r}; {hint}")
-    hints = _hints(cls)
+    hints, fields = _hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], path)
+        kwargs[name] = _coerce(_yaml_bool_choice(fields[name], value), hints[name], path)
     try:
         obj = cls(**kwargs)
         validate(obj)  # also for config classes that do not validate in __post_init__

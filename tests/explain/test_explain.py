@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from consistcam.explain import explain, find_target_layer, list_explainers
+from consistcam.explain import explain, find_target_layer, last_convolution, list_explainers
+from consistcam.models import create
 from tests.explain.pgc_reference import REFERENCE, TARGETS, assert_matches_reference
 
 
@@ -137,3 +139,25 @@ def test_integrated_gradcam_one_step_equals_handwritten(resnet18, images):
     expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
     ours = _integrated_reference(resnet18, images, target, 1)
     assert (ours - expected).abs().max() < 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def test_relu_false_is_captums_layer_gradcam_without_relu(resnet18, images):
+    """ExCon's authors explain with captum's default ``relu_attributions=False``; ``relu=False`` is that map."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    targets = torch.tensor([0, 1, 2, 3])
+    raw = explain(resnet18, images, targets, layer="layer4.1.conv2", relu=False, normalize=False)
+    cam = LayerGradCam(resnet18, resnet18.layer4[1].conv2).attribute(images, targets, relu_attributions=False)
+    assert torch.allclose(raw, LayerAttribution.interpolate(cam, (64, 64), "bilinear"), atol=1e-5)
+    assert (raw < 0).any()  # negative evidence kept: the ReLU'd map differs exactly there
+    relu = explain(resnet18, images, targets, layer="layer4.1.conv2", normalize=False)
+    assert torch.allclose(relu, F.interpolate(F.relu(cam), (64, 64), mode="bilinear"), atol=1e-5)
+
+
+def test_last_convolution_is_the_last_main_path_conv_of_the_stage():
+    assert last_convolution(torchvision.models.resnet18(), "layer4") == "layer4.1.conv2"
+    assert last_convolution(create("cc_resnet10", 2), "model.layer4") == "model.layer4.0.conv2"  # not downsample
+    bottleneck = nn.Sequential(torchvision.models.resnet.Bottleneck(8, 2))
+    assert last_convolution(bottleneck, "0") == "0.conv3"
+    assert last_convolution(nn.Sequential(nn.Conv2d(3, 4, 3)), "0") == "0"
+    assert last_convolution(nn.Sequential(nn.Linear(3, 4)), "0") == "0"  # no conv: the stage itself

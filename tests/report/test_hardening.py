@@ -172,3 +172,15 @@ def test_comparison_leaves_out_a_broken_run_and_names_the_file(hostile, tmp_path
             compare_runs([good, bad], tmp_path / "none.html")
     assert len(caught) == 2
     assert not (tmp_path / "none.html").exists()
+
+
+def test_report_command_names_a_left_out_run_in_one_line(hostile, tmp_path, capsys):
+    """Not Python's warning format (source file path, line, category) on the command line."""
+    from consistcam.cli import main
+
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "not_a_run" / "metrics.json").write_text("{}")  # damaged: left out with a warning
+    assert main(["report", str(hostile), str(tmp_path / "not_a_run"), "--out", str(tmp_path / "cmp.html")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: leaving out {tmp_path / 'not_a_run'}: ") and err.count("\n") == 1, err
+    assert "UserWarning" not in err and ".py:" not in err

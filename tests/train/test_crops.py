@@ -6,6 +6,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from consistcam.data.geometry import apply_crop_flip
 from consistcam.train.strategies.crops import resized_crop_flip
+from tests.reference.compare import pixel_boxes, ref_resized_crop_flip
 
 
 def _summary(area: torch.Tensor, aspect: torch.Tensor, full: torch.Tensor) -> dict[str, float]:
@@ -52,3 +53,16 @@ def test_fallback_is_the_centred_box_and_flip_flags_follow_flip_p():
     assert crop[0, 0, 0, 0].item() == 2.0 and crop[0, 0, 0, -1].item() == 5.0
     with pytest.raises(ValueError, match="size must be positive"):
         resized_crop_flip(2, (0, 10))
+
+
+def test_clamped_edges_equal_slicing_and_resizing_each_image():
+    """CGC's and ExCon's authors make their views with torchvision's resized_crop: slice the box, resize it.
+    ``edges="clamp"`` gives the same for the whole batch; ``"blend"`` mixes in the pixels around the box."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 3, 24, 20, generator=g)
+    boxes = resized_crop_flip(16, (24, 20), generator=g)
+    sliced = ref_resized_crop_flip(images, *pixel_boxes(boxes, (24, 20)))
+    assert torch.allclose(apply_crop_flip(images, boxes, edges="clamp"), sliced, atol=1e-5)
+    assert (apply_crop_flip(images, boxes) - sliced).abs().max() > 0.1
+    with pytest.raises(ValueError, match="edges must be 'blend' or 'clamp', got 'cut'"):
+        apply_crop_flip(images, boxes, edges="cut")

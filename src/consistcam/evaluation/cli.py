@@ -9,7 +9,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from consistcam.arguments import Formatter, add_config_options, add_quiet, config_overrides, parse_set
+from consistcam.arguments import (
+    Formatter,
+    add_config_options,
+    add_quiet,
+    check_output_folder,
+    config_overrides,
+    parse_set,
+)
 from consistcam.evaluation.config import EvaluationConfig
 from consistcam.evaluation.pipeline import PROTOCOLS
 
@@ -65,6 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from consistcam.report import read_evaluation
 
     config = evaluation_config(args)  # checked before the model or any data is read
+    if args.out:
+        check_output_folder(args.out)
     out = evaluate_run(args.run, config, data=args.data, splits=args.split, out=args.out, report=not args.no_report,
                        progress=not args.quiet, command="consistcam " + " ".join(sys.argv[1:]),
                        allow_incomplete=args.allow_incomplete)

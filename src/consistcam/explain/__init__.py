@@ -3,7 +3,13 @@
 from consistcam.explain import sise  # noqa: F401  (its import adds "sise" and "ada-sise" to EXPLAINERS)
 from consistcam.explain._state import capture
 from consistcam.explain.api import explain, list_explainers, normalize_maps
-from consistcam.explain.layers import find_target_layer, get_layer, resolve_layer, vit_reshape_transform
+from consistcam.explain.layers import (
+    find_target_layer,
+    get_layer,
+    last_convolution,
+    resolve_layer,
+    vit_reshape_transform,
+)
 from consistcam.explain.methods import EXPLAINERS, check_explainer_options
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 
@@ -16,6 +22,7 @@ __all__ = [
     "explain",
     "find_target_layer",
     "get_layer",
+    "last_convolution",
     "list_explainers",
     "normalize_maps",
     "resolve_layer",

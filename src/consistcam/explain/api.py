@@ -56,6 +56,7 @@ def explain(
     return_logits: bool = False,
     reshape_transform: Reshape | None = None,
     channels_last: bool | None = None,
+    relu: bool = True,
     **options,
 ) -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
     """Class-activation heatmaps for a batch, on the model's device.
@@ -78,7 +79,7 @@ def explain(
             back-propagate through the map; parameter flags are left as the caller set them.
             Otherwise parameter gradients are switched off and the result is detached.
         normalize: min-max normalise each map to [0, 1] (after ReLU and upsampling); ``False``
-            returns the raw ReLU'd maps at input size.
+            returns the raw (ReLU'd) maps at input size.
         return_logits: also return the logits of the explained forward pass (free: the
             consistency scorer uses them instead of a second forward).
         reshape_transform: maps the layer's output to (N, K, h, w) and is applied identically to its
@@ -86,6 +87,10 @@ def explain(
         channels_last: run the forward on channels-last images (``None``: on the CPU when not
             ``differentiable``, where oneDNN convolutions are ~15 % faster in that layout); the maps
             differ from the contiguous layout's by float rounding only.
+        relu: ReLU the layer-resolution map before upsampling (Grad-CAM as published). ``False`` keeps
+            its negative evidence, as captum's ``LayerGradCam(relu_attributions=False)``, its default,
+            which ExCon's authors explain with: after min-max normalisation the negative regions are the
+            lowest instead of tied at zero.
         **options: explainer options (``batch_size`` for scorecam, ``steps``/``baseline`` for
             integrated-gradcam).
 
@@ -108,7 +113,7 @@ def explain(
                                         torch.tensor(counts, device=images.device))
         maps = explain(model, checked.replace(images=images[index], counts=None), None, explainer, layer,
                        differentiable, normalize, reshape_transform=reshape_transform,
-                       channels_last=channels_last, **options)
+                       channels_last=channels_last, relu=relu, **options)
         return list(maps.split(counts))
 
     # timm ViT/DeiT/Swin: default layer and token reshape chosen from the model type (layers.transformer_defaults)
@@ -142,7 +147,8 @@ def explain(
         ctx = CAMContext(model, layer_module, images, score, acts if differentiable else acts.detach(), grads,
                          differentiable, options, reshape)
         raw = entry.fn(ctx)
-    maps = F.interpolate(F.relu(raw)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+    raw = F.relu(raw) if relu else raw
+    maps = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
     if normalize:
         maps = normalize_maps(maps)
     if not differentiable:

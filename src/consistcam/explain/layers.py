@@ -86,6 +86,19 @@ def find_target_layer(model: nn.Module, example: Tensor) -> str:
     return last[-1]
 
 
+SHORTCUT_NAMES = frozenset({"downsample", "shortcut", "skip"})  # torchvision / timm names of residual shortcuts
+
+
+def last_convolution(model: nn.Module, stage: str) -> str:
+    """Dotted name of the last ``nn.Conv2d`` registered under ``stage`` outside its residual shortcuts
+    (ResNet ``layer4`` -> ``layer4.1.conv2``; Bottleneck ``layer4.2.conv3``): the layer ExCon's authors
+    explain, a conv output before its block's BatchNorm, residual add and ReLU. ``stage`` itself when it
+    holds no convolution (a transformer block)."""
+    convs = [name for name, m in get_layer(model, stage).named_modules()
+             if isinstance(m, nn.Conv2d) and not SHORTCUT_NAMES & set(name.split("."))]
+    return f"{stage}.{convs[-1]}" if convs and convs[-1] else stage
+
+
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None, example: Tensor) -> nn.Module:
     if layer is None:
         return get_layer(model, find_target_layer(model, example))

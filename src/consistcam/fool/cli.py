@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 
-from consistcam.arguments import add_config_options, add_device, add_quiet, config_overrides
+from consistcam.arguments import add_config_options, add_device, add_quiet, check_output_folder, config_overrides
 from consistcam.fool.finetune import FoolConfig
 
 # options with several values on the command line
@@ -36,6 +36,7 @@ def cmd_fool(args: argparse.Namespace) -> int:
 
     # checked before the model or any data is read
     cfg = FoolConfig.from_dict(config_overrides(args, FoolConfig, dest_prefix="fool_"))
+    check_output_folder(args.out)
     command = "consistcam " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "consistcam fool"
     doc = fool_run(args.run, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    allow_incomplete=args.allow_incomplete, progress=not args.quiet, command=command)

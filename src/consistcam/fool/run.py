@@ -54,7 +54,7 @@ def fool_run(run: str | Path, out: str | Path, cfg: FoolConfig, *, device: str |
     if cfg.kind == "active" and max(cfg.classes) >= num_classes:
         raise ValueError(f"classes {list(cfg.classes)}: the model has {num_classes} classes (ids 0..{num_classes - 1})")
 
-    prepare_new_run(out, overwrite)
+    prepare_new_run(out, overwrite, resumable=False)
     out.mkdir(parents=True, exist_ok=True)
     config = {**(read_config(run_dir, missing_ok=True) or {"data": data}), "out": str(out)}
     write_config(out, config)

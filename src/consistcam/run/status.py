@@ -116,10 +116,11 @@ def is_run_folder(run_dir: Path) -> bool:
     return state != "missing" or ((run_dir / CONFIG_FILE).is_file() and (run_dir / MODEL_FILE).is_file())
 
 
-def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
+def prepare_new_run(run_dir: Path, overwrite: bool = False, resumable: bool = True) -> None:
     """Refuse to train into a folder that already holds something (unless ``overwrite``). ``overwrite``
     removes only a recognised run folder's own files, and refuses a folder holding anything else:
-    it never deletes a file consistcam did not write."""
+    it never deletes a file consistcam did not write. ``resumable=False``: the command has no
+    ``--resume`` (``fool``, ``vae train``), so the refusal does not suggest it."""
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
@@ -130,8 +131,9 @@ def prepare_new_run(run_dir: Path, overwrite: bool = False) -> None:
     if not overwrite:
         state = read_status(run_dir)["state"]
         what = f"a {state} run" if state != "missing" else "files"
-        raise RunFolderError(f"{run_dir} already holds {what}; use --resume {run_dir} to continue it or "
-                             "--overwrite to replace it")
+        advice = (f"use --resume {run_dir} to continue it or --overwrite to replace it" if resumable
+                  else "use --overwrite to replace it or choose another --out")
+        raise RunFolderError(f"{run_dir} already holds {what}; {advice}")
     if not is_run_folder(run_dir):
         raise RunFolderError(f"--overwrite: {run_dir} is not a consistcam run folder (no {STATUS_FILE}, or "
                              f"{CONFIG_FILE} with {MODEL_FILE}); nothing was removed: choose another --out")

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from consistcam.arguments import add_quiet, parse_set
+from consistcam.arguments import add_quiet, check_output_folder, parse_set
 
 EPILOG = """\
 examples:
@@ -72,7 +72,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     arms = g.expand_arms(grid, [g.parse_assignments(a) for a in args.arm or []],
                          base_method=_base_method(args.config, base, TrainConfig), methods=STRATEGIES.names())
     items = g.members(arms, args.seeds)
-    root = Path(args.out)
+    root = check_output_folder(args.out)
     baseline = g.select_arm(arms, args.baseline, _base_method(args.config, base, TrainConfig))
     mine = g.shard(items, *g.parse_shard(args.shard)) if args.shard else items
     evaluate_args = list(args.evaluate_args or [])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from consistcam.arguments import add_config_options, add_quiet, config_overrides, int_at_least
+from consistcam.arguments import add_config_options, add_quiet, check_output_folder, config_overrides, int_at_least
 from consistcam.influence.cli import add_tracin_options
 
 _positive = int_at_least(1)  # argparse type: an integer >= 1
@@ -35,6 +35,7 @@ def cmd_vae_train(args: argparse.Namespace) -> int:
     if args.exclude_file:
         options["exclude"] = _read_ids(args.exclude_file)
     cfg = from_dict(VAEConfig, options)
+    check_output_folder(cfg.out)
     run = train_vae(cfg, overwrite=args.overwrite, progress=not args.quiet)
     print(f"run folder: {run}")
     return 0

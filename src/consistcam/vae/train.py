@@ -97,7 +97,7 @@ def train_vae(cfg: VAEConfig, overwrite: bool = False, progress: bool = False) -
     """Train and write the run folder; returns its path."""
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
-    prepare_new_run(run_dir, overwrite)
+    prepare_new_run(run_dir, overwrite, resumable=False)
     seed_everything(cfg.seed)
     data = load_vae_data(cfg)
     if len(data.images) == 0:

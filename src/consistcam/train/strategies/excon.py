@@ -18,10 +18,10 @@ What the reference does (``main_supcon.py::train_encoder``, ``data_aug.py::aug_n
   (``explainer.py``: ResNet-18 ``layer4[1].conv2``, ``layer2[1].conv2`` on CIFAR; ResNet-50, which the
   README commands train, ``layer4[2].conv3`` / ``layer2[3].conv3``): a conv output before that
   block's BatchNorm, residual add and ReLU. Upsampled bilinearly, min-max normalised per image,
-  threshold 0.5 (``explanation <= tau``). Ours: ``explain`` at ``layer`` (default the last spatial
-  stage, i.e. after the block; set ``layer`` to e.g. ``model.layer4.0.conv2`` for the reference's
-  choice). Deviation: captum's default does not ReLU the map (``relu_attributions=False``);
-  ``explain`` does, before upsampling.
+  threshold 0.5 (``explanation <= tau``). Ours: ``explain`` with ``relu=False`` (captum's default
+  ``relu_attributions=False``) at ``layer``, by default the last convolution of the last spatial stage
+  outside the shortcut (:func:`consistcam.explain.last_convolution`: their ImageNet-size choice for
+  ResNet-18/50; their CIFAR choice, a ``layer2`` conv, is reachable through ``layer``).
 * "zero": the reference zeroes *normalised* inputs, i.e. paints the data set's mean colour. Our
   models normalise inside, so ``fill=normalized_zero`` paints the model's ``Normalize`` mean (0 when
   the model has none); ``zero`` would be black.
@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from consistcam.config import option, registered, validate
 from consistcam.data.geometry import apply_crop_flip
-from consistcam.explain import EXPLAINERS, explain, resolve_layer
+from consistcam.explain import EXPLAINERS, explain, find_target_layer, get_layer, last_convolution
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.models.state import preserved_state
 from consistcam.train.strategies._shared import classifier_inputs, classifier_layer, normalization, occlude
@@ -98,7 +98,10 @@ class ExConConfig:
     flip_p: float = option(0.5, "probability of a horizontal flip of the random views (reference: 0.5)",
                            ge=0.0, le=1.0)
     explainer: str = option("gradcam", "explainer of the mask (reference: Grad-CAM)", check=registered(EXPLAINERS))
-    layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
+    layer: str | None = option(None, "target layer (dotted name); default: the last convolution of the last "
+                                     "spatial stage outside its shortcut, e.g. layer4.1.conv2 (reference)")
+    relu: bool = option(False, "ReLU the map before upsampling; the reference does not (captum LayerGradCam's "
+                               "default relu_attributions=False)")
     target: str = option("label", "class explained: label (reference) or prediction", choices=("label", "prediction"))
     classifier: str = option("probe", "how CE trains: probe = the last Linear on detached features, the encoder "
                                       "learns from SupCon only (reference); joint = CE trains the encoder too",
@@ -184,14 +187,18 @@ class ExCon(Strategy):
         images, labels = images.detach(), self.ctx.task.targets_for_explanation(labels)  # single-label only
         if crops is None:
             crops = resized_crop_flip(2 * n, images.shape[-2:], cfg.crop_scale, flip_p=cfg.flip_p, device=images.device)
-        backup, view2 = apply_crop_flip(torch.cat([images, images]), crops).split(n)
+        # torchvision's resized_crop, as the reference's RandomResizedCrop: the box sliced out and resized
+        backup, view2 = apply_crop_flip(torch.cat([images, images]), crops, edges="clamp").split(n)
         explaining = self.ctx.epoch >= cfg.warmup
-        layer = resolve_layer(model, cfg.layer, images) if explaining else None  # its dry run stays outside
+        layer = None
+        if explaining:  # the layer finder's dry run stays outside the explained forward
+            layer = get_layer(model, cfg.layer or last_convolution(model, find_target_layer(model, images)))
         with classifier_inputs(self.classifier) as seen:
             if explaining:
                 targets = labels if cfg.target == "label" else None
+                # a batch of the data pipeline: no input check
                 maps, logits = explain(model, CheckedInputs(images, targets), explainer=cfg.explainer, layer=layer,
-                                       return_logits=True)  # a batch of the data pipeline: no input check
+                                       relu=cfg.relu, return_logits=True)
             else:
                 with torch.no_grad(), preserved_state(model):
                     logits = model(images)

@@ -26,7 +26,9 @@ where we differ (docs/methods.md has the table with measured effects):
   (``meanMask``).
 * KL: ``KLDivLoss(reduction='batchmean')(log_softmax(f(x_masked)), softmax(f(x)))`` = KL(p(x) || p(x_masked)),
   gradient through both arguments, weight 1 (loss = Modelloss + KLloss); fraction 0.1 is the argparse
-  default of ``train_CIFAR.py`` (``--featuresDroped``; their MNIST README command uses 0.5).
+  default of ``train_CIFAR.py`` (``--featuresDroped``; a file only in the repository's history, deleted
+  in 0e8d2e2; their MNIST README command uses 0.5). ``fill=random`` is the paper's masking and the
+  README command's ``--RandomMasking``; the scripts' default without that flag is ``mean``.
 * the saliency pass never fills parameter gradients: ``autograd.grad`` w.r.t. the input only, with
   parameters frozen for the eval-mode pass; the masked image is detached.
 """
