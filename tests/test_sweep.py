@@ -273,7 +273,8 @@ def test_collect_reads_splits_and_the_summary_and_metrics_pick_split_columns(tmp
                "summary": {"worst_group_acc": 0.1 * k, "group_acc": {"a/aligned": 0.3}}}
         (eval_dir / "metrics.json").write_text(json.dumps(doc))
         (eval_dir / "sweep_evaluate.json").write_text(json.dumps({"evaluate_args": [], "model_sha256": ""}))
-        epochs = [{"epoch": e, "time_s": 10.0 * (k + 1) + e} for e in range(2)]  # training time: sum of epochs
+        epochs = [{"epoch": e, "time_s": 10.0 * (k + 1) + e, "train/acc": 0.4 + e / 10 + k / 100}
+                  for e in range(2)]  # training time: sum of epochs; train_acc: the last epoch's
         (tmp_path / m.folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
         if k == 3:
             (eval_dir / "sweep_evaluate.json").write_text(json.dumps({"evaluate_args": ["--subset", "5"],
@@ -283,6 +284,7 @@ def test_collect_reads_splits_and_the_summary_and_metrics_pick_split_columns(tmp
     assert c.values["summary"]["worst_group_acc"]["method=ecl"] == {0: pytest.approx(0.2)}
     assert "group_acc" not in c.values["summary"] and c.missing_seeds == {"method=ecl": [1]}
     assert c.values["summary"]["train_time_s"] == {"method=erm": {0: 21.0, 1: 41.0}, "method=ecl": {0: 61.0}}
+    assert c.values["summary"]["train_acc"] == {"method=erm": {0: 0.5, 1: 0.51}, "method=ecl": {0: 0.52}}
     rows = build_rows(c, ["method=erm", "method=ecl"], "method=erm")
     text = markdown(rows, ["method=erm", "method=ecl"], ["acc", "summary/worst_group_acc"], "method=erm", 0.95)
     assert "**summary**\n\n| arm | seeds | worst_group_acc |" in text and "| arm | seeds | acc | n_images |" not in text

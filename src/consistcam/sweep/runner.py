@@ -161,6 +161,8 @@ def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -
         epochs = read_metrics(metrics_path(run_dir))
         if epochs and all("time_s" in r for r in epochs):  # the cost of the method: training wall time
             splits.setdefault(SUMMARY, {})["train_time_s"] = sum(r["time_s"] for r in epochs)
+        if epochs and "train/acc" in epochs[-1]:  # how well the run fits its (augmented) training set
+            splits.setdefault(SUMMARY, {})["train_acc"] = epochs[-1]["train/acc"]
         for split, metrics in splits.items():
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
