@@ -9,6 +9,8 @@
 #   scripts/validate_benchmark.sh                                  # the CPU fine-tuning preset
 #   SHARD=0/2 scripts/validate_benchmark.sh & SHARD=1/2 scripts/validate_benchmark.sh   # two lanes
 #   CONFIG=configs/compare/shortcut_tinyimagenet_ft_gpu.yaml OUT=runs/validity_gpu scripts/validate_benchmark.sh
+#   SET="epochs=6 data=shortcut:area=0.3:tinyimagenet:../shared/data/tiny-imagenet-10" OUT=runs/validity_try2 \
+#       scripts/validate_benchmark.sh        # another try of the spec: options on top of the preset
 #
 # Interrupted runs resume and finished ones are skipped; TABLE_ONLY=1 rebuilds the table.
 set -euo pipefail
@@ -22,6 +24,7 @@ METRICS="summary/train_acc,summary/acc_correlated,summary/acc_decorrelated,summa
 extra=()
 [ -n "${SHARD:-}" ] && extra+=(--shard "$SHARD")
 [ -n "${TABLE_ONLY:-}" ] && extra+=(--table-only)
+for kv in ${SET:-}; do extra+=(--set "$kv"); done
 # shellcheck disable=SC2086
 $CC sweep "$CONFIG" --grid "method=$METHODS" --seeds $SEEDS --out "$OUT" --baseline method=erm \
   --metrics "$METRICS" "${extra[@]}" --quiet \
