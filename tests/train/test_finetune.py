@@ -75,7 +75,8 @@ def test_linear_probe_trains_the_head_alone(source, tmp_path):
     changed = sorted(k for k in src if not torch.equal(src[k], ft[k]))
     assert changed == ["model.fc.bias", "model.fc.weight"]  # BatchNorm statistics frozen too (eval mode)
     with pytest.raises(ConfigError, match="freeze: backbone trains only the head of a random backbone"):
-        _cfg(out, freeze="backbone")
+        Trainer.from_config(_cfg(tmp_path / "random", freeze="backbone"), progress=False)
+    assert not (tmp_path / "random").exists()  # refused before any folder is written
 
 
 def test_lr_scales_reach_the_optimizer(source, tmp_path):

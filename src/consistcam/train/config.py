@@ -118,8 +118,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.freeze == "backbone" and self.init is None and not self.pretrained:
-            raise ConfigError("freeze: backbone trains only the head of a random backbone; give init= or pretrained")
         # one spelling in config.yaml (an integer, None when off), so resume compares like with like
         self.keep_checkpoints = keep_every(self.keep_checkpoints) or None
         try:

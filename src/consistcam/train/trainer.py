@@ -213,6 +213,8 @@ class Trainer:
         """Build data (once), model, optimizer, strategy and callbacks from ``config``; with
         ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends. A folder
         that already holds a run is refused without ``resume`` (``overwrite`` replaces it)."""
+        if config.freeze == "backbone" and config.init is None and not config.pretrained:
+            raise ConfigError("freeze: backbone trains only the head of a random backbone; give init= or pretrained")
         device = resolve_device(config.device)  # fail before any data is read
         dist_info, device = init_distributed(device)
         if config.batch_size % dist_info.world_size:
