@@ -8,6 +8,7 @@ the strategy's state travels in the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -193,8 +194,8 @@ class Trainer:
         # modules whose parameters are all frozen (a linear probe's backbone) stay in eval mode in training
         self._frozen = [m for m in self.module.modules()
                         if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)]
+        # what status.json records of the init file (kept across resumes, which read no init file)
         self.init_status: dict | None = None
-        self.init_info = None
         # after setup, which creates them (a head, prompts): a further group in the parameters' fixed order
         self._model_groups = len(self.optimizer.param_groups)
         if extra := list(self.strategy.parameters(self.module)):
@@ -254,7 +255,8 @@ class Trainer:
                       amp=config.amp,
                       channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
                       dist_info=dist_info, sync_bn=config.sync_bn, preload=config.preload)
-        trainer.init_info = init_info
+        if init_info is not None:
+            trainer.init_status = dataclasses.asdict(init_info)
         if init_info is not None and init_info.head_reinitialised and progress and dist_info.is_main:
             print(f"init: {init_info.path} (sha256 {init_info.sha256[:12]}...): classifier head "
                   f"{init_info.head_reinitialised} re-initialised for {len(data.classes)} classes", file=sys.stderr)
@@ -371,16 +373,6 @@ class Trainer:
             info["init"] = self.init_status
         return info
 
-    @property
-    def init_info(self) -> InitInfo | None:
-        return self._init_info
-
-    @init_info.setter
-    def init_info(self, info: InitInfo | None) -> None:
-        """What status.json records of the init file (kept across resumes, which read no init file)."""
-        self._init_info = info
-        if info is not None:
-            self.init_status = {"path": info.path, "sha256": info.sha256, "head_reinitialised": info.head_reinitialised}
 
     def run_epoch(self, epoch: int) -> dict:
         t0 = time.time()
