@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,25 @@ def test_global_batches_are_the_same_for_any_world_size():
     loader_order = torch.utils.data.DataLoader(list(range(37)), batch_size=8, shuffle=True,
                                                generator=torch.Generator().manual_seed(3))
     assert [b.tolist() for b in loader_order] == one  # one process sees what it always saw
+
+
+def test_weighted_global_batches_match_weighted_random_sampler_for_any_world_size():
+    weights = torch.tensor([0.0, 1.0, 5.0, 2.0] * 9 + [3.0])
+    one = list(GlobalBatchSampler(37, 8, seed=3, weights=weights))
+    g = torch.Generator().manual_seed(3)
+    torch.empty((), dtype=torch.int64).random_(generator=g)  # the base-seed draw, as in the unweighted order
+    reference = list(torch.utils.data.WeightedRandomSampler(weights, 37, generator=g))
+    assert [i for batch in one for i in batch] == reference and 0 not in reference  # weight 0: never drawn
+    for world in (2, 4):
+        shards = [list(GlobalBatchSampler(37, 8, seed=3, rank=r, world_size=world, weights=weights))
+                  for r in range(world)]
+        for b, batch in enumerate(one):  # with replacement: compare as multisets
+            merged = Counter(i for s in shards for i in s[b])
+            assert not Counter(batch) - merged and 0 <= sum((merged - Counter(batch)).values()) < world
+    with pytest.raises(ValueError, match="non-negative numbers with a positive sum"):
+        GlobalBatchSampler(37, 8, seed=3, weights=torch.zeros(37))
+    with pytest.raises(ValueError, match="got shape"):
+        GlobalBatchSampler(37, 8, seed=3, weights=torch.ones(36))
 
 
 @pytest.mark.slow

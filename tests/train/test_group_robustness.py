@@ -17,9 +17,8 @@ from consistcam.train import Schedule, TrainConfig, Trainer
 from consistcam.train.data import TrainData
 from consistcam.train.strategies import build_strategy
 from consistcam.train.strategies.groupdro import group_mean_losses, update_group_weights
-from consistcam.train.strategies.groups import conflicting_groups, group_index
+from consistcam.train.strategies.groups import conflicting_groups, group_index, inverse_frequency_weights
 from consistcam.train.strategies.jtt import ERROR_SET_FILE, upweight
-from consistcam.train.strategies.reweight_groups import inverse_frequency_weights
 
 TINY = dict(data="demo:n=64,n_test=40,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05)
 
@@ -162,6 +161,37 @@ def test_groupdro_resume_is_exact(tmp_path):
     full, resumed = _resume_matches(tmp_path, "groupdro", groupdro={"eta": 0.5, "adjustment": 1.0})
     assert torch.equal(full.strategy.q, resumed.strategy.q)
     assert not torch.allclose(full.strategy.q, full.strategy.q.mean().expand_as(full.strategy.q))  # q moved
+
+
+def test_groupdro_balanced_sampling_resume_is_exact(tmp_path):
+    full, resumed = _resume_matches(tmp_path, "groupdro", groupdro={"sampler": "group_balanced"})
+    assert torch.equal(full.strategy.q, resumed.strategy.q)
+
+
+@pytest.mark.parametrize("method, options", [("groupdro", {"sampler": "group_balanced"}),
+                                             ("reweight_groups", {"form": "sampling"})])
+def test_group_balanced_epochs_draw_every_cell_equally_often(tmp_path, method, options):
+    # demo data with rho 0.9: the conflicting cells hold ~10 % of the samples; drawn balanced, each of
+    # the 2C cells gets 1/(2C) of every epoch's draws in expectation
+    kw = dict(data="demo:n=400,n_test=40,size=16", batch_size=50)
+    trainer = Trainer.from_config(tiny(tmp_path, method, **kw, **{method: options}), progress=False)
+    table = trainer.strategy.table if method == "groupdro" else None
+    if table is None:
+        from consistcam.train.strategies.groups import training_groups
+        table, _ = training_groups(trainer.strategy.ctx, method, "class_alignment")
+    cells = 2 * len(trainer.classes)
+    weights = trainer.strategy.sampling_weights()
+    assert weights is not None and trainer.strategy.sample_weights(torch.arange(4)) is None  # unweighted loss
+    totals = torch.zeros(cells, dtype=torch.float64).index_add_(0, table, weights.double())
+    assert torch.allclose(totals, totals.mean().expand(cells))  # every cell the same total weight
+    drawn = torch.cat([b["id"] for seed in range(20) for b in trainer.data.train_loader(50, seed, weights=weights)])
+    share = torch.bincount(table[drawn], minlength=cells).double() / len(drawn)
+    assert len(drawn) == 20 * 400 and (share - 1 / cells).abs().max() < 0.02
+    natural = torch.bincount(table, minlength=cells).double() / 400
+    assert natural[1::2].sum() < 0.2 < share[1::2].sum()  # the conflicting cells: rare as they are, half of the draws
+    assert main(["train", "--data", kw["data"], "--arch", "cc_resnet10", "--batch-size", "50", "--epochs", "1",
+                 "--method", method, *[a for k, v in options.items() for a in ("--set", f"{method}.{k}={v}")],
+                 "--out", str(tmp_path / "cli"), "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("method", ["groupdro", "reweight_groups"])

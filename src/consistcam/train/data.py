@@ -31,16 +31,27 @@ class GlobalBatchSampler(Sampler[list[int]]):
     from ``seed`` exactly as a shuffling DataLoader with that generator draws it, so one process
     sees the batches it always saw), cut into global batches of ``batch_size``, each split
     ``rank::world_size``. Any world size sees the same global batches; a last batch shorter than
-    the world is padded from the start of the permutation (as DistributedSampler pads)."""
+    the world is padded from the start of the permutation (as DistributedSampler pads).
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    With ``weights`` (one non-negative number per position, on the CPU) an epoch is instead ``n``
+    positions drawn with replacement in proportion to them, as ``WeightedRandomSampler(weights, n)``
+    draws them: the group-balanced sampling of Sagawa et al.'s ``--reweight_groups``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch_size {batch_size} is smaller than the {world_size} processes")
+        if weights is not None and (weights.shape != (n,) or not bool((weights >= 0).all()) or weights.sum() <= 0):
+            raise ValueError(f"sampling weights must be {n} non-negative numbers with a positive sum, "
+                             f"got shape {tuple(weights.shape)}")
         self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
+        self.weights = None if weights is None else weights.double()
 
     def _permutation(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed)
         torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base-seed draw comes first
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self):
@@ -149,16 +160,23 @@ class TrainData:
                           collate_fn=collate, generator=g, num_workers=self.workers, pin_memory=self.pin_memory)
 
     def train_loader(self, batch_size: int, seed: int, keep_locations: bool = False, rank: int = 0,
-                     world_size: int = 1) -> DataLoader:
+                     world_size: int = 1, weights: torch.Tensor | None = None) -> DataLoader:
         """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x).
-        ``batch_size`` is the global batch; under DDP each rank loads its share of it."""
+        ``batch_size`` is the global batch; under DDP each rank loads its share of it. ``weights``
+        (one per sample id, see :meth:`Strategy.sampling_weights`) draws the epoch with replacement
+        in proportion to them instead of shuffling."""
+        if weights is not None:
+            if weights.shape != (self.num_samples,):
+                raise ValueError(f"sampling weights: expected one per training sample ({self.num_samples}), "
+                                 f"got shape {tuple(weights.shape)}")
+            weights = weights.detach().cpu()[torch.tensor(self.indices)]  # by id -> by position
         if self.preloaded is not None and not keep_locations:
-            sampler = GlobalBatchSampler(len(self.preloaded), batch_size, seed, rank, world_size)
+            sampler = GlobalBatchSampler(len(self.preloaded), batch_size, seed, rank, world_size, weights)
             return PreloadedLoader(self.preloaded, sampler, seed)
         view = self._view(PerSampleSeed(self.train_transform, seed), keep_locations)
-        if world_size == 1:
+        if world_size == 1 and weights is None:
             return self.loader(view, batch_size, shuffle=True, seed=seed)
-        sampler = GlobalBatchSampler(len(view), batch_size, seed, rank, world_size)
+        sampler = GlobalBatchSampler(len(view), batch_size, seed, rank, world_size, weights)
         return DataLoader(view, batch_sampler=sampler, collate_fn=collate, num_workers=self.workers,
                           pin_memory=self.pin_memory)
 

@@ -405,7 +405,8 @@ class Trainer:
         for module in self._frozen:
             module.eval()
         loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations,
-                                        rank=self.dist.rank, world_size=self.dist.world_size)
+                                        rank=self.dist.rank, world_size=self.dist.world_size,
+                                        weights=self.strategy.sampling_weights())
         steps = len(loader)
         total_loss = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # no host sync per step

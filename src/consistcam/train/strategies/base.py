@@ -138,6 +138,12 @@ class Strategy:
         """Per-sample loss weights for the batch's ids (None: all 1)."""
         return None
 
+    def sampling_weights(self) -> Tensor | None:
+        """How the next epoch draws its samples: one non-negative number per sample id (0: never
+        drawn), the epoch then drawing as many ids as it trains on, with replacement, in proportion
+        to them; None (the default): every sample once, shuffled. Asked before every epoch."""
+        return None
+
     def loss(self, batch: dict) -> StepOutput:
         ctx = self.ctx
         logits = ctx.model(batch["image"])

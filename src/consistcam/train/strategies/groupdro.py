@@ -8,9 +8,11 @@ is the paper's group adjustment: small groups (n_g training samples) are assumed
 worse by C / sqrt(n_g). As in the reference, the adjustment enters the update of q only (in the
 loss it is a constant) and is added for every group, in the batch or not.
 
-Where this differs from the reference: the batches are the trainer's uniformly shuffled ones (the
-reference's commands add ``--reweight_groups``, a group-balanced sampler), so a small group may be
-missing from a batch; its q then moves only through the adjustment and the renormalisation.
+Batches: ``sampler=group_balanced`` draws every epoch with replacement, each group equally often,
+as the reference's commands do (``--reweight_groups``, a ``WeightedRandomSampler`` with weights
+1 / n_g). The default ``uniform`` keeps the trainer's shuffled batches (the reference without that
+flag): a small group is then often missing from a batch, and its q moves only through the
+adjustment and the renormalisation, so a rare group's weight drifts down while it is absent.
 Groups are oracle annotations of the data (consistcam.train.strategies.groups).
 """
 
@@ -27,6 +29,7 @@ from consistcam.train.strategies.groups import (
     GROUPINGS,
     conflicting_groups,
     group_counts,
+    inverse_frequency_weights,
     num_groups,
     training_groups,
 )
@@ -44,6 +47,9 @@ class GroupDROConfig:
     grouping: str = option("class_alignment", "the groups: class x (background agrees / conflicts), as the "
                            "worst-group accuracy counts them, or class x background group", choices=GROUPINGS)
     score_batch_size: int = option(250, "batch size of the one pass that reads every training image's group", ge=1)
+    sampler: str = option("uniform", "uniform: every sample once per epoch, shuffled; group_balanced: draw with "
+                          "replacement, every group equally often (the reference's --reweight_groups)",
+                          choices=("uniform", "group_balanced"))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -93,6 +99,11 @@ class GroupDRO(Strategy):
         self.adjustment = torch.where(present, cfg.adjustment / counts.clamp_min(1).sqrt(),
                                       torch.zeros_like(counts)) if cfg.adjustment > 0 else None
         self.conflicting = conflicting_groups(classes, cfg.grouping).to(ctx.device)
+        self.balanced = inverse_frequency_weights(self.table, self.num_groups) if cfg.sampler == "group_balanced" \
+            else None
+
+    def sampling_weights(self) -> Tensor | None:
+        return self.balanced
 
     def loss(self, batch: dict) -> StepOutput:
         ctx = self.ctx

@@ -67,3 +67,12 @@ def training_groups(ctx: StrategyContext, method: str, grouping: str,
 def group_counts(table: Tensor, groups: int) -> Tensor:
     """Training samples per cell (float, on the table's device); ids not trained on are left out."""
     return torch.bincount(table[table >= 0], minlength=groups).float()
+
+
+def inverse_frequency_weights(table: Tensor, groups: int) -> Tensor:
+    """Per-sample weights N / (G' · n_g) from the group of each id (-1: not trained, weight 0): every
+    non-empty cell carries the same total weight, and the mean over trained samples is 1."""
+    counts = group_counts(table, groups)
+    trained = table >= 0
+    per_group = trained.sum() / ((counts > 0).sum() * counts.clamp_min(1))
+    return per_group[table.clamp_min(0)] * trained

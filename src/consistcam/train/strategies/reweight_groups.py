@@ -3,8 +3,9 @@
 Every training sample of cell g gets the weight N / (G' · n_g), N the training set size, n_g the
 cell's size and G' the number of non-empty cells: each cell then carries the same total weight and
 the mean weight is 1 (the learning-rate scale of ERM). This is the loss-weighting form of the
-"upweighting" baseline of Sagawa et al. (ICLR 2020) and of group-balanced training (Idrissi et al.,
-CLeaR 2022, whose sampling form this trainer's fixed loader does not offer). It reads the group
+"upweighting" baseline of Sagawa et al. (ICLR 2020); ``form=sampling`` is its sampling form
+instead, group-balanced sampling with replacement (Idrissi et al., CLeaR 2022: "SUBG"/"RWG" draw
+each group equally often). It reads the group
 annotations of the data (consistcam.train.strategies.groups): an oracle, not a method that could
 run on data without them.
 """
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from consistcam.config import option, validate
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.groups import GROUPINGS, group_counts, num_groups, training_groups
+from consistcam.train.strategies.groups import GROUPINGS, inverse_frequency_weights, num_groups, training_groups
 
 
 @dataclass
@@ -27,17 +28,11 @@ class ReweightGroupsConfig:
     grouping: str = option("class_alignment", "the cells: class x (background agrees / conflicts), as the "
                            "worst-group accuracy counts them, or class x background group", choices=GROUPINGS)
     score_batch_size: int = option(250, "batch size of the one pass that reads every training image's group", ge=1)
+    form: str = option("loss", "loss: weight each sample's loss by N / (G' n_g); sampling: draw every epoch "
+                       "with replacement, each cell equally often, unweighted loss", choices=("loss", "sampling"))
 
     def __post_init__(self) -> None:
         validate(self)
-
-
-def inverse_frequency_weights(table: Tensor, groups: int) -> Tensor:
-    """Per-sample weights N / (G' · n_g) from the group of each id (-1: not trained, weight 0)."""
-    counts = group_counts(table, groups)
-    trained = table >= 0
-    per_group = trained.sum() / ((counts > 0).sum() * counts.clamp_min(1))
-    return per_group[table.clamp_min(0)] * trained
 
 
 @register_strategy("reweight_groups")
@@ -54,5 +49,8 @@ class ReweightGroups(Strategy):
         # a function of the data alone: resume recomputes it, so there is no state to save
         self.weights = inverse_frequency_weights(table, num_groups(classes, self.config.grouping))
 
-    def sample_weights(self, ids: Tensor) -> Tensor:
-        return self.weights[ids]
+    def sample_weights(self, ids: Tensor) -> Tensor | None:
+        return self.weights[ids] if self.config.form == "loss" else None
+
+    def sampling_weights(self) -> Tensor | None:
+        return self.weights if self.config.form == "sampling" else None
