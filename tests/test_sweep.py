@@ -225,6 +225,33 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     check_same_config(run_dir, member_config(None, {**base, "device": "cpu", "workers": 1}, items[0], tmp_path))
 
 
+def test_a_finished_fine_tuning_member_is_skipped_unless_its_init_file_changed(tmp_path):
+    # training records init_sha256 in config.yaml; the member's config (init given, no hash) is the same
+    # run while the file is unchanged or gone, and another run once the file holds other weights
+    from safetensors.torch import save_file
+
+    from consistcam.models import create
+    from consistcam.run.init import file_sha256
+
+    init = tmp_path / "backbone.safetensors"
+    save_file(create("cc_resnet10", 4).state_dict(), str(init))
+    items = g.members(g.expand_arms([g.parse_grid_item("lr=0.05")], methods=METHODS), [0])
+    base = {"data": "demo:n=16,n_test=8,size=16", "epochs": 1, "batch_size": 8, "init": str(init)}
+    cfg = member_config(None, base, items[0], tmp_path / "sweep")
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True)
+    recorded = member_config(None, base, items[0], tmp_path / "sweep")
+    recorded.init_sha256 = file_sha256(init)
+    recorded.save_yaml(run_dir / "config.yaml")
+    write_status(run_dir, "complete", epochs=1)
+    assert train_member(cfg) == "skipped"
+    save_file(create("cc_resnet10", 4).state_dict(), str(init))  # other random weights
+    with pytest.raises(ValueError, match="differs .*init_sha256"):
+        check_same_config(run_dir, cfg)
+    init.unlink()
+    assert train_member(cfg) == "skipped"
+
+
 def test_members_are_evaluated_through_evaluate_run_without_the_command_line(tmp_path, monkeypatch):
     import consistcam.cli
     from consistcam.sweep.runner import evaluate_member, is_evaluated

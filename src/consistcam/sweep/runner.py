@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consistcam.evaluation.config import EvaluationConfig
+from consistcam.run.init import InitError, file_sha256, resolve_init_path
 from consistcam.run.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -58,7 +59,13 @@ def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse a run folder that holds a different run (the CONFIG file or the grid changed)."""
     if not config_path(run_dir).is_file():
         return
-    diff = config_differences(_resolved(read_config(run_dir)), _resolved(cfg.to_dict()))
+    wanted = cfg.to_dict()
+    if cfg.init is not None and cfg.init_sha256 is None:  # training records the file's hash: compare with it
+        try:
+            wanted["init_sha256"] = file_sha256(resolve_init_path(cfg.init))
+        except InitError:  # the file is gone: trust the run, as a resume does
+            wanted["init_sha256"] = read_config(run_dir).get("init_sha256")
+    diff = config_differences(_resolved(read_config(run_dir)), _resolved(wanted))
     if diff:
         raise ValueError(f"{run_dir} holds a run whose config differs from this sweep member's in {diff}; "
                          f"use another --out or delete that folder")
