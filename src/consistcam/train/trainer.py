@@ -189,7 +189,9 @@ class Trainer:
             run_dir=self.run_dir, dist=self.dist, classes=tuple(data.classes or ()),
             scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
                                                                              self.dist.world_size, ids),
-            reset_optimizer=lambda: self.optimizer.state.clear())  # late-bound: resume replaces the state dict
+            reset_optimizer=lambda: self.optimizer.state.clear(),  # late-bound: resume replaces the state dict
+            epochs=epochs, eval_splits=tuple(data.eval_sets),
+            eval_loader_fn=lambda split, bs: data.eval_loader(split, bs, self.dist.rank, self.dist.world_size))
         self.strategy.setup(self.ctx)
         # modules whose parameters are all frozen (a linear probe's backbone) stay in eval mode in training
         self._frozen = [m for m in self.module.modules()

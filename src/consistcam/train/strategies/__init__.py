@@ -18,6 +18,7 @@ from consistcam.train.strategies.base import (
     strategy_config,
 )
 from consistcam.train.strategies.cgc import CGC, CGCConfig
+from consistcam.train.strategies.dfr import DFR, DFRConfig
 from consistcam.train.strategies.ecl import ECL
 from consistcam.train.strategies.edda import EDDA, EDDAConfig
 from consistcam.train.strategies.erm import ERM
@@ -30,6 +31,7 @@ from consistcam.train.strategies.sgt import SGT, SGTConfig
 
 __all__ = [
     "CGC",
+    "DFR",
     "ECL",
     "EDDA",
     "ERM",
@@ -38,6 +40,7 @@ __all__ = [
     "SGT",
     "STRATEGIES",
     "CGCConfig",
+    "DFRConfig",
     "ECLConfig",
     "EDDAConfig",
     "ExCon",

@@ -50,6 +50,9 @@ class StrategyContext:
     run_dir: Path | None = None
     classes: tuple[str, ...] = ()  # the training data's class names in label order (empty if unknown)
     scoring_loader_fn: Callable[[int, bool, list[int] | None], DataLoader] | None = field(default=None, repr=False)
+    epochs: int = 0  # the run's number of epochs (the last is ``epochs - 1``)
+    eval_splits: tuple[str, ...] = ()  # the held-out splits the run evaluates on
+    eval_loader_fn: Callable[[str, int], DataLoader] | None = field(default=None, repr=False)
     # forgets the optimizer's state (momentum, Adam moments): a strategy that restarts the model from
     # its initial weights mid-run (jtt) restarts the optimizer with it
     reset_optimizer: Callable[[], None] | None = field(default=None, repr=False)
@@ -76,6 +79,13 @@ class StrategyContext:
         if self.scoring_loader_fn is None:
             raise RuntimeError("this context has no training data attached")
         return self.scoring_loader_fn(batch_size, keep_locations, ids)
+
+    def eval_loader(self, split: str, batch_size: int) -> DataLoader:
+        """The images of the held-out ``split`` (one of ``eval_splits``), without augmentation, in
+        order (under DDP: this rank's contiguous shard; :meth:`gather` restores the order)."""
+        if self.eval_loader_fn is None:
+            raise RuntimeError("this context has no evaluation data attached")
+        return self.eval_loader_fn(split, batch_size)
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's rows of ``t`` concatenated (identity in one process)."""
