@@ -8,6 +8,8 @@
 #   SHARD=0/2 scripts/compare_methods.sh & SHARD=1/2 scripts/compare_methods.sh   # two processes
 #   DATASETS=demo METHODS=erm,ecl SEEDS="0 1" scripts/compare_methods.sh
 #   DEVICE=cuda:1 scripts/compare_methods.sh          # evaluation device (default auto: the run's device)
+#   PRESET=ft_cpu DATASETS=tinyimagenet METHODS=erm,ecl SEEDS="0 1 2 3 4" PROTOCOLS=localization \
+#       scripts/compare_methods.sh                   # fine-tuned from the shipped backbone (issue 32)
 #
 # Interrupted runs resume and finished ones are skipped (consistcam sweep), so re-running after a
 # stop costs nothing but what is missing. TABLE_ONLY=1 rebuilds the tables from what is evaluated.
@@ -21,7 +23,9 @@ METHODS=${METHODS:-erm,ecl,cgc,edda,sgt,excon,lico}
 DATASETS=${DATASETS:-"demo shortcut_tinyimagenet tinyimagenet"}
 METRICS=${METRICS:-"acc,summary/acc_correlated,summary/acc_decorrelated,summary/worst_group_acc,energy,pointing_game,bg_gap,insertion,deletion,consistency_E,summary/train_time_s"}
 # every run is evaluated the same way: Grad-CAM, localisation, faithfulness, consistency, BG-gap
-EVAL=(--explainer gradcam --protocols localization,faithfulness,consistency --faithfulness-steps 16 --device "${DEVICE:-auto}")
+# (PROTOCOLS=localization: accuracy and localisation only, a quarter of the evaluation time)
+EVAL=(--explainer gradcam --protocols "${PROTOCOLS:-localization,faithfulness,consistency}" --faithfulness-steps 16
+      --device "${DEVICE:-auto}")
 extra=()
 [ -n "${SHARD:-}" ] && extra+=(--shard "$SHARD")
 [ -n "${TABLE_ONLY:-}" ] && extra+=(--table-only)

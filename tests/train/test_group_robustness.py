@@ -240,3 +240,11 @@ def test_jtt_error_set_is_the_errors_of_the_model_ecl_first_scores(tmp_path):
     ecl = load_file(str(tmp_path / "ecl" / "consistency" / "epoch_001.safetensors"))
     jtt = load_file(str(tmp_path / "jtt" / ERROR_SET_FILE))
     assert torch.equal(ecl["ids"], jtt["ids"]) and torch.equal(ecl["pred"], jtt["pred"])
+
+
+def test_every_epoch_logs_the_worst_group_accuracy_of_grouped_splits(tmp_path):
+    trainer = Trainer.from_config(tiny(tmp_path, "erm"), progress=False)
+    record = trainer.fit()[-1]
+    for split in ("test", "test_correlated"):
+        assert record[f"{split}/worst_group_acc"] == pytest.approx(_worst_group_accuracy(trainer, split), abs=1e-6)
+        assert record[f"{split}/worst_group_acc"] <= record[f"{split}/acc"]

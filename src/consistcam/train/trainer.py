@@ -24,6 +24,7 @@ from torch import nn
 from consistcam.config import ConfigError
 from consistcam.consistency.ecl import multi_hot
 from consistcam.data.images import check_image_size
+from consistcam.metrics.groups import alignment
 from consistcam.models import classifier_head, create, model_recipe
 from consistcam.models.state import preserved_state
 from consistcam.run.checkpoint import load_checkpoint
@@ -465,7 +466,7 @@ class Trainer:
         """Metrics of one evaluation split: ``acc``; multi-label adds ``mAP`` (macro, over classes with a
         positive), ``f1_macro`` and ``f1_per_class`` (threshold sigmoid 0.5), ``acc`` being exact match."""
         if not self.task.multilabel:
-            return {"acc": self.accuracy(loader)}
+            return self.accuracy(loader)
         num_classes = len(self.data.classes)
         logits, labels = [torch.zeros(0, num_classes, device=self.device)], [torch.zeros(0, num_classes,
                                                                                          device=self.device)]
@@ -480,17 +481,30 @@ class Trainer:
                 "f1_per_class": [round(v, 4) for v in f1.tolist()]}
 
     @torch.no_grad()
-    def accuracy(self, loader) -> float:
-        correct = torch.zeros((), device=self.device)
-        seen = 0
+    def accuracy(self, loader) -> dict[str, float]:
+        """``acc``; on data whose images carry a background group (demo, shortcut) also
+        ``worst_group_acc``, the lowest accuracy over the non-empty (class, background agrees /
+        conflicts) cells: the figure group-robustness methods are chosen on, every epoch."""
+        cells = 2 * len(self.data.classes)
+        correct = torch.zeros(cells + 1, device=self.device)  # per cell, then the total
+        seen = torch.zeros(cells + 1, device=self.device)
+        grouped = True
         with preserved_state(self.module, eval_mode=True):
             for batch in loader:
                 labels = batch["label"].to(self.device)
-                correct += self.task.correct(self.module(batch["image"].to(self.device)), labels)
-                seen += len(labels)
-        counts = all_reduce_sum(torch.stack([correct.float(), torch.tensor(float(seen), device=self.device)]),
-                                self.dist)
-        return (counts[0] / counts[1].clamp_min(1)).item()
+                right = self.module(batch["image"].to(self.device)).argmax(1) == labels
+                grouped = grouped and "group" in batch
+                cell = 2 * labels + alignment(labels, batch["group"].to(self.device)) if grouped \
+                    else torch.full_like(labels, cells)
+                correct += torch.bincount(cell, right.float(), minlength=cells + 1)
+                seen += torch.bincount(cell, minlength=cells + 1).float()
+        counts = all_reduce_sum(torch.cat([correct, seen]), self.dist)
+        correct, seen = counts[: cells + 1], counts[cells + 1:]
+        out = {"acc": (correct.sum() / seen.sum().clamp_min(1)).item()}
+        if grouped and seen[:cells].sum() > 0:
+            filled = seen[:cells] > 0
+            out["worst_group_acc"] = (correct[:cells][filled] / seen[:cells][filled]).min().item()
+        return out
 
 
 def _recipe(model: nn.Module, config: TrainConfig | None, data: TrainData) -> dict | None:
