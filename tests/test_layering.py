@@ -43,13 +43,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vae",),  # TracIn of VAEs reuses influence/
     ("cli",),  # (``__main__`` only calls cli.main: importing it would run the command)
 )
-# PENDING (issue 23, other parts of the renovation; these cases fail until those parts are merged, and are
-# left failing on purpose rather than marked xfail): influence/cli.py, vae/cli.py and sweep/cli.py import
-# option helpers (_int_at_least, _yaml_value, _parse_set) from consistcam.cli, and sweep/runner.py imports
-# cli.build_parser; cli imports those command modules by name (COMMAND_MODULES), so besides the upward
-# import this is a cycle. Failing now: test_importing_a_part_loads_no_higher_layer[influence] and [vae],
-# test_no_import_statement_reaches_a_higher_layer, test_no_import_cycle_between_parts and _modules. The
-# helpers move to consistcam.arguments; sweep's use of build_parser must move below cli too.
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # What ``import consistcam`` (the public API of the root package) may load.
 ROOT_LAYER = LAYER["consistency"]

@@ -17,6 +17,7 @@ from consistcam.arguments import (
     parse_set,
 )
 from consistcam.config import option_help
+from consistcam.run.layout import CONFIG_FILE, EVAL_DIR, EVAL_METRICS_FILE, MODEL_FILE, REPORT_FILE
 
 TRAIN_SKIP = ("strategy",)  # the chosen method's options: --METHOD-OPTION flags and --set METHOD.KEY=VALUE
 
@@ -251,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help_prefix=f"{method} only: ")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any option, dotted for a method's options: --set ecl.consistency.steps=3 --set momentum=0.8")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (its config.yaml is used)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help=f"continue an interrupted run exactly (its {CONFIG_FILE} is used)")
     t.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds (else refused)")
     add_quiet(t, "no progress bars or per-epoch lines")
     t.set_defaults(func=cmd_train)
@@ -259,13 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_command(sub, Formatter)
 
     r = sub.add_parser("report", help="side-by-side HTML report of evaluated runs", formatter_class=Formatter)
-    r.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or metrics.json files")
-    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument("runs", nargs="+",
+                   help=f"run folders (with {EVAL_DIR}/{EVAL_METRICS_FILE}) or {EVAL_METRICS_FILE} files")
+    r.add_argument("--out", default=REPORT_FILE, help="HTML file to write")
     r.add_argument("--title", default="consistcam: runs side by side", help="title of the report")
     r.set_defaults(func=cmd_report)
 
     x = sub.add_parser("explain", help="heatmap overlays (PNG) for image files", formatter_class=Formatter)
-    x.add_argument("checkpoint", help="run folder or model.safetensors")
+    x.add_argument("checkpoint", help=f"run folder or {MODEL_FILE}")
     x.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     x.add_argument("--explainer", default="gradcam", help="explainer (consistcam list explainers)")
     x.add_argument("--target", type=int_at_least(0), help="class to explain (default: the prediction)")
@@ -281,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="ERM vs ECL on the embedded demo data set, with a report",
                        formatter_class=Formatter)
-    d.add_argument("--out", default="runs/demo", help="output folder (one run folder per method, report.html)")
+    d.add_argument("--out", default="runs/demo", help=f"output folder (one run folder per method, {REPORT_FILE})")
     d.add_argument("--epochs", type=int_at_least(1), default=8, help="epochs per method")
     d.add_argument("--seed", type=int_at_least(0), default=0, help="seed of data order, initialisation, attacks")
     add_device(d)

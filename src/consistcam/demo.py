@@ -7,7 +7,7 @@ from pathlib import Path
 
 from consistcam.evaluation import evaluate_run
 from consistcam.report import SavedEvaluation, evaluation_report, read_evaluation
-from consistcam.run.layout import checkpoint_path
+from consistcam.run.layout import EVAL_DIR, REPORT_FILE, checkpoint_path
 from consistcam.train import TrainConfig, Trainer
 
 # The ECL preset of the demo (as configs/compare/demo_cpu.yaml). The weights are tempered (also the
@@ -76,6 +76,7 @@ def write_report(out: Path, saved: dict[str, SavedEvaluation]) -> Path:
         examples[f"{method} ({first})"] = ev.examples(first)
         run_dirs[method] = ev.run_dir
     notes = ("Decorrelated test = 'test' (the background carries no information about the class), correlated = "
-             "'test_correlated' (the training shortcut holds). Each method's own report: RUN/eval/report.html.")
-    return evaluation_report(out / "report.html", "consistcam demo: ERM vs explanation-consistency learning",
+             "'test_correlated' (the training shortcut holds). Each method's own report: "
+             f"RUN/{EVAL_DIR}/{REPORT_FILE}.")
+    return evaluation_report(out / REPORT_FILE, "consistcam demo: ERM vs explanation-consistency learning",
                              columns, per_sample=per_sample, examples=examples, run_dirs=run_dirs, notes=notes)

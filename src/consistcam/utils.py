@@ -105,10 +105,6 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, meta
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def progress_bar(iterable: Iterable, desc: str = "", enabled: bool = True, total: int | None = None, **kw):
     """A tqdm bar on a terminal; silent (the plain iterable) when disabled or not on a TTY."""
     if not enabled or not sys.stderr.isatty():

@@ -15,7 +15,7 @@ from consistcam.evaluation import evaluate_run
 from consistcam.report import compare_runs, render_evaluation
 from consistcam.report.evaluation import difference_pairs
 from consistcam.report.glossary import describe, is_better
-from consistcam.report.results import FOOL_EXAMPLES_FILE, FOOL_FILE
+from consistcam.run.layout import FOOL_EXAMPLES_FILE, FOOL_FILE
 from tests.evaluation.runs import QUICK, make_run
 
 FOOL_DOC = {"source": "/runs/erm", "split": "test", "images": 12, "acc_before": 0.75, "acc_after": 0.5,

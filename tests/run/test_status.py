@@ -1,4 +1,5 @@
-"""The life cycle of a run folder (running / complete), what --overwrite may remove, metrics.jsonl."""
+"""The life cycle of a run folder (running / complete), what --overwrite may remove, metrics.jsonl,
+where the training method's own files are."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 
 import pytest
 
-from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATUS_FILE
+from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, ECL_DIR, MODEL_FILE, STATUS_FILE, TRAIN_METRICS_FILE
 from consistcam.run.status import (
+    METHOD_DIR_KEY,
     RunFolderError,
     discard_unstarted_run,
     is_run_folder,
+    method_dir,
     prepare_new_run,
     read_metrics,
     read_status,
@@ -79,6 +82,31 @@ def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path):
     assert (other / "notes.txt").is_file()
 
 
+def test_the_method_folder_is_the_recorded_one_or_the_builtin_one_of_an_older_run(tmp_path):
+    assert method_dir(tmp_path) is None
+    (tmp_path / ECL_DIR).mkdir()  # a run trained before status.json recorded the folder
+    write_status(tmp_path, "complete")
+    assert method_dir(tmp_path) == tmp_path / ECL_DIR
+    write_status(tmp_path, "complete", **{METHOD_DIR_KEY: "mine"})
+    assert method_dir(tmp_path) == tmp_path / "mine"
+    for recorded in (None, "../elsewhere", "eval", 3):  # none, or nothing a method may name
+        write_status(tmp_path, "complete", **{METHOD_DIR_KEY: recorded})
+        assert method_dir(tmp_path) is None
+
+
+def test_overwrite_removes_the_recorded_method_folder_with_the_run(tmp_path):
+    run = tmp_path / "run"
+    for name in (CONFIG_FILE, MODEL_FILE, "mine/epoch_000.safetensors"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("x")
+    write_status(run, "complete")
+    with pytest.raises(RunFolderError, match="did not write \\(mine\\)"):  # not recorded: not the run's
+        prepare_new_run(run, overwrite=True)
+    write_status(run, "complete", **{METHOD_DIR_KEY: "mine"})
+    prepare_new_run(run, overwrite=True)
+    assert not run.exists()
+
+
 def test_an_unstarted_run_is_discarded_but_foreign_files_stay(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -100,14 +128,14 @@ def test_an_unstarted_run_is_discarded_but_foreign_files_stay(tmp_path):
 
 def test_metrics_round_trip_and_a_torn_last_line(tmp_path):
     write_metrics(tmp_path, [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}])
-    assert read_metrics(tmp_path) == read_metrics(tmp_path / METRICS_FILE) == [{"epoch": 0, "loss": 1.0},
+    assert read_metrics(tmp_path) == read_metrics(tmp_path / TRAIN_METRICS_FILE) == [{"epoch": 0, "loss": 1.0},
                                                                                {"epoch": 1, "loss": 0.5}]
-    with open(tmp_path / METRICS_FILE, "a") as f:
+    with open(tmp_path / TRAIN_METRICS_FILE, "a") as f:
         f.write('{"epoch": 2, "lo')
-    with pytest.warns(RuntimeWarning, match=f"{METRICS_FILE}:3: dropping a torn last line"):
+    with pytest.warns(RuntimeWarning, match=f"{TRAIN_METRICS_FILE}:3: dropping a torn last line"):
         assert len(read_metrics(tmp_path)) == 2
-    (tmp_path / METRICS_FILE).write_text('{"epoch": 0\n' + json.dumps({"epoch": 1}) + "\n")
-    with pytest.raises(RunFolderError, match=f"{METRICS_FILE}:1: corrupt metrics record"):
+    (tmp_path / TRAIN_METRICS_FILE).write_text('{"epoch": 0\n' + json.dumps({"epoch": 1}) + "\n")
+    with pytest.raises(RunFolderError, match=f"{TRAIN_METRICS_FILE}:1: corrupt metrics record"):
         read_metrics(tmp_path)
     assert read_metrics(tmp_path / "none") == []
 

@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 from consistcam.cli import main
 from consistcam.data.demo import DemoShapes
 from consistcam.models import create
+from consistcam.run.layout import JTT_DIR, JTT_ERROR_SET_FILE
 from consistcam.train import Schedule, TrainConfig, Trainer
 from consistcam.train.data import TrainData
 from consistcam.train.strategies import build_strategy
 from consistcam.train.strategies.groupdro import group_mean_losses, update_group_weights
 from consistcam.train.strategies.groups import conflicting_groups, group_index, inverse_frequency_weights
-from consistcam.train.strategies.jtt import ERROR_SET_FILE, upweight
+from consistcam.train.strategies.jtt import upweight
 
 TINY = dict(data="demo:n=64,n_test=40,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05)
 
@@ -111,7 +112,7 @@ def test_each_method_trains_on_the_demo_set_through_the_cli(tmp_path, method):
     if method == "groupdro":
         assert 0 < records[0]["train/q_conflicting"] < 1
     if method == "jtt":
-        assert records[1]["jtt/errors"] > 0 and (tmp_path / ERROR_SET_FILE).is_file()
+        assert records[1]["jtt/errors"] > 0 and (tmp_path / JTT_DIR / JTT_ERROR_SET_FILE).is_file()
 
 
 def test_jtt_picks_the_identification_models_errors_then_restarts_model_and_optimizer(tmp_path):
@@ -125,7 +126,7 @@ def test_jtt_picks_the_identification_models_errors_then_restarts_model_and_opti
         wrong = trainer.module(batch["image"]).argmax(1) != batch["label"]
         trainer.module.train()
     logs = trainer.strategy.on_epoch_start(1)
-    saved = load_file(str(tmp_path / ERROR_SET_FILE))
+    saved = load_file(str(tmp_path / JTT_DIR / JTT_ERROR_SET_FILE))
     assert torch.equal(saved["error"], wrong) and logs["jtt/errors"] == int(wrong.sum()) > 0
     assert torch.allclose(saved["weights"], upweight(wrong, 6.0))
     assert saved["weights"][wrong].unique().item() == pytest.approx(6 * saved["weights"][~wrong].unique().item())
@@ -238,7 +239,7 @@ def test_jtt_error_set_is_the_errors_of_the_model_ecl_first_scores(tmp_path):
     for method in ("ecl", "jtt"):
         Trainer.from_config(tiny(tmp_path / method, method, epochs=2, **kw), progress=False).fit()
     ecl = load_file(str(tmp_path / "ecl" / "consistency" / "epoch_001.safetensors"))
-    jtt = load_file(str(tmp_path / "jtt" / ERROR_SET_FILE))
+    jtt = load_file(str(tmp_path / "jtt" / JTT_DIR / JTT_ERROR_SET_FILE))
     assert torch.equal(ecl["ids"], jtt["ids"]) and torch.equal(ecl["pred"], jtt["pred"])
 
 

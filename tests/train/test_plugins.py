@@ -13,6 +13,8 @@ import pytest
 
 from consistcam._registry import EntryPointError
 from consistcam.cli import main
+from consistcam.report import read_rounds
+from consistcam.run.status import prepare_new_run, read_status
 from consistcam.train.strategies import STRATEGIES
 from consistcam.train.strategies.base import ENTRY_POINT_GROUP
 
@@ -48,12 +50,18 @@ def test_an_entry_point_strategy_is_listed_and_trains_through_the_cli(monkeypatc
     assert record["train/factor"] == 2.0
     assert "scaled_erm:" in (run / "config.yaml").read_text()
     assert (run / "model.safetensors").is_file()
+    # its own folder: recorded in status.json, shown by the report, removed with the run by --overwrite
+    assert read_status(run)["method_dir"] == "scaled_erm"
+    assert [stem for stem, _ in read_rounds(run)] == ["epoch_000"]
+    prepare_new_run(run, overwrite=True)
+    assert not run.exists()
 
 
 @pytest.mark.parametrize(("target", "message"), [
     ("tests.train.no_such_module:Strategy", "failed to load: ModuleNotFoundError"),
     ("tests.train.plugin_strategy:NOT_A_STRATEGY", "is not a subclass of consistcam.train.strategies.Strategy"),
     ("tests.train.plugin_strategy:ScaledERMConfig", "is not a subclass"),
+    ("tests.train.plugin_strategy:ClashingERM", "output_dir: 'eval' is a run folder's own file or folder"),
 ])
 def test_a_broken_entry_point_is_named_in_the_error(monkeypatch, capsys, target, message):
     _installed(monkeypatch, broken=target)

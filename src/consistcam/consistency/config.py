@@ -16,7 +16,8 @@ MASKS = ("heatmap", "gt", "boxes", "mask", "none")
 
 @dataclass
 class ConsistencyConfig:
-    """Every choice of the scoring pass; defaults are those of docs/method.md (see its table)."""
+    """Every choice of the scoring pass; README.md's table of ``ecl.consistency.*`` options gives the
+    defaults and the alternatives."""
 
     explainer: str = option("gradcam", "explainer of h and h_adv", check=registered(EXPLAINERS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")

@@ -1,6 +1,6 @@
 """ECL's schedule as an object any training loop can call: :class:`ECL` (exported as ``consistcam.ECL``).
 
-Explanation-consistency learning (Wu et al., IEEE TMM 2024; docs/method.md) is more than the scorer:
+Explanation-consistency learning (Wu et al., IEEE TMM 2024; docs/methods.md) is more than the scorer:
 warm up with v = 1 for ``warmup`` epochs, then every ``update_every`` epochs score the training set
 (explain, attack the background only, E = lam·S + (1 - lam)·P), match the scores to samples by id,
 gather them across processes, derive the tempered weights v = 1 - E (mean 1, EMA over rounds) and
@@ -58,7 +58,7 @@ class ECLConfig:
                                    "their last scoring (single-label data)", gt=0.0, le=1.0)
     multilabel_reduce: str = option("mean", "multi-label data: one E per image from its positive classes' E "
                                     "(mean, or min: the least consistent class decides)", choices=REDUCTIONS)
-    consistency: ConsistencyConfig = option(help="the consistency scorer (see docs/method.md)",
+    consistency: ConsistencyConfig = option(help="the consistency scorer (README.md: ecl.consistency.*)",
                                             default_factory=ConsistencyConfig)
 
     def __post_init__(self) -> None:

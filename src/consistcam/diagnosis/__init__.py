@@ -3,6 +3,7 @@ training samples? Reads what a run folder holds (ECL's scoring rounds, JTT's err
 training data's background groups; writes ``RUN/diagnosis/`` (json, markdown, png), which the
 HTML report shows."""
 
-from consistcam.diagnosis.run import DIAGNOSIS_DIR, diagnose_run, score_rows, summarize
+from consistcam.diagnosis.run import diagnose_run, score_rows, summarize
+from consistcam.run.layout import DIAGNOSIS_DIR
 
 __all__ = ["DIAGNOSIS_DIR", "diagnose_run", "score_rows", "summarize"]

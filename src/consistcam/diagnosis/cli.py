@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from consistcam.run.layout import DIAGNOSIS_DIR, DIAGNOSIS_FIGURE_FILE, DIAGNOSIS_FILE, DIAGNOSIS_TABLE_FILE
+
 
 def _pm(row: dict, key: str) -> str:
     mean, std = row.get(key), row.get(f"{key}_std")
@@ -19,13 +21,12 @@ def _pm(row: dict, key: str) -> str:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from consistcam.diagnosis.run import diagnose_run, markdown, summarize
-    from consistcam.report.results import DIAGNOSIS_FILE
 
     docs = []
     for run in args.runs:
         out = diagnose_run(run, data=args.data)
         docs.append(json.loads((out / DIAGNOSIS_FILE).read_text()))
-        print(f"{run}: {out / 'diagnosis.md'}, {out / 'diagnosis.png'}")
+        print(f"{run}: {out / DIAGNOSIS_TABLE_FILE}, {out / DIAGNOSIS_FIGURE_FILE}")
     if len(docs) == 1:
         print(markdown(docs[0]["rows"]), end="")
         return 0
@@ -51,10 +52,10 @@ def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
         description="For every ECL scoring round (weight v, 1 - E, the model's errors) and JTT's error set and "
                     "per-sample loss: ROC-AUC and precision at the minority fraction of finding the training images "
                     "whose background group is not their class, and the minority's share of the weight. Writes "
-                    "RUN/diagnosis/ (diagnosis.json, .md, .png); consistcam report shows it. Needs data with "
+                    f"RUN/{DIAGNOSIS_DIR}/ ({DIAGNOSIS_FILE}, .md, .png); consistcam report shows it. Needs data with "
                     "background groups (demo, shortcut:...).",
         epilog="examples:\n  consistcam diagnose runs/compare/demo/method=ecl/seed=0\n"
-               "  consistcam diagnose runs/x/seed=0 runs/x/seed=1 runs/x/seed=2 --summary runs/x/diagnosis.md")
+               "  consistcam diagnose runs/x/seed=0 runs/x/seed=1 runs/x/seed=2 --summary runs/x/summary.md")
     p.add_argument("runs", nargs="+", help="run folders (ecl or jtt)")
     p.add_argument("--data", help="training data spec, when the run's own does not resolve from here")
     p.add_argument("--summary", metavar="FILE.md", help="with several runs: write the mean ± std table here (+ .json)")

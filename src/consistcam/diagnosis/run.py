@@ -25,11 +25,23 @@ from torch import Tensor
 
 from consistcam.metrics.groups import alignment
 from consistcam.metrics.identification import identification
-from consistcam.report.results import DIAGNOSIS_DIR, DIAGNOSIS_FILE, ROUNDS_GLOB, load_tensors
-from consistcam.run.layout import config_path, read_config
+from consistcam.report.results import load_tensors
+from consistcam.run.layout import (
+    DIAGNOSIS_DIR,
+    DIAGNOSIS_FIGURE_FILE,
+    DIAGNOSIS_FILE,
+    DIAGNOSIS_TABLE_FILE,
+    ECL_DIR,
+    EPOCH_FILES,
+    JTT_DIR,
+    JTT_ERROR_SET_FILE,
+    config_path,
+    read_config,
+)
 from consistcam.utils import atomic_write
 
-JTT_FILE = "jtt/error_set.safetensors"
+ROUNDS = f"{ECL_DIR}/{EPOCH_FILES}"  # ECL's scoring rounds in the run folder
+JTT_FILE = f"{JTT_DIR}/{JTT_ERROR_SET_FILE}"
 COLUMNS = ("source", "epoch", "auc", "precision_at_k", "weight_share", "set_size", "set_precision", "set_recall",
            "minority_fraction", "n")
 
@@ -62,7 +74,7 @@ def score_rows(run_dir: str | Path, labels: Tensor, minority: Tensor) -> list[di
     run_dir = Path(run_dir)
     rows = []
     fix = f"delete it or re-train {run_dir}"
-    for path in sorted(run_dir.glob(ROUNDS_GLOB)):
+    for path in sorted(run_dir.glob(ROUNDS)):
         t = load_tensors(path, fix, required=("ids", "E", "weights", "pred"))
         epoch, ids = int(path.stem.rsplit("_", 1)[-1]), _ids(t["ids"], labels, path)
         rows += [_row("ecl weight v", epoch, t["weights"], minority[ids], t["weights"]),
@@ -75,7 +87,7 @@ def score_rows(run_dir: str | Path, labels: Tensor, minority: Tensor) -> list[di
         rows += [_row("jtt error set", epoch, t["error"].bool(), minority[ids], t["weights"]),
                  _row("jtt per-sample loss", epoch, t["loss"].double(), minority[ids])]
     if not rows:
-        raise ValueError(f"{run_dir}: no per-sample weights to diagnose (an ecl run writes {ROUNDS_GLOB}, "
+        raise ValueError(f"{run_dir}: no per-sample weights to diagnose (an ecl run writes {ROUNDS}, "
                          f"a jtt run {JTT_FILE})")
     return rows
 
@@ -117,11 +129,11 @@ def diagnose_run(run_dir: str | Path, data: str | None = None) -> Path:
            "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                     for r in rows]}
     atomic_write(out / DIAGNOSIS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
-    atomic_write(out / "diagnosis.md", lambda tmp: Path(tmp).write_text(
+    atomic_write(out / DIAGNOSIS_TABLE_FILE, lambda tmp: Path(tmp).write_text(
         f"# Minority identification: {run_dir}\n\nmethod {doc['method']}, data {spec}, seed {doc['seed']}; "
         "minority = training images whose background group is not their class\n\n" + markdown(rows)))
     fig = identification_figure(rows)
-    atomic_write(out / "diagnosis.png", lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
+    atomic_write(out / DIAGNOSIS_FIGURE_FILE, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
     return out
 
 

@@ -19,6 +19,7 @@ from consistcam.arguments import (
 )
 from consistcam.evaluation.config import EvaluationConfig
 from consistcam.evaluation.pipeline import PROTOCOLS
+from consistcam.run.layout import EVAL_DIR, EVAL_METRICS_FILE, MODEL_FILE, REPORT_FILE
 
 
 def _protocols(text: str) -> tuple[str, ...]:
@@ -37,14 +38,14 @@ _LISTS = {
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``consistcam evaluate`` (without ``func``)."""
-    p.add_argument("run", help="run folder or model.safetensors")
+    p.add_argument("run", help=f"run folder or {MODEL_FILE}")
     p.add_argument("--data", help="data spec (default: the run's)")
     p.add_argument("--split", action="append", help="split(s) to evaluate (default: the data set's test splits)")
     add_config_options(p, EvaluationConfig, lists=_LISTS)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any option, dotted for the consistency scorer: --set consistency.steps=3")
-    p.add_argument("--out", help="output folder (default: RUN/eval)")
-    p.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
+    p.add_argument("--out", help=f"output folder (default: RUN/{EVAL_DIR})")
+    p.add_argument("--no-report", action="store_true", help=f"write {EVAL_METRICS_FILE} only, no {REPORT_FILE}")
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate a run whose training was interrupted")
     add_quiet(p, "no progress bars, no metrics on stdout")
 
@@ -80,13 +81,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(json.dumps(read_evaluation(out).splits, indent=2))
     if not args.no_report:
-        print(f"report: {out / 'report.html'}")
-    print(f"metrics: {out / 'metrics.json'}")
+        print(f"report: {out / REPORT_FILE}")
+    print(f"metrics: {out / EVAL_METRICS_FILE}")
     return 0
 
 
 def add_command(sub: argparse._SubParsersAction, formatter_class: type) -> None:
-    e = sub.add_parser("evaluate", help="every evaluation protocol: metrics.json and report.html",
+    e = sub.add_parser("evaluate", help=f"every evaluation protocol: {EVAL_METRICS_FILE} and {REPORT_FILE}",
                        formatter_class=formatter_class)
     add_evaluate_arguments(e)
     e.set_defaults(func=cmd_evaluate)

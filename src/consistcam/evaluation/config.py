@@ -9,6 +9,7 @@ from consistcam.config import from_dict, option, registered, validate
 from consistcam.consistency import ConsistencyConfig
 from consistcam.evaluation.pipeline import PROTOCOLS
 from consistcam.explain import EXPLAINERS
+from consistcam.run.layout import EVAL_METRICS_FILE
 
 
 def _explainers_check(value: tuple) -> str | None:
@@ -30,7 +31,7 @@ def _protocols_check(value: tuple) -> str | None:
 class EvaluationConfig:
     """What an evaluation computes; where it reads and writes (run, data, splits, out) is not part of it."""
 
-    explainers: tuple[str, ...] = option(("gradcam",), "explainer(s); the first is unprefixed in metrics.json",
+    explainers: tuple[str, ...] = option(("gradcam",), f"explainer(s); the first is unprefixed in {EVAL_METRICS_FILE}",
                                          check=_explainers_check)
     protocols: tuple[str, ...] = option(PROTOCOLS, "evaluation protocols", check=_protocols_check)
     background: bool = option(True, "background-reliance variants (computed when the data has boxes or masks)")

@@ -1,5 +1,5 @@
-"""The evaluation pass: one streaming loop over a loader computing every protocol of
-docs/evaluation.md that the data allows, for one or more explainers.
+"""The evaluation pass: one streaming loop over a loader computing every protocol
+(:data:`PROTOCOLS`) that the data allows, for one or more explainers.
 
 Keys of the result: recognition (``acc``, ``acc_top5``, ``acc_per_class``; ``mAP``, ``f1_macro``,
 ``f1_per_class`` and ``acc`` = exact match for multi-label

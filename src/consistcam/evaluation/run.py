@@ -1,8 +1,9 @@
 """``evaluate_run``: evaluate a trained run folder and save everything its report shows.
 
-The command ``consistcam evaluate`` is a thin wrapper over it. What is saved (see
-:mod:`consistcam.report.results`) is all the report reads, so ``report.html`` can be rebuilt, or
-runs compared, without the model and without running an attack again.
+The command ``consistcam evaluate`` is a thin wrapper over it. What is saved (named in
+:mod:`consistcam.run.layout`, read back by :mod:`consistcam.report.results`) is all the report
+reads, so ``report.html`` can be rebuilt, or runs compared, without the model and without running
+an attack again.
 """
 
 from __future__ import annotations
@@ -22,8 +23,17 @@ from consistcam.evaluation.background import background_reliance
 from consistcam.evaluation.config import EvaluationConfig
 from consistcam.evaluation.pipeline import evaluate_model, stream_seeds
 from consistcam.metrics import GroupAccuracy, alignment, group_report
-from consistcam.report.results import METRICS_FILE, examples_file, per_sample_file
-from consistcam.run.layout import config_path, read_config, run_folder, run_option
+from consistcam.run.layout import (
+    EVAL_DIR,
+    EVAL_METRICS_FILE,
+    REPORT_FILE,
+    config_path,
+    examples_file,
+    per_sample_file,
+    read_config,
+    run_folder,
+    run_option,
+)
 from consistcam.utils import atomic_save_tensors, atomic_write
 
 
@@ -46,7 +56,7 @@ def start_evaluation(out_dir: Path) -> None:
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
     if out_dir.is_dir():
         remove_stale_temporaries(out_dir)
-        for name in (METRICS_FILE, "report.html"):
+        for name in (EVAL_METRICS_FILE, REPORT_FILE):
             (out_dir / name).unlink(missing_ok=True)
 
 
@@ -141,7 +151,7 @@ def evaluate_run(
     data = data or run_data(run_dir)
     skip_bad = config.skip_bad if config.skip_bad is not None else bool(run_option(run_dir, "skip_bad", False))
     data_kw = {"skip_bad": True} if skip_bad else {}
-    out_dir = Path(out) if out is not None else run_dir / "eval"
+    out_dir = Path(out) if out is not None else run_dir / EVAL_DIR
     num_classes = len(info["classes"])
     cfg = dataclasses.replace(config.consistency, explainer=explainers[0], seed=seed)
     transform = build_transform(info.get("image_size"), "none")
@@ -176,7 +186,7 @@ def evaluate_run(
             "init": {"path": run_option(run_dir, "init"), "sha256": run_option(run_dir, "init_sha256")}}
     summary = shortcut_summary(results, group_inputs, info["classes"])
     text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
-    atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out_dir / EVAL_METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
     if report:
         render_evaluation(out_dir)
     return out_dir

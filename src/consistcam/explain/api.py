@@ -154,9 +154,3 @@ def explain(
     if not differentiable:
         maps, logits = maps.detach(), logits.detach()
     return (maps, logits) if return_logits else maps
-
-
-def explain_checked(model: nn.Module, checked: CheckedInputs, **kwargs) -> Tensor | tuple[Tensor, Tensor] | list:
-    """``explain(model, checked, **kwargs)``: kept for callers written against it; new code passes the
-    :class:`~consistcam.explain.inputs.CheckedInputs` to :func:`explain` directly."""
-    return explain(model, checked, **kwargs)

@@ -19,7 +19,8 @@ from consistcam.fool.losses import (
 )
 from consistcam.fool.maps import GRADIENT, fool_explainers, fool_maps, input_gradient
 from consistcam.fool.metrics import FSR_RANGES, average_ranks, fooling_success, fooling_success_rate, spearman
-from consistcam.fool.run import FOOL_EXAMPLES_FILE, FOOL_FILE, fool_run
+from consistcam.fool.run import fool_run
+from consistcam.run.layout import FOOL_EXAMPLES_FILE, FOOL_FILE  # the files fool_run writes
 
 __all__ = [
     "FOOL_EXAMPLES_FILE",

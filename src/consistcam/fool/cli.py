@@ -9,6 +9,7 @@ import sys
 
 from consistcam.arguments import add_config_options, add_device, add_quiet, check_output_folder, config_overrides
 from consistcam.fool.finetune import FoolConfig
+from consistcam.run.layout import FOOL_FILE, MODEL_FILE
 
 # options with several values on the command line
 _LISTS = {"classes": dict(nargs=2, type=int, metavar=("A", "B")), "transfer": dict(nargs="*", metavar="EXPLAINER")}
@@ -20,8 +21,8 @@ def add_command(sub, formatter_class) -> None:
                        formatter_class=formatter_class,
                        description="Adversarial model manipulation: fine-tune RUN's model with CE + lam * fooling loss "
                                    "and write the fooled model to OUT, a run folder `consistcam evaluate` reads, with "
-                                   "fool.json (FSR, rank correlation, accuracy before/after, transfer).")
-    p.add_argument("run", help="trained run folder (or its model.safetensors)")
+                                   f"{FOOL_FILE} (FSR, rank correlation, accuracy before/after, transfer).")
+    p.add_argument("run", help=f"trained run folder (or its {MODEL_FILE})")
     p.add_argument("--out", required=True, help="new run folder for the fooled model")
     add_config_options(p, FoolConfig, dest_prefix="fool_", lists=_LISTS)
     add_device(p)

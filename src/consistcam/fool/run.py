@@ -16,8 +16,15 @@ from torch.utils.data import DataLoader, Subset
 
 from consistcam.config import to_dict
 from consistcam.fool.finetune import FoolConfig, fool_model, frozen_copy, measure_fooling
-from consistcam.report.results import FOOL_EXAMPLES_FILE, FOOL_FILE  # one definition: the report reads them
-from consistcam.run.layout import model_path, read_config, run_folder, run_option, write_config
+from consistcam.run.layout import (
+    FOOL_EXAMPLES_FILE,
+    FOOL_FILE,
+    model_path,
+    read_config,
+    run_folder,
+    run_option,
+    write_config,
+)
 from consistcam.run.status import prepare_new_run, require_complete, write_metrics, write_status
 from consistcam.utils import atomic_save_tensors, atomic_write, seed_everything
 

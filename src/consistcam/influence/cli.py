@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from consistcam.arguments import add_device, add_quiet, int_at_least
+from consistcam.run.layout import INFLUENCE_DIR, INFLUENCE_FILE
 
 _positive = int_at_least(1)  # argparse type: an integer >= 1
 
@@ -25,7 +26,7 @@ def cmd_influence(args: argparse.Namespace) -> int:
     if args.self_influence:
         ids, scores = result.most_self_influential(args.top)
         print(f"highest self-influence: {', '.join(f'#{i} ({s:.3g})' for i, s in zip(ids.tolist(), scores.tolist()))}")
-    print(f"scores: {page.parent / 'influence.safetensors'}")
+    print(f"scores: {page.parent / INFLUENCE_FILE}")
     print(f"report: {page}")
     return 0
 
@@ -60,5 +61,5 @@ def add_tracin_options(p: argparse.ArgumentParser, *, batch_size: int, seed_help
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--batch-size", type=_positive, default=batch_size, help="training samples per gradient batch")
     add_device(p)
-    p.add_argument("--out", help="output folder (default: RUN/influence)")
+    p.add_argument("--out", help=f"output folder (default: RUN/{INFLUENCE_DIR})")
     add_quiet(p)

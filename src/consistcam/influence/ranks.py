@@ -1,4 +1,4 @@
-"""Rank statistics of the TracIn sanity checks (``influence.checks`` and ``vae.checks``)."""
+"""Rank statistics of the TracIn sanity checks (scripts/influence_checks.py and scripts/vae_checks.py)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from consistcam.influence.tracin import TracInCheckpoint, TracInResult, kept_tra
 from consistcam.run.checkpoint import load_model, read_metadata
 from consistcam.run.device import resolve_device
 from consistcam.run.kept import KEPT_FORMAT, kept_checkpoints
-from consistcam.run.layout import KEPT_DIR, model_path, read_config
+from consistcam.run.layout import INFLUENCE_DIR, INFLUENCE_FILE, INFLUENCE_PAGE_FILE, KEPT_DIR, model_path, read_config
 from consistcam.utils import atomic_save_tensors, load_tensor_file
 
 
@@ -145,19 +145,19 @@ def influence_for_run(run: str | Path, tests: Sequence[str] = (), *, self_influe
         test_batch = {"image": images, "label": labels, "id": torch.arange(len(images))}
     result = tracin(checkpoints, classifier_gradients(params, projection, seed), data.loader(batch_size), test_batch,
                     device=dev, progress=progress)
-    out_dir = Path(out) if out is not None else run_dir / "influence"
+    out_dir = Path(out) if out is not None else run_dir / INFLUENCE_DIR
     tensors = {"ids": result.ids, "self_influence": result.self_influence}
     if result.influence is not None:
         tensors.update(influence=result.influence, test_labels=test_batch["label"])
     meta = {"run": str(run_dir), "tests": json.dumps(names), "params": str(params),
             "projection": json.dumps(projection), "checkpoints": json.dumps([c.name for c in checkpoints]),
             "weights": json.dumps([c.weight for c in checkpoints])}
-    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, out_dir / "influence.safetensors", meta)
+    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, out_dir / INFLUENCE_FILE, meta)
     rows = _rows(result, data, test_batch, names, top, self_influence)
     note = (f"TracInCP over {len(checkpoints)} checkpoints ({', '.join(c.name for c in checkpoints)}), "
             f"{params} parameters" + (f", random projection to {projection} dims" if projection else "")
             + ". Proponents lowered the test loss when trained on, opponents raised it.")
-    page = write_grid_html(out_dir / "influence.html", f"TracIn: {run_dir.name}", rows, note)
+    page = write_grid_html(out_dir / INFLUENCE_PAGE_FILE, f"TracIn: {run_dir.name}", rows, note)
     return result, page
 
 

@@ -14,14 +14,8 @@ from consistcam.report.figures import (
     weight_histograms,
 )
 from consistcam.report.html import img, metrics_table, write_report
-from consistcam.report.results import (
-    SavedEvaluation,
-    examples_file,
-    per_sample_file,
-    read_evaluation,
-    read_history,
-    read_rounds,
-)
+from consistcam.report.results import SavedEvaluation, read_evaluation, read_history, read_rounds
+from consistcam.run.layout import examples_file, per_sample_file  # the names of the files it reads
 
 __all__ = [
     "SavedEvaluation",

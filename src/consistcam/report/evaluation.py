@@ -34,6 +34,7 @@ from consistcam.report.results import (
     read_rounds,
     skipped_counts,
 )
+from consistcam.run.layout import REPORT_FILE, SKIPPED_FILE
 
 # ranking key -> heading (the keys the evaluation pass ranks by; others are shown by their name)
 RANKING_LABELS = {"energy_gain": "energy inside the object above the uniform baseline",
@@ -211,7 +212,7 @@ def _write(path: str | Path, title: str, results: dict[str, dict], per_sample: M
             sections.append((f"{name}: do the weights single out the bias-conflicting samples? (consistcam diagnose)",
                              _diagnosis_section(diagnosis)))
         if skipped:
-            sections.append((f"{name}: entries skipped by --skip-bad (listed in skipped.txt)",
+            sections.append((f"{name}: entries skipped by --skip-bad (listed in {SKIPPED_FILE})",
                              metrics_table(skipped, digits=0)))
     return write_report(path, title, sections)
 
@@ -221,7 +222,7 @@ def render_evaluation(eval_dir: str | Path, out: str | Path | None = None) -> Pa
     saved = read_evaluation(eval_dir)
     run_dir = saved.run_dir
     return evaluation_report(
-        Path(out) if out is not None else saved.eval_dir / "report.html", f"consistcam evaluation: {saved.name}",
+        Path(out) if out is not None else saved.eval_dir / REPORT_FILE, f"consistcam evaluation: {saved.name}",
         saved.splits, per_sample={s: saved.per_sample(s) for s in saved.splits},
         examples={s: saved.examples(s) for s in saved.splits}, run_dirs={saved.name: run_dir} if run_dir else None,
         notes=saved.meta.get("command", ""), classes=saved.meta.get("classes"))

@@ -109,7 +109,7 @@ def training_curves(histories: dict[str, list[dict]]) -> str:
 
 
 def weight_histograms(run_dir: Path) -> str | None:
-    """E and v of every ECL scoring round the trainer saved (consistency/epoch_*.safetensors)."""
+    """E and v of every scoring round the run's method saved (:func:`~consistcam.report.results.read_rounds`)."""
     return rounds_figure(read_rounds(run_dir))
 
 

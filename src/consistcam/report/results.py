@@ -1,4 +1,5 @@
-"""The files ``consistcam evaluate`` writes, and reading them back for the report.
+"""Reading back the files ``consistcam evaluate`` (and the trainer, ``fool``, ``diagnose``) wrote, for
+the report; their names are :mod:`consistcam.run.layout`'s.
 
 An evaluation folder (``RUN/eval`` by default) holds ``metrics.json`` (``meta``: command, data,
 explainers, protocols, seeds, classes, run folder and the per-split file names; ``splits``: every
@@ -20,21 +21,19 @@ from pathlib import Path
 
 from torch import Tensor
 
-from consistcam.run.layout import METRICS_FILE as HISTORY_FILE
-from consistcam.run.layout import MODEL_FILE
-
-METRICS_FILE = "metrics.json"
-ROUNDS_GLOB = "consistency/epoch_*.safetensors"
-DIAGNOSIS_DIR = "diagnosis"  # written by ``consistcam diagnose RUN``
-DIAGNOSIS_FILE = "diagnosis.json"
-
-
-def per_sample_file(split: str) -> str:
-    return f"per_sample_{split}.safetensors"
-
-
-def examples_file(split: str) -> str:
-    return f"examples_{split}.safetensors"
+from consistcam.run.layout import (
+    DIAGNOSIS_DIR,
+    DIAGNOSIS_FILE,
+    EPOCH_FILES,
+    EVAL_DIR,
+    EVAL_METRICS_FILE,
+    FOOL_EXAMPLES_FILE,
+    FOOL_FILE,
+    MODEL_FILE,
+    SKIPPED_FILE,
+    TRAIN_METRICS_FILE,
+)
+from consistcam.run.status import method_dir
 
 
 def _redo(folder: Path | None) -> str:
@@ -62,7 +61,7 @@ def load_tensors(path: Path, fix: str, required: tuple[str, ...] = ()) -> dict[s
 
 def read_history(run_dir: Path) -> list[dict]:
     """The per-epoch records of a run folder's metrics.jsonl (empty if it has none)."""
-    path = Path(run_dir) / HISTORY_FILE
+    path = Path(run_dir) / TRAIN_METRICS_FILE
     if not path.is_file():
         return []
     records = []
@@ -82,10 +81,12 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def read_rounds(run_dir: Path) -> list[tuple[str, dict[str, Tensor]]]:
-    """(file stem, {"E", "weights"}) of every ECL scoring round saved in a run folder, in order."""
+    """(file stem, {"E", "weights"}) of every scoring round the run's method saved (ECL: one
+    ``epoch_XXX.safetensors`` per round in its folder, :func:`consistcam.run.status.method_dir`), in order."""
     fix = f"delete it (the report then leaves that round out) or re-train {run_dir}"
+    folder = method_dir(run_dir)
     rounds = []
-    for path in sorted(Path(run_dir).glob(ROUNDS_GLOB)):
+    for path in sorted(folder.glob(EPOCH_FILES)) if folder is not None else ():
         tensors = load_tensors(path, fix, required=("E", "weights"))
         rounds.append((path.stem, {k: tensors[k] for k in ("E", "weights")}))
     return rounds
@@ -102,7 +103,8 @@ class SavedEvaluation:
     def _file(self, split: str, kind: str) -> Path | None:
         name = self.meta.get("files", {}).get(split, {}).get(kind)
         if name and "sha256" in self.meta and not (self.eval_dir / name).is_file():
-            raise ValueError(f"{self.eval_dir / name}: missing, but {METRICS_FILE} lists it; {_redo(self.run_dir)}")
+            raise ValueError(f"{self.eval_dir / name}: missing, but {EVAL_METRICS_FILE} lists it; "
+                             f"{_redo(self.run_dir)}")
         return self.eval_dir / name if name and (self.eval_dir / name).is_file() else None
 
     def _load(self, split: str, kind: str) -> tuple[Path | None, dict[str, Tensor]]:
@@ -114,10 +116,10 @@ class SavedEvaluation:
         a mix of two evaluations (one killed half-way) is refused, not rendered."""
         expected = self.meta.get("sha256", {}).get(path.name) if path is not None else None
         if expected is None and path is not None and "sha256" in self.meta:
-            raise ValueError(f"{path}: not in the sha256 manifest of {self.eval_dir / METRICS_FILE}; "
+            raise ValueError(f"{path}: not in the sha256 manifest of {self.eval_dir / EVAL_METRICS_FILE}; "
                              f"{_redo(self.run_dir)}")
         if expected is not None and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise ValueError(f"{path}: belongs to another evaluation than {self.eval_dir / METRICS_FILE} (sha256 "
+            raise ValueError(f"{path}: belongs to another evaluation than {self.eval_dir / EVAL_METRICS_FILE} (sha256 "
                              f"differs: an evaluation was interrupted while writing, or the file was changed); "
                              f"{_redo(self.run_dir)}")
 
@@ -150,7 +152,7 @@ class SavedEvaluation:
         """The run folder (training curves, ECL rounds): the parent of ``eval/`` or the one recorded."""
         recorded = [Path(self.meta["run"])] if self.meta.get("run") else []
         for candidate in (self.eval_dir.parent, *recorded):
-            if any((candidate / f).exists() for f in (HISTORY_FILE, MODEL_FILE)):
+            if any((candidate / f).exists() for f in (TRAIN_METRICS_FILE, MODEL_FILE)):
                 return candidate
         return None
 
@@ -185,12 +187,12 @@ def _check_meta(meta: object) -> str | None:
 def read_evaluation(path: str | Path) -> SavedEvaluation:
     """``path``: an evaluation folder, a run folder holding ``eval/``, or a ``metrics.json`` file."""
     path = Path(path)
-    if path.is_dir() and not (path / METRICS_FILE).is_file():
-        path = path / "eval"
-    metrics = path if path.is_file() else path / METRICS_FILE
+    if path.is_dir() and not (path / EVAL_METRICS_FILE).is_file():
+        path = path / EVAL_DIR
+    metrics = path if path.is_file() else path / EVAL_METRICS_FILE
     if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics}: no {METRICS_FILE} (run `consistcam evaluate` first)")
-    fix = _redo(metrics.parent.parent if metrics.parent.name == "eval" else None)
+        raise FileNotFoundError(f"{metrics}: no {EVAL_METRICS_FILE} (run `consistcam evaluate` first)")
+    fix = _redo(metrics.parent.parent if metrics.parent.name == EVAL_DIR else None)
     try:
         doc = json.loads(metrics.read_text(errors="replace"))
     except ValueError as err:
@@ -206,7 +208,7 @@ def read_evaluation(path: str | Path) -> SavedEvaluation:
 
 def skipped_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     """Entries a run skipped under ``--skip-bad`` (RUN/skipped.txt), counted per split and kind."""
-    path = Path(run_dir) / "skipped.txt"
+    path = Path(run_dir) / SKIPPED_FILE
     counts: dict[str, dict[str, int]] = {}
     if not path.is_file():
         return counts
@@ -225,10 +227,6 @@ def _load_json(path: Path, fix: str) -> object:
         return json.loads(path.read_text(errors="replace"))
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or truncated: {fix}") from None
-
-
-FOOL_FILE = "fool.json"
-FOOL_EXAMPLES_FILE = "fool_examples.safetensors"
 
 
 def read_fooling(run_dir: Path) -> tuple[dict, dict[str, Tensor]] | None:

@@ -9,35 +9,42 @@ from consistcam.run.kept import KEPT_FORMAT, keep_every, kept_checkpoints, read_
 from consistcam.run.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_METRICS_FILE,
     KEPT_DIR,
-    METRICS_FILE,
     MODEL_FILE,
     RUN_LOCAL_KEYS,
     STATUS_FILE,
+    TRAIN_METRICS_FILE,
     config_differences,
     read_config,
     run_folder,
     run_option,
     write_config,
 )
-from consistcam.run.status import RunFolderError, read_metrics, read_status, require_complete
+from consistcam.run.status import RunFolderError, method_dir, read_metrics, read_status, require_complete
+
+METRICS_FILE = TRAIN_METRICS_FILE  # its name before issue 34, kept importable (it was in __all__); not exported
 
 __all__ = [
     "CHECKPOINT_FILE",
     "CONFIG_FILE",
     "DEVICE_HELP",
+    "EVAL_DIR",
+    "EVAL_METRICS_FILE",
     "KEPT_DIR",
     "KEPT_FORMAT",
-    "METRICS_FILE",
     "MODEL_FILE",
     "RUN_LOCAL_KEYS",
     "STATUS_FILE",
+    "TRAIN_METRICS_FILE",
     "RunFolderError",
     "config_differences",
     "keep_every",
     "kept_checkpoints",
     "load_checkpoint",
     "load_model",
+    "method_dir",
     "read_config",
     "read_kept",
     "read_metadata",

@@ -5,7 +5,6 @@ stands for, which TracIn weighs its gradient products by. One format and one opt
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,10 @@ from torch import nn
 
 from consistcam.config import ConfigError
 from consistcam.run.checkpoint import read_metadata
-from consistcam.run.layout import KEPT_DIR
+from consistcam.run.layout import KEPT_DIR, epoch_file, file_epoch
 from consistcam.utils import atomic_save_tensors
 
 KEPT_FORMAT = "consistcam-kept-checkpoint-1"  # a classifier's kept weights (a VAE's name its own format)
-_KEPT_NAME = re.compile(r"^epoch_(\d+)\.safetensors$")
 
 
 def keep_every(value: int | str | None) -> int:
@@ -58,7 +56,7 @@ def is_kept_epoch(epoch: int, every: int, epochs: int) -> bool:
 
 
 def kept_path(run_dir: str | Path, epoch: int) -> Path:
-    return Path(run_dir) / KEPT_DIR / f"epoch_{epoch:03d}.safetensors"
+    return Path(run_dir) / KEPT_DIR / epoch_file(epoch)
 
 
 def kept_checkpoints(run_dir: str | Path) -> dict[int, Path]:
@@ -66,7 +64,7 @@ def kept_checkpoints(run_dir: str | Path) -> dict[int, Path]:
     folder = Path(run_dir) / KEPT_DIR
     if not folder.is_dir():
         return {}
-    found = {int(m.group(1)): p for p in folder.iterdir() if (m := _KEPT_NAME.match(p.name))}
+    found = {epoch: p for p in folder.iterdir() if (epoch := file_epoch(p.name)) is not None}
     return dict(sorted(found.items()))
 
 

@@ -11,7 +11,23 @@ import time
 import warnings
 from pathlib import Path
 
-from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, KEPT_DIR, METRICS_FILE, MODEL_FILE, STATUS_FILE
+from consistcam.run.layout import (
+    BUILTIN_METHOD_DIRS,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DIAGNOSIS_DIR,
+    EVAL_DIR,
+    FOOL_EXAMPLES_FILE,
+    FOOL_FILE,
+    INFLUENCE_DIR,
+    KEPT_DIR,
+    MODEL_FILE,
+    REPORT_FILE,
+    SKIPPED_FILE,
+    STATUS_FILE,
+    TENSORBOARD_DIR,
+    TRAIN_METRICS_FILE,
+)
 from consistcam.utils import atomic_write
 
 
@@ -61,12 +77,41 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 
 # What a run folder holds that consistcam wrote: top-level files, and folders whose files have these
-# suffixes (consistency rounds, TensorBoard events, kept checkpoints, evaluation and influence outputs).
-RUN_FILES = frozenset({STATUS_FILE, CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, "skipped.txt",
-                       "fool.json", "fool_examples.safetensors", "report.html"})
-RUN_FOLDERS = {"consistency": (".safetensors",), KEPT_DIR: (".safetensors",), "tb": ("events.out.tfevents.",),
-               "eval": (".safetensors", ".json", ".html", ".png"), "influence": (".safetensors", ".json", ".html",
-                                                                                 ".png")}
+# suffixes (kept checkpoints, TensorBoard events, evaluation and influence outputs), besides the
+# training method's folder (METHOD_FILES: what StrategyContext.save_tensors writes).
+RUN_FILES = frozenset({STATUS_FILE, CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, TRAIN_METRICS_FILE, SKIPPED_FILE,
+                       FOOL_FILE, FOOL_EXAMPLES_FILE, REPORT_FILE})
+RUN_FOLDERS = {KEPT_DIR: (".safetensors",), TENSORBOARD_DIR: ("events.out.tfevents.",),
+               EVAL_DIR: (".safetensors", ".json", ".html", ".png"), INFLUENCE_DIR: (".safetensors", ".json", ".html",
+                                                                                  ".png")}
+METHOD_FILES = (".safetensors",)
+METHOD_DIR_KEY = "method_dir"  # in status.json: the folder of the training method's own files, or null
+
+
+def method_dir_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as the folder of a training method's files (None if nothing): it
+    must be a plain folder name that is none of the run's own files and folders."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        return f"{name!r} is not a plain folder name"
+    if name in RUN_FILES or name in RUN_FOLDERS or name == DIAGNOSIS_DIR:
+        return f"{name!r} is a run folder's own file or folder"
+    return None
+
+
+def method_dir(run_dir: str | Path) -> Path | None:
+    """The folder of the run's training method's own files (``Strategy.output_dir``: ECL's scoring
+    rounds, JTT's error set) as status.json records it; for a run without that record (trained
+    before the trainer wrote it), the built-in method's folder it holds
+    (:data:`~consistcam.run.layout.BUILTIN_METHOD_DIRS`). None when the method writes none."""
+    run_dir = Path(run_dir)
+    try:
+        status = read_status(run_dir)
+    except RunFolderError:
+        status = {}
+    if METHOD_DIR_KEY not in status:
+        return next((run_dir / d for d in BUILTIN_METHOD_DIRS.values() if (run_dir / d).is_dir()), None)
+    name = status[METHOD_DIR_KEY]
+    return run_dir / name if name is not None and method_dir_problem(name) is None else None
 
 
 def _is_temporary(path: Path) -> bool:
@@ -75,14 +120,17 @@ def _is_temporary(path: Path) -> bool:
 
 def _foreign_files(run_dir: Path) -> list[Path]:
     """Files and folders under ``run_dir`` that consistcam did not write (by name)."""
+    own = method_dir(run_dir)
+    folders = {**dict.fromkeys(BUILTIN_METHOD_DIRS.values(), METHOD_FILES),
+               **({own.name: METHOD_FILES} if own is not None else {}), **RUN_FOLDERS}
     foreign = []
     for p in sorted(run_dir.iterdir()):
         if _is_temporary(p) or (p.name in RUN_FILES and p.is_file()):
             continue
-        if p.name not in RUN_FOLDERS or not p.is_dir() or p.is_symlink():
+        if p.name not in folders or not p.is_dir() or p.is_symlink():
             foreign.append(p)
             continue
-        marks = RUN_FOLDERS[p.name]
+        marks = folders[p.name]
         foreign += [q for q in sorted(p.rglob("*")) if not q.is_dir() or q.is_symlink()
                     if not _is_temporary(q) and not any(q.name.endswith(m) or q.name.startswith(m) for m in marks)]
     return foreign
@@ -158,7 +206,7 @@ def require_complete(run_dir: str | Path, allow_incomplete: bool = False) -> Non
 def write_metrics(run_dir: str | Path, records: list[dict]) -> None:
     """Rewrite ``RUN/metrics.jsonl`` atomically with ``records`` (one JSON object a line)."""
     text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(Path(run_dir) / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(run_dir) / TRAIN_METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -166,7 +214,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     kill mid-write) is dropped with a warning; a bad line elsewhere is an error naming the file and line."""
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS_FILE
+        path = path / TRAIN_METRICS_FILE
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()

@@ -23,7 +23,10 @@ from consistcam.run.init import InitError, file_sha256, resolve_init_path
 from consistcam.run.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_METRICS_FILE,
     RUN_LOCAL_KEYS,
+    SWEEP_MARKER_FILE,
     config_differences,
     config_path,
     metrics_path,
@@ -36,7 +39,6 @@ from consistcam.train import TrainConfig
 from consistcam.train.config import merge
 from consistcam.utils import atomic_write
 
-EVAL_MARKER = "sweep_evaluate.json"  # in the evaluation folder: the arguments it was evaluated with
 SUMMARY = "summary"  # may differ between invocations without changing the run
 
 
@@ -102,8 +104,8 @@ def _model_stamp(run_dir: Path) -> str:
 def is_evaluated(run_dir: Path, evaluate_args: Sequence[str]) -> bool:
     """RUN/eval/metrics.json exists and was written by a sweep with the same evaluation arguments
     from the model now in the folder."""
-    marker = run_dir / "eval" / EVAL_MARKER
-    if not (marker.is_file() and (run_dir / "eval" / "metrics.json").is_file()):
+    marker = run_dir / EVAL_DIR / SWEEP_MARKER_FILE
+    if not (marker.is_file() and (run_dir / EVAL_DIR / EVAL_METRICS_FILE).is_file()):
         return False
     try:
         saved = json.loads(marker.read_text())
@@ -119,7 +121,7 @@ def evaluation_options(run_dir: Path, evaluate_args: Sequence[str]) -> tuple[Eva
 
     config, args = parse_evaluate_args(str(run_dir), evaluate_args)
     if args.out is not None:
-        raise ValueError("--evaluate-args: --out is not allowed (each member is evaluated into RUN/eval)")
+        raise ValueError(f"--evaluate-args: --out is not allowed (each member is evaluated into RUN/{EVAL_DIR})")
     return config, args
 
 
@@ -135,7 +137,7 @@ def evaluate_member(run_dir: Path, evaluate_args: Sequence[str], progress: bool 
                  progress=progress and not args.quiet, allow_incomplete=args.allow_incomplete,
                  command=shlex.join(["consistcam", "evaluate", str(run_dir), *evaluate_args]))
     stamp = {"evaluate_args": list(evaluate_args), "model_sha256": _model_stamp(run_dir)}
-    atomic_write(run_dir / "eval" / EVAL_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(stamp) + "\n"))
+    atomic_write(run_dir / EVAL_DIR / SWEEP_MARKER_FILE, lambda tmp: Path(tmp).write_text(json.dumps(stamp) + "\n"))
     return True
 
 
@@ -162,7 +164,7 @@ def collect(root: Path, items: Sequence[Member], evaluate_args: Sequence[str]) -
             continue
         saved = read_evaluation(run_dir)  # validates the file; names it if damaged
         splits = dict(saved.splits)
-        summary = json.loads((saved.eval_dir / "metrics.json").read_text()).get("summary")
+        summary = json.loads((saved.eval_dir / EVAL_METRICS_FILE).read_text()).get("summary")
         if isinstance(summary, dict):  # across-split figures (shortcut data: acc_correlated, worst_group_acc, ...)
             splits[SUMMARY] = dict(summary)
         epochs = read_metrics(metrics_path(run_dir))

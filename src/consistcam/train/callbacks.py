@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from consistcam.run.checkpoint import save_checkpoint, save_model
 from consistcam.run.kept import KEPT_FORMAT, is_kept_epoch, kept_checkpoints, write_kept
-from consistcam.run.layout import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE
+from consistcam.run.layout import CHECKPOINT_FILE, MODEL_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE
 from consistcam.utils import fault_point
 
 if TYPE_CHECKING:
@@ -36,10 +36,10 @@ class JsonlLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.is_main and trainer.run_dir is not None:
             line = json.dumps(record) + "\n"
-            with open(trainer.run_dir / METRICS_FILE, "a") as f:
+            with open(trainer.run_dir / TRAIN_METRICS_FILE, "a") as f:
                 f.write(line[: len(line) // 2])
                 f.flush()
-                fault_point(f"write:{METRICS_FILE}")  # a kill here leaves a torn line (the crash tests)
+                fault_point(f"write:{TRAIN_METRICS_FILE}")  # a kill here leaves a torn line (the crash tests)
                 f.write(line[len(line) // 2:])
 
 
@@ -55,7 +55,7 @@ class TensorBoardLogger(Callback):
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(trainer.run_dir / "tb"))
+            self.writer = SummaryWriter(str(trainer.run_dir / TENSORBOARD_DIR))
         for k, v in record.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
                 self.writer.add_scalar(k, v, record["epoch"])

@@ -27,6 +27,7 @@ from consistcam.config import ConfigError, from_dict, load_yaml, option, registe
 from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.run.kept import keep_check, keep_every
+from consistcam.run.layout import EPOCH_FILES, KEPT_DIR, MODEL_FILE, SKIPPED_FILE
 from consistcam.train.strategies import STRATEGIES, strategy_config
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -67,7 +68,7 @@ class TrainConfig:
                        check=_arch_check)
     pretrained: bool = option(False, "load pretrained weights (torchvision/timm caches; no download here)")
     small_input: bool = option(False, "3x3 stride-1 stem for 32-64 px images (ResNet-style models)")
-    init: str | None = option(None, "fine-tune from these weights: a run folder or its model.safetensors, or a "
+    init: str | None = option(None, f"fine-tune from these weights: a run folder or its {MODEL_FILE}, or a "
                               "torchvision/timm state dict (.safetensors, or .pth/.pt/.bin/.ckpt read with "
                               "weights_only=True); the classifier head is re-initialised when the class count "
                               "differs, any other missing or unexpected key is an error")
@@ -108,11 +109,11 @@ class TrainConfig:
                                  "autotuning, torch.use_deterministic_algorithms (warn-only); slower convolutions")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N or mps", check=_device_check)
     subset: int | None = option(None, "train on the first N samples only (quick looks)", ge=1)
-    skip_bad: bool = option(False, "skip unreadable images and bad annotations (listed in RUN/skipped.txt)")
+    skip_bad: bool = option(False, f"skip unreadable images and bad annotations (listed in RUN/{SKIPPED_FILE})")
     out: str = option("runs/run", "run folder")
     keep_checkpoints: int | str | None = option(
         None, "keep the weights of every N-th epoch (and the last) with their learning rate, as TracIn needs "
-        "(consistcam influence): every=N or N; RUN/checkpoints/epoch_XXX.safetensors", check=keep_check())
+        f"(consistcam influence): every=N or N; RUN/{KEPT_DIR}/{EPOCH_FILES}", check=keep_check())
     # the method's own options (a dataclass instance, e.g. ECLConfig); a mapping is validated into one
     strategy: Any = field(default=None, metadata={"help": "options of the chosen method"})
 

@@ -23,6 +23,7 @@ from consistcam.data import (
     collate,
     eval_splits,
 )
+from consistcam.run.layout import SKIPPED_FILE
 from consistcam.train.preload import PreloadedImages, PreloadedLoader, decode_transform, preload_problem
 
 
@@ -203,9 +204,9 @@ class TrainData:
             for _, kind, _, _ in rows:
                 counts[kind] = counts.get(kind, 0) + 1
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "skipped.txt").write_text("".join("\t".join(row) + "\n" for row in rows))
+            (run_dir / SKIPPED_FILE).write_text("".join("\t".join(row) + "\n" for row in rows))
             summary = ", ".join(f"{n} {kind}" + ("s" if n > 1 else "") for kind, n in sorted(counts.items()))
-            print(f"warning: skipped {len(rows)} bad entries ({summary}); listed in {run_dir / 'skipped.txt'}",
+            print(f"warning: skipped {len(rows)} bad entries ({summary}); listed in {run_dir / SKIPPED_FILE}",
                   file=sys.stderr)
 
 

@@ -30,8 +30,16 @@ from consistcam.models.state import preserved_state
 from consistcam.run.checkpoint import load_checkpoint
 from consistcam.run.device import resolve_device
 from consistcam.run.init import InitInfo, file_sha256, freeze_backbone, load_init, resolve_init_path
-from consistcam.run.layout import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_LOCAL_KEYS, config_differences
+from consistcam.run.layout import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_LOCAL_KEYS,
+    TENSORBOARD_DIR,
+    TRAIN_METRICS_FILE,
+    config_differences,
+)
 from consistcam.run.status import (
+    METHOD_DIR_KEY,
     discard_unstarted_run,
     prepare_new_run,
     read_metrics,
@@ -44,7 +52,7 @@ from consistcam.train.callbacks import Callback, Checkpointer, default_callbacks
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
 from consistcam.train.distributed import barrier, broadcast_object, init_distributed
-from consistcam.train.strategies import Strategy, StrategyContext, build_strategy
+from consistcam.train.strategies import STRATEGIES, Strategy, StrategyContext, build_strategy
 from consistcam.train.task import Task, f1_from_counts, multilabel_counts, resolve_task
 from consistcam.utils import (
     DistInfo,
@@ -227,18 +235,19 @@ class Trainer:
         if config.image_size is not None:  # before any data is read or a folder is written
             check_image_size(config.image_size, max(config.batch_size, config.eval_batch_size), "image_size")
         run_dir = Path(config.out)
+        method_dir = STRATEGIES.get(config.method).output_dir
         if dist_info.enabled:  # rank 0 decides about the folder; every rank gets its verdict
             problem = None
             if dist_info.is_main:
                 try:
-                    resume = cls._prepare_folder(run_dir, resume, overwrite)
+                    resume = cls._prepare_folder(run_dir, resume, overwrite, method_dir)
                 except (ValueError, FileNotFoundError) as err:
                     problem = err
             problem, resume = broadcast_object((problem, resume), dist_info)
             if problem is not None:
                 raise problem
         else:
-            resume = cls._prepare_folder(run_dir, resume, overwrite)
+            resume = cls._prepare_folder(run_dir, resume, overwrite, method_dir)
         seed_everything(config.seed)
         if config.deterministic:
             set_deterministic()
@@ -268,13 +277,14 @@ class Trainer:
         return trainer
 
     @staticmethod
-    def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-        """Check (and tidy) the run folder; returns whether there is a checkpoint to resume from."""
+    def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, method_dir: str | None = None) -> bool:
+        """Check (and tidy) the run folder; returns whether there is a checkpoint to resume from.
+        ``method_dir``: the folder of the training method's own files (``Strategy.output_dir``)."""
         if resume and not (run_dir / CHECKPOINT_FILE).is_file():
             if not (run_dir / CONFIG_FILE).is_file():
                 raise FileNotFoundError(f"cannot resume: {run_dir / CHECKPOINT_FILE} not found")
             # killed before its first checkpoint: start over, dropping what the first epoch left
-            for name in (METRICS_FILE, "consistency", "tb"):
+            for name in (TRAIN_METRICS_FILE, TENSORBOARD_DIR, *([method_dir] if method_dir else [])):
                 path = run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             return False
@@ -319,7 +329,7 @@ class Trainer:
         done = status.get("epochs", state["epoch"] + 1)
         if status["state"] == "complete" and self.epochs > done:
             self.extended_from = done  # an explicit --epochs extension, recorded in status.json
-        log = self.run_dir / METRICS_FILE
+        log = self.run_dir / TRAIN_METRICS_FILE
         if log.is_file():  # drop records of epochs after the checkpoint (a crash mid-epoch)
             self.history = [r for r in read_metrics(log) if r.get("epoch", -1) < self.start_epoch]
             if self.is_main:  # rank 0 alone writes the run folder
@@ -368,8 +378,10 @@ class Trainer:
         return self.history
 
     def _status_info(self) -> dict:
-        """What status.json records beside the state: an epoch extension, the input pipeline used."""
+        """What status.json records beside the state: an epoch extension, the input pipeline used, the
+        folder of the method's own files."""
         info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
+        info[METHOD_DIR_KEY] = self.strategy.output_dir
         info["input_pipeline"] = "preloaded" if self.data.preloaded is not None else \
             f"dataloader ({self.preload_note})"
         if self.init_status is not None:

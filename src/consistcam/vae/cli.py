@@ -8,6 +8,7 @@ from pathlib import Path
 
 from consistcam.arguments import add_config_options, add_quiet, check_output_folder, config_overrides, int_at_least
 from consistcam.influence.cli import add_tracin_options
+from consistcam.run.layout import INFLUENCE_DIR, INFLUENCE_FILE, INFLUENCE_PAGE_FILE
 
 _positive = int_at_least(1)  # argparse type: an integer >= 1
 
@@ -81,8 +82,8 @@ def cmd_vae_influence(args: argparse.Namespace) -> int:
     result, train_images = vae_tracin(args.run, tests, params=args.params, samples=args.samples,
                                       projection=args.project, last=args.last, seed=args.seed,
                                       batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-    out = Path(args.out) if args.out else Path(args.run) / "influence"
-    save_result(result, out / "influence.safetensors", {"tests": names, "params": args.params,
+    out = Path(args.out) if args.out else Path(args.run) / INFLUENCE_DIR
+    save_result(result, out / INFLUENCE_FILE, {"tests": names, "params": args.params,
                                                         "samples": args.samples, "projection": args.project})
     rows = []
     for t, name in enumerate(names):
@@ -97,7 +98,7 @@ def cmd_vae_influence(args: argparse.Namespace) -> int:
         rows.append(Row(f"top {len(ids)} training images by self-influence",
                         [(train_images[i], f"#{i} {s:.3g}") for i, s in zip(ids.tolist(), scores.tolist())]))
         print(f"highest self-influence: {', '.join(f'#{i} ({s:.3g})' for i, s in zip(ids.tolist(), scores.tolist()))}")
-    page = write_grid_html(out / "influence.html", f"VAE-TracIn: {Path(args.run).name}", rows,
+    page = write_grid_html(out / INFLUENCE_PAGE_FILE, f"VAE-TracIn: {Path(args.run).name}", rows,
                            "Proponents lowered the test image's negative ELBO when trained on; opponents raised it.")
     print(f"report: {page}")
     return 0

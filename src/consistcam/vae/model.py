@@ -71,12 +71,6 @@ class ConvVAE(nn.Module):
         recon = self.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
         return recon, mu, logvar
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Mean reconstruction (decoder at z = mu) in [0, 1]."""
-        mu, _ = self.encoder(x)
-        return torch.sigmoid(self.decoder(mu))
-
     def config(self) -> dict:
         return {"image_size": self.image_size, "channels": self.channels, "latent_dim": self.latent_dim,
                 "widths": list(self.widths)}

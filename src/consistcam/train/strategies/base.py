@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from consistcam._registry import Registry
 from consistcam.config import from_dict
+from consistcam.run.status import method_dir_problem
 from consistcam.train.task import Task
 from consistcam.utils import DistInfo, gather_cat
 
@@ -112,13 +113,17 @@ class Strategy:
 
     Subclasses set ``name`` and ``Config`` (a dataclass of :func:`consistcam.config.option` fields)
     and override the hooks they need. ``needs_locations`` asks the trainer to keep boxes/masks in
-    the training batches (they cost ~3x in loading, so they are dropped otherwise).
+    the training batches (they cost ~3x in loading, so they are dropped otherwise). ``output_dir``
+    names the folder under the run folder that the method's own files go to (``ctx.save_tensors``);
+    the trainer records it in ``status.json``, so the report, ``consistcam diagnose`` and
+    ``--overwrite`` find them (:func:`consistcam.run.status.method_dir`).
     """
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoOptions
     needs_locations: ClassVar[bool] = False
     single_label: ClassVar[bool] = False  # explains one class per image: refuses multi-label data
+    output_dir: ClassVar[str | None] = None  # the folder of the method's own files (None: it writes none)
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -176,6 +181,8 @@ def _strategy_class(name: str, cls: Any) -> type[Strategy]:
         raise TypeError(f"{cls!r} is not a subclass of consistcam.train.strategies.Strategy")
     if not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    if cls.output_dir is not None and (problem := method_dir_problem(cls.output_dir)):
+        raise TypeError(f"{cls.__name__}.output_dir: {problem}")
     cls.name = name
     return cls
 

@@ -1,4 +1,4 @@
-"""``ecl``: explanation-consistency learning (Wu et al., IEEE TMM 2024; docs/method.md).
+"""``ecl``: explanation-consistency learning (Wu et al., IEEE TMM 2024; docs/methods.md).
 
 Warm up with v = 1 for ``warmup`` epochs; then every ``update_every`` epochs score the training
 set (explain, attack the background only, E = lam·S + (1 - lam)·P) and train on
@@ -10,7 +10,8 @@ classes' E are reduced to one E per image (``multilabel_reduce``; consistcam.con
 
 The schedule itself is :class:`consistcam.ECL` (consistcam.consistency.ecl), the object a plain
 loop or the Lightning callback uses too; this strategy only hands it the trainer's model, scoring
-loader and process group, and saves each round's fields under the run folder.
+loader and process group, and saves each round's fields in its folder of the run
+(``consistency/epoch_XXX.safetensors``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from consistcam.consistency.ecl import ECL as ECLSchedule
 from consistcam.consistency.ecl import ECLConfig
+from consistcam.run.layout import ECL_DIR, epoch_file
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
 
 
@@ -28,6 +30,7 @@ class ECL(Strategy):
 
     Config = ECLConfig
     config: ECLConfig
+    output_dir = ECL_DIR  # one epoch_XXX.safetensors per scoring round
 
     def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
@@ -57,7 +60,7 @@ class ECL(Strategy):
         logs = self.schedule.on_epoch_start(ctx.module, lambda ids: ctx.scoring_loader(cfg.score_batch_size, keep,
                                                                                         ids=ids), epoch)
         if logs:
-            ctx.save_tensors(f"consistency/epoch_{epoch:03d}.safetensors", self.schedule.fields)
+            ctx.save_tensors(f"{self.output_dir}/{epoch_file(epoch)}", self.schedule.fields)
         return logs
 
     def sample_weights(self, ids: Tensor) -> Tensor:

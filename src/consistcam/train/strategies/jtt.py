@@ -27,9 +27,8 @@ from torch import Tensor
 
 from consistcam.config import option, validate
 from consistcam.models.state import preserved_state
+from consistcam.run.layout import JTT_DIR, JTT_ERROR_SET_FILE
 from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
-
-ERROR_SET_FILE = "jtt/error_set.safetensors"
 
 
 @dataclass
@@ -64,6 +63,7 @@ class JTT(Strategy):
     Config = JTTConfig
     config: JTTConfig
     single_label = True
+    output_dir = JTT_DIR  # the error set (JTT_ERROR_SET_FILE)
 
     def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
@@ -79,7 +79,7 @@ class JTT(Strategy):
         self.weights = torch.ones_like(self.weights)
         self.weights[fields["ids"]] = fields["weights"].to(self.weights)
         self.identified = True
-        self.ctx.save_tensors(ERROR_SET_FILE, fields)
+        self.ctx.save_tensors(f"{self.output_dir}/{JTT_ERROR_SET_FILE}", fields)
         if self.config.reset:
             self.ctx.module.load_state_dict(self.initial)
             if self.ctx.reset_optimizer is not None:

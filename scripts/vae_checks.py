@@ -1,7 +1,7 @@
 """The VAE-TracIn sanity checks of Kong & Chaudhuri (2021), small scale, as a reproducible script.
 
-``python -m consistcam.vae.checks --out DIR [--seeds 0 1] ...`` trains small VAEs and prints one
-JSON line per check:
+``PYTHONPATH=src python scripts/vae_checks.py --out DIR [--seeds 0 1] ...`` trains small VAEs and
+prints one JSON line per check:
 
 * ``self``: training images with high self-influence are the unusual / high-loss ones: Spearman
   correlation of self-influence with the final negative ELBO, and the AUC with which self-influence

@@ -1,6 +1,6 @@
 """TracIn sanity checks on a trained run, and its link to explanation consistency (ECL's E).
 
-``python -m consistcam.influence.checks RUN [--n-test 20]`` prints JSON lines:
+``PYTHONPATH=src python scripts/influence_checks.py RUN [--n-test 20]`` prints JSON lines:
 
 * ``self``: Spearman correlation of TracIn self-influence with the final model's per-sample loss;
   on the demo data also the AUC with which self-influence finds the training images whose
@@ -27,6 +27,8 @@ from consistcam.influence.gradients import classifier_gradients
 from consistcam.influence.ranks import auc, spearman
 from consistcam.influence.run import run_checkpoints, run_data
 from consistcam.influence.tracin import tracin
+from consistcam.run.layout import EPOCH_FILES, file_epoch
+from consistcam.run.status import method_dir
 
 
 @torch.no_grad()
@@ -99,10 +101,11 @@ def run_checks(run: str | Path, n_test: int = 20, k: int = 10, batch_size: int =
         chance.append(float((labels == test["label"][t]).float().mean()))
     rows.append({"check": "proponents", "n_test": len(idx), "k": k, "same_class_top_k": round(sum(same) / len(same), 4),
                  "same_class_chance": round(sum(chance) / len(chance), 4)})
-    rounds = sorted((run / "consistency").glob("epoch_*.safetensors"))
+    folder = method_dir(run)  # ECL's: one file of E per scoring round
+    rounds = sorted(folder.glob(EPOCH_FILES)) if folder is not None else []
     if rounds:
         rows.append(_ecl_row("ecl", rounds[-1], ids, result.self_influence, loss))
-        first = int(rounds[0].stem.split("_")[1])
+        first = file_epoch(rounds[0].name)
         before = [c for c in checkpoints if int(c.name.split()[-1]) < first]
         if before:
             early = tracin(before, classifier_gradients("last"), data.loader(batch_size))
