@@ -100,7 +100,7 @@ class ECL:
 
     Args:
         num_samples: the training set's size; sample ids are 0 .. num_samples - 1.
-        config: the schedule and the scorer (:class:`ECLConfig`; default: its defaults).
+        config: the schedule, the scorer, the weights and how a pass runs (:class:`ECLConfig`; default: its defaults).
         seed: the attack's random start in round e is seeded with ``seed * 1000 + e`` (and the
             ``score_fraction`` subset with the same), so a run is reproducible and resumable.
         train_ids: the ids trained on, if not all (the pool ``score_fraction`` draws from).
