@@ -3,7 +3,7 @@
 One process, 1 thread by default, CPU time (``time.process_time``) and wall time per contender:
 an ERM training pass (SGD step on batches of 128, train mode), the epoch's val pass (500 images),
 and one ECL scoring round with the preset's scorer (3 PGD steps, Grad-CAM, heatmap mask, batches of
-250) on the exact path (``fold_batchnorm=False, channels_last=False``: the computation before the
+250) on the exact path (``ExecutionConfig(fold_batchnorm=False, channels_last=False)``: the computation before the
 fast path) and on the fast path (the defaults). cc_resnet10 at 32 px, 10 classes, images uniform in
 [0, 1] (the cost does not depend on the pixels). Costs are measured on ``--train-images`` /
 ``--score-images`` and scaled to the preset's 5,000 training images; the projected run ratio is
@@ -27,10 +27,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from consistcam.consistency import ConsistencyConfig, score_dataset
+from consistcam.consistency import ConsistencyConfig, ExecutionConfig, score_dataset
 from consistcam.models import create
 
-PRESET = dict(steps=3, weight_power=0.5, weight_floor=0.5)
+PRESET = ConsistencyConfig(steps=3)  # the preset's scorer (its weights v cost nothing measurable)
+EXACT, FAST = ExecutionConfig(fold_batchnorm=False, channels_last=False), ExecutionConfig()
 TRAIN_N, VAL_N, EPOCHS, ROUNDS = 5000, 500, 6, 2
 
 
@@ -57,9 +58,7 @@ def main() -> None:
     xs, ys = torch.rand(ns, 3, 32, 32, generator=g), torch.randint(0, 10, (ns,), generator=g)
     xv = torch.rand(VAL_N, 3, 32, 32, generator=g)
     scoring = _batches(xs, ys, 250)
-    exact = ConsistencyConfig(**PRESET, fold_batchnorm=False, channels_last=False)
-    fast = ConsistencyConfig(**PRESET)
-    fast2 = ConsistencyConfig(**{**PRESET, "steps": 2})  # an option that changes the attack: 2 PGD steps
+    steps2 = ConsistencyConfig(steps=2)  # an option that changes the attack: 2 PGD steps
 
     def train_pass() -> None:
         model.train()
@@ -80,9 +79,9 @@ def main() -> None:
     contenders: dict[str, Callable[[], object]] = {
         "erm train pass": train_pass,
         "val pass": val_pass,
-        "scoring, exact": lambda: results.__setitem__("exact", score_dataset(model, scoring, exact)),
-        "scoring, fast": lambda: results.__setitem__("fast", score_dataset(model, scoring, fast)),
-        "scoring, fast, steps=2": lambda: score_dataset(model, scoring, fast2),
+        "scoring, exact": lambda: results.__setitem__("exact", score_dataset(model, scoring, PRESET, execution=EXACT)),
+        "scoring, fast": lambda: results.__setitem__("fast", score_dataset(model, scoring, PRESET, execution=FAST)),
+        "scoring, fast, steps=2": lambda: score_dataset(model, scoring, steps2, execution=FAST),
     }
     scale = {k: TRAIN_N / (args.train_images if k.startswith("erm") else args.score_images) for k in contenders}
     scale["val pass"] = 1.0
@@ -118,18 +117,18 @@ def main() -> None:
               f"(per repeat {', '.join(f'{x:.2f}' for x in ratio)})")
     print(f"fast / exact scoring: {med['scoring, fast'] / med['scoring, exact']:.2f}")
     if args.profile:
-        _profile(model, scoring[0], exact, fast)
+        _profile(model, scoring[0])
 
 
-def _stages(model, batch, cfg: ConsistencyConfig) -> dict[str, float]:
+def _stages(model, batch, cfg: ConsistencyConfig, run: ExecutionConfig) -> dict[str, float]:
     """CPU seconds of each step of one scoring batch, as explanation_consistency runs them."""
     from consistcam.attack import foreground_mask, masked_attack
     from consistcam.consistency.score import scoring_model
     from consistcam.explain import explain
 
     x, y = batch["image"], batch["label"]
-    net, cfg = scoring_model(model, cfg, x)
-    if cfg.channels_last:
+    net, cfg = scoring_model(model, cfg, x, run)
+    if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out, t = {}, time.process_time()
 
@@ -139,32 +138,33 @@ def _stages(model, batch, cfg: ConsistencyConfig) -> dict[str, float]:
         t = time.process_time()
 
     lap("copy the model (fold, layout)")
-    heat, _ = explain(net, x, y, layer=cfg.layer, return_logits=True, channels_last=cfg.channels_last)
+    heat, _ = explain(net, x, y, layer=cfg.layer, return_logits=True, channels_last=run.channels_last)
     lap("Grad-CAM of x (forward + head gradient)")
     fg = foreground_mask("heatmap", x, heatmaps=heat, tau=cfg.tau)
     lap("foreground mask")
     adv = masked_attack(net, x, y, fg, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
                         generator=torch.Generator().manual_seed(0))
     lap(f"masked PGD, {cfg.steps} steps (forward + input gradient each)")
-    explain(net, adv, y, layer=cfg.layer, return_logits=True, channels_last=cfg.channels_last)
+    explain(net, adv, y, layer=cfg.layer, return_logits=True, channels_last=run.channels_last)
     lap("Grad-CAM of x_adv")
     return out
 
 
-def _profile(model, batch, exact: ConsistencyConfig, fast: ConsistencyConfig) -> None:
+def _profile(model, batch) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     model.eval()
-    parts = {name: _stages(model, batch, cfg) for name, cfg in (("exact", exact), ("fast", fast))}
+    paths = (("exact", EXACT), ("fast", FAST))
+    parts = {name: _stages(model, batch, PRESET, run) for name, run in paths}
     print(f"\n### steps of one scoring batch of {len(batch['id'])} (CPU s)")
     print("| step | exact | fast |")
     print("|---|---|---|")
     for step in parts["exact"]:
         print(f"| {step} | {parts['exact'][step]:.2f} | {parts['fast'][step]:.2f} |")
 
-    for name, cfg in (("exact", exact), ("fast", fast)):
+    for name, run in paths:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            score_dataset(model, [batch], cfg)
+            score_dataset(model, [batch], PRESET, execution=run)
         print(f"\n### op breakdown, one scoring batch of {len(batch['id'])}, {name} path")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 

@@ -6,10 +6,10 @@ uniform in [0, 1] (the cost does not depend on the pixels), batch 512 at 64 px, 
 (``_common.bench``), each call scoring ``--batches`` batches already on the device and, on a GPU,
 ending with ``torch.cuda.synchronize``:
 
-- ``fp32``: the model as it is (``fold_batchnorm=False, channels_last=False``);
+- ``fp32``: the model as it is (``ExecutionConfig(fold_batchnorm=False, channels_last=False, amp="off")``);
 - ``fp32 fast``: the copy ``score_dataset`` scores with (BatchNorm folded, channels-last; float rounding only);
-- ``bf16 fast``: that copy under bfloat16 autocast. ConsistencyConfig has no precision option, so the
-  call is wrapped in ``torch.autocast`` (``explain()`` accepts float32 images under autocast); the
+- ``bf16 fast``: that copy under bfloat16 autocast, as ``score_dataset`` runs it with
+  ``ExecutionConfig(amp="bf16")`` (``explain()`` accepts float32 images under autocast); the
   mean |E difference| to ``fp32`` is printed, since a faster E is only useful if it is the same E.
 
 Issue 24's target: at least 8,000 images/s on one H200 (measured before: 3,127). Run (repo root):
@@ -21,13 +21,12 @@ Issue 24's target: at least 8,000 images/s on one H200 (measured before: 3,127).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 
 import torch
 
 from _common import add_device_args, bench, check_device, machine, report, synchronized, throughput, write_json
-from consistcam.consistency import ConsistencyConfig, explanation_consistency
+from consistcam.consistency import ConsistencyConfig, ExecutionConfig, explanation_consistency
 from consistcam.consistency.score import scoring_autocast, scoring_model
 from consistcam.models import create
 
@@ -52,23 +51,21 @@ def main() -> None:
     batches = [(torch.rand(args.batch, 3, args.size, args.size, device=device, generator=g),
                 torch.randint(0, args.classes, (args.batch,), device=device, generator=g))
                for _ in range(args.batches)]
-    exact = ConsistencyConfig(steps=args.steps, fold_batchnorm=False, channels_last=False)
-    fast = ConsistencyConfig(steps=args.steps)
-    scorer, fast = scoring_model(model, fast, batches[0][0])  # made once per round by score_dataset
+    exact = ConsistencyConfig(steps=args.steps)
+    scorer, fast = scoring_model(model, exact, batches[0][0])  # made once per round by score_dataset
     fast_batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    # score_dataset's own autocast (ConsistencyConfig.amp; auto = bf16 on CUDA, the default there)
-    bf16_cfg = dataclasses.replace(fast, amp="bf16")
-    bf16_ctx = lambda: scoring_autocast(bf16_cfg, device)  # noqa: E731
-    bf16_via = "ConsistencyConfig(amp='bf16'): score_dataset's scoring_autocast"
-    arms = {OURS: (model, exact, batches, contextlib.nullcontext),
-            "fp32 fast": (scorer, fast, fast_batches, contextlib.nullcontext),
-            "bf16 fast": (scorer, bf16_cfg, fast_batches, bf16_ctx)}
+    # score_dataset's own autocast (ExecutionConfig.amp; auto = bf16 on CUDA, the default there)
+    bf16_via = "ExecutionConfig(amp='bf16'): score_dataset's scoring_autocast"
+    arms = {OURS: (model, exact, ExecutionConfig(fold_batchnorm=False, channels_last=False, amp="off"), batches),
+            "fp32 fast": (scorer, fast, ExecutionConfig(amp="off"), fast_batches),
+            "bf16 fast": (scorer, fast, ExecutionConfig(amp="bf16"), fast_batches)}
     generator = torch.Generator(device=device).manual_seed(1)
 
     def score(arm: str) -> list[torch.Tensor]:
-        net, cfg, data, ctx = arms[arm]
-        with torch.no_grad(), ctx():
-            return [explanation_consistency(net, x, y, cfg, generator=generator)["E"] for x, y in data]
+        net, cfg, run, data = arms[arm]
+        with torch.no_grad(), scoring_autocast(run, device):
+            return [explanation_consistency(net, x, y, cfg, generator=generator, channels_last=run.channels_last)["E"]
+                    for x, y in data]
 
     contenders = {arm: synchronized(lambda arm=arm: score(arm), device) for arm in arms}
     medians = bench(contenders, repeats=args.repeats)
@@ -78,9 +75,9 @@ def main() -> None:
     # the same E? without a random start the arms differ by rounding only
     same = {arm: dataclasses.replace(cfg, random_start=False) for arm, (_, cfg, _, _) in arms.items()}
     e = {}
-    for arm, (net, _, data, ctx) in arms.items():
-        with torch.no_grad(), ctx():
-            e[arm] = explanation_consistency(net, *data[0], same[arm])["E"].float()
+    for arm, (net, _, run, data) in arms.items():
+        with torch.no_grad(), scoring_autocast(run, device):
+            e[arm] = explanation_consistency(net, *data[0], same[arm], channels_last=run.channels_last)["E"].float()
     diff = {arm: round((e[arm] - e[OURS]).abs().mean().item(), 6) for arm in arms if arm != OURS}
     print("mean |E - E_fp32| (no random start): " + ", ".join(f"{k} {v:.2e}" for k, v in diff.items()))
     write_json(args.json, {"bench": "ecl_scoring", "arch": args.arch, "small_input": True, "size": args.size,

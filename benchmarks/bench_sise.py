@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from consistcam.data import build_dataset, build_transform, collate
+from consistcam.evaluation import insertion_deletion
 from consistcam.evaluation.run import run_data
 from consistcam.explain import explain
-from consistcam.metrics import energy_inside, insertion_deletion
+from consistcam.metrics import energy_inside
 from consistcam.train import load_model
 
 EXPLAINERS = ("gradcam", "scorecam", "sise", "ada-sise")

@@ -36,6 +36,8 @@ METRICS=${METRICS:-"acc,worst_group_acc,energy,pointing_game"}
 BASELINE=${BASELINE:-method=erm}  # BASELINE=method=ecl TABLE_ONLY=1: every arm against the preset
 EVAL=(--device "${DEVICE:-auto}" --explainer gradcam --protocols localization --split val --split test --split test_correlated --no-background
       --no-report)
+# the former names of ecl.weights.power, .floor, .scheme (still accepted): the arm names, and with them the
+# run folders of earlier ablations, stay the same, so those runs are found and skipped
 C=ecl.consistency
 extra=()
 [ -n "${SHARD:-}" ] && extra+=(--shard "$SHARD")

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from consistcam.attack import masked_attack
-from consistcam.consistency import ConsistencyConfig, explanation_consistency, score_dataset
+from consistcam.consistency import (
+    ConsistencyConfig,
+    ExecutionConfig,
+    consistency_weights,
+    explanation_consistency,
+    score_dataset,
+)
 from consistcam.evaluation import evaluate_model
 from consistcam.explain import explain
 from consistcam.train import TrainConfig, Trainer
@@ -91,7 +97,7 @@ def test_masked_pgd_leaves_the_foreground_exactly(device, data):
 
 def test_consistency_scoring_matches_cpu(device, data):
     x, y, _ = data
-    cfg = ConsistencyConfig(steps=3, random_start=False, amp="off")  # fp32 against fp32 (bf16: the next tests)
+    cfg = ConsistencyConfig(steps=3, random_start=False)
     ref = explanation_consistency(trained_tiny_net(), x, y, cfg)
     out = explanation_consistency(trained_tiny_net().to(device), *_on(device, x, y), cfg)
     assert out["E"].device.type == device.type
@@ -100,20 +106,21 @@ def test_consistency_scoring_matches_cpu(device, data):
     assert (out["E"].cpu() - ref["E"]).abs().mean().item() < 1e-3
     # the data-set pass, on the folded, channels-last copy ECL scores with
     loader = [{"image": x[i:i + 16], "label": y[i:i + 16], "id": torch.arange(i, i + 16)} for i in (0, 16)]
-    scores = score_dataset(trained_tiny_net().to(device), loader, cfg, device=device)
+    fp32 = ExecutionConfig(amp="off")  # fp32 against fp32 (bf16: below and the next tests)
+    scores = score_dataset(trained_tiny_net().to(device), loader, cfg, execution=fp32, device=device)
     assert scores.E.device.type == device.type
     assert torch.allclose(scores.E.cpu(), ref["E"], atol=1e-2)
-    assert scores.weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+    v = consistency_weights(scores.E, floor=0.5, power=0.5)  # ECL's default weights
+    assert v.mean().item() == pytest.approx(1.0, abs=1e-5)
     # amp=auto, the default: bf16 on CUDA; E and v agree with fp32 within tests/consistency/test_amp.py's tolerance
-    auto = score_dataset(trained_tiny_net().to(device), loader, ConsistencyConfig(steps=3, random_start=False),
-                         device=device)
+    auto = score_dataset(trained_tiny_net().to(device), loader, cfg, device=device)
     assert auto.E.dtype == torch.float32
     assert (auto.E.cpu() - ref["E"]).abs().max().item() < 0.05
-    assert (auto.weights - scores.weights).abs().max().item() < 0.05
+    assert (consistency_weights(auto.E, floor=0.5, power=0.5) - v).abs().max().item() < 0.05
 
 
 def test_consistency_under_bf16_autocast_is_close_to_float32(device, data):
-    """torch.autocast around a single call (what ConsistencyConfig.amp does inside score_dataset; explain()
+    """torch.autocast around a single call (what ExecutionConfig.amp does inside score_dataset; explain()
     accepts float32 images under autocast). The result stays close to float32's."""
     model = trained_tiny_net().to(device)
     x, y, _ = _on(device, *data)

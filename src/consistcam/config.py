@@ -5,7 +5,9 @@ choices). :func:`validate` checks a built instance (types coerced the way YAML a
 users expect, ranges, choices, finite numbers); :func:`from_dict` builds one from a mapping, with
 unknown keys reported together with their near matches. Errors are :class:`ConfigError` and name
 the option by its dotted path (``ecl.consistency.eps``) and the offending value, so a bad config
-fails within seconds, before any data is read or any epoch runs.
+fails within seconds, before any data is read or any epoch runs. A config class that renamed or
+moved an option lists the former paths in ``RENAMED`` (:func:`upgrade`): configs written before
+(a run's config.yaml, read again by ``--resume`` and ``evaluate``) still load.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "from_dict", "option", "option_help", "registered", "to_dict", "validate"]
+__all__ = ["ConfigError", "from_dict", "option", "option_help", "registered", "to_dict", "upgrade", "validate"]
 
 
 class ConfigError(ValueError):
@@ -224,9 +226,60 @@ def validate(obj: Any, where: str = "") -> None:
         object.__setattr__(obj, f.name, value)
 
 
+_ABSENT = object()
+
+
+def _take(data: dict, path: Sequence[str]) -> Any:
+    """Remove and return the value at ``path`` (the mappings on the way are copied, so the caller's
+    are untouched), or ``_ABSENT``."""
+    head, *rest = path
+    if head not in data:
+        return _ABSENT
+    if not rest:
+        return data.pop(head)
+    if not isinstance(data[head], Mapping):
+        return _ABSENT
+    data[head] = dict(data[head])
+    return _take(data[head], rest)
+
+
+def _put(data: dict, path: Sequence[str], value: Any, clash: str) -> None:
+    """Set ``path`` to ``value`` (copying the mappings on the way); a different value already there
+    is the ConfigError ``clash``."""
+    head, *rest = path
+    if not rest:
+        if head in data and data[head] != value:
+            raise ConfigError(clash)
+        data[head] = value
+        return
+    child = data.get(head, {})
+    if not isinstance(child, Mapping):
+        raise ConfigError(clash)
+    data[head] = dict(child)
+    _put(data[head], rest, value, clash)
+
+
+def upgrade(cls: type, data: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """``data`` with the options that ``cls`` renamed or moved under their current names.
+
+    ``cls.RENAMED`` (a class attribute) maps each former dotted path to the current one, relative to
+    ``cls`` (ECL's ``{"consistency.weight_power": "weights.power"}``). Former names are mapped
+    silently, so every config written before the change loads as it did; one option given under
+    both names with different values is an error. ``data`` itself is not modified."""
+    out = dict(data or {})
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        value = _take(out, old.split("."))
+        if value is not _ABSENT:
+            path = f"{where}." if where else ""
+            _put(out, new.split("."), value, f"{path}{old} (the former name of {path}{new}) and {path}{new} are "
+                                             f"both given, with different values; give only {path}{new}")
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build ``cls`` from a mapping; unknown keys are an error naming them and their near matches."""
-    data = dict(data or {})
+    """Build ``cls`` from a mapping; unknown keys are an error naming them and their near matches.
+    Options renamed since a config was written are moved to their current names first (:func:`upgrade`)."""
+    data = upgrade(cls, data, where)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in data if k not in names]
     if unknown:

@@ -14,14 +14,14 @@ from consistcam.train import TrainConfig, Trainer
 # library default now) because the paper's literal v = 1 - E puts almost all the weight on a few
 # samples when E is close to 1 for most of them; no arm of the ECL ablations beat this preset on the
 # demo's val split (docs/results.md). Written out so that the demo does not move with the defaults.
-DEMO_CONSISTENCY = {"steps": 3, "weight_power": 0.5, "weight_floor": 0.5}
+DEMO_ECL = {"warmup": 2, "update_every": 2, "consistency": {"steps": 3}, "weights": {"power": 0.5, "floor": 0.5}}
 
 
 def demo_config(method: str, out: Path, epochs: int, seed: int, data: str, device: str = "auto") -> TrainConfig:
     return TrainConfig.from_dict({
         "data": data, "arch": "cc_resnet10", "method": method, "epochs": epochs, "batch_size": 128, "lr": 0.05,
         "seed": seed, "device": device, "out": str(out / method),
-        "ecl": {"warmup": 2, "update_every": 2, "consistency": DEMO_CONSISTENCY}})
+        "ecl": DEMO_ECL})
 
 
 def _train_or_resume(cfg: TrainConfig, progress: bool) -> Trainer:

@@ -36,7 +36,7 @@ class ECLCallback(pl.Callback):
         score_loader: the un-augmented training images with their sample ids (dict batches or
             ``(images, labels, ids)``), or a function ``ids -> batches`` (``score_fraction`` < 1).
         num_samples: the training set's size (ids are 0 .. num_samples - 1).
-        config: :class:`consistcam.ECLConfig` (schedule and scorer).
+        config: :class:`consistcam.ECLConfig` (schedule, scorer, weights, execution).
         seed, multilabel, process_group: as for :class:`consistcam.ECL`.
         log: log each round's summary (``consistency/E_mean``, ...) through the module's ``log_dict``.
     """

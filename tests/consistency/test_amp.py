@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from consistcam.consistency import ConsistencyConfig, score_dataset
+from consistcam.consistency import ConsistencyConfig, ExecutionConfig, consistency_weights, score_dataset
 from consistcam.consistency.score import scoring_uses_bf16
 from tests.helpers import square_images, trained_tiny_net
 
@@ -23,9 +23,9 @@ def _loader(images, labels, ids, batch):
 
 def test_auto_is_on_for_cuda_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not scoring_uses_bf16(ConsistencyConfig(), cpu) and scoring_uses_bf16(ConsistencyConfig(), cuda)
-    assert scoring_uses_bf16(ConsistencyConfig(amp="bf16"), cpu)
-    assert not scoring_uses_bf16(ConsistencyConfig(amp="off"), cuda)
+    assert not scoring_uses_bf16(ExecutionConfig(), cpu) and scoring_uses_bf16(ExecutionConfig(), cuda)
+    assert scoring_uses_bf16(ExecutionConfig(amp="bf16"), cpu)
+    assert not scoring_uses_bf16(ExecutionConfig(amp="off"), cuda)
 
 
 def test_bf16_scoring_agrees_with_fp32():
@@ -33,12 +33,14 @@ def test_bf16_scoring_agrees_with_fp32():
     images, labels, _ = square_images(48, seed=3)
     ids = torch.arange(48)
     loader = _loader(images, labels, ids, 16)
-    fp32 = score_dataset(model, loader, ConsistencyConfig(amp="off", steps=3))
-    bf16 = score_dataset(model, loader, ConsistencyConfig(amp="bf16", steps=3))
-    assert bf16.E.dtype == torch.float32 and bf16.weights.dtype == torch.float32
+    fp32 = score_dataset(model, loader, ConsistencyConfig(steps=3), execution=ExecutionConfig(amp="off"))
+    bf16 = score_dataset(model, loader, ConsistencyConfig(steps=3), execution=ExecutionConfig(amp="bf16"))
+    v_fp32, v_bf16 = consistency_weights(fp32.E, floor=0.5, power=0.5), consistency_weights(bf16.E, floor=0.5,
+                                                                                            power=0.5)
+    assert bf16.E.dtype == torch.float32 and v_bf16.dtype == torch.float32
     assert (fp32.E - bf16.E).abs().max().item() < TOLERANCE
-    assert (fp32.weights - bf16.weights).abs().max().item() < TOLERANCE
-    assert torch.corrcoef(torch.stack([fp32.weights, bf16.weights]))[0, 1].item() > 0.99
-    assert bf16.weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert (v_fp32 - v_bf16).abs().max().item() < TOLERANCE
+    assert torch.corrcoef(torch.stack([v_fp32, v_bf16]))[0, 1].item() > 0.99
+    assert v_bf16.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.equal(fp32.pred, bf16.pred)  # a trained net's clean predictions survive bf16 here
     assert not torch.equal(fp32.E, bf16.E)  # it did run in bf16 (the figures are not the fp32 ones)

@@ -79,9 +79,9 @@ def test_consistency_is_one_for_a_zero_perturbation(attack, forwards):
     handle = model.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
     try:
         # channels_last=False: the model then sees the very tensors (the fast layout would pass copies)
-        cfg = ConsistencyConfig(attack=attack, eps=0.0, steps=2, channels_last=False)
-        out = explanation_consistency(model, images, labels, cfg,
-                                      generator=torch.Generator().manual_seed(0), return_images=True)
+        cfg = ConsistencyConfig(attack=attack, eps=0.0, steps=2)
+        out = explanation_consistency(model, images, labels, cfg, generator=torch.Generator().manual_seed(0),
+                                      return_images=True, channels_last=False)
     finally:
         handle.remove()
     assert len(inputs) == forwards
@@ -114,14 +114,13 @@ def test_score_dataset_is_ordered_by_id_and_independent_of_batching():
     images, labels, masks = square_images(40, seed=5)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     ids = torch.arange(100, 140)
-    cfg = ConsistencyConfig(mask="gt", random_start=False, weight_power=1.0, weight_floor=0.0)  # literal v
+    cfg = ConsistencyConfig(mask="gt", random_start=False)
     a = score_dataset(model, list(_loader(images, labels, masks, ids, 8)), cfg)
     b = score_dataset(model, list(_loader(images[perm], labels[perm], masks[perm], ids[perm], 16)), cfg)
     assert torch.equal(a.ids, ids) and torch.equal(b.ids, ids)
     assert torch.allclose(a.E, b.E, atol=1e-5)
-    assert a.weights.mean().item() == pytest.approx(1.0, abs=1e-5)
-    assert torch.allclose(a.weights, (1 - a.E) / (1 - a.E).mean(), atol=1e-5)
-    assert set(a.summary()) >= {"E_mean", "flip_rate"}
+    assert not hasattr(a, "weights")  # scores only: v is ECL's (consistency_weights of E)
+    assert set(a.summary()) == {"E_mean", "S_mean", "P_mean", "flip_rate", "fg_area"}
 
 
 def test_config_rejects_unknown_names():

@@ -61,7 +61,7 @@ def test_tuple_batches_from_with_ids_score_as_dict_batches(demo):
 
 def test_state_dict_resumes_the_ema(demo):
     data, model = demo
-    cfg = config(warmup=0, update_every=1, consistency=consistcam.ConsistencyConfig(steps=1, weight_ema=0.5))
+    cfg = config(warmup=0, update_every=1, consistency=FAST, weights=consistcam.WeightConfig(ema=0.5))
     loader = DataLoader(data, 24, collate_fn=collate)
     full = consistcam.ECL(len(data), cfg)
     for epoch in range(2):

@@ -3,7 +3,7 @@
 ``reference_scores`` below is the consistency protocol of docs/method.md written out step by step
 with no consistcam code on the path: Grad-CAM by a hook and ``autograd.grad``, the heatmap mask,
 masked PGD with random start, the second Grad-CAM, cosine and Jensen-Shannon. The exact path
-(``fold_batchnorm=False, channels_last=False``) must reproduce it to float precision; the fast path,
+(``ExecutionConfig(fold_batchnorm=False, channels_last=False)``) must reproduce it to float precision; the fast path,
 the same function computed in another order, must stay within the tolerance stated in
 docs/benchmarks.md.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from consistcam.consistency import ConsistencyConfig, explanation_consistency, score_dataset
+from consistcam.consistency import ConsistencyConfig, ExecutionConfig, explanation_consistency, score_dataset
 from consistcam.consistency.inference import foldable_pairs, inference_copy
 from tests.helpers import TinyNet, square_images, trained_tiny_net
 
@@ -78,13 +78,14 @@ def _batches(images, labels, batch):
 
 
 CFG = dict(steps=3, eps=16 / 255, alpha=4 / 255, seed=7)
+EXACT = ExecutionConfig(fold_batchnorm=False, channels_last=False)  # the model as it is
 
 
 def test_exact_path_matches_the_plain_reference():
     model = trained_tiny_net()
     images, labels, _ = square_images(32, seed=11)
-    cfg = ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG)
-    got = score_dataset(model, _batches(images, labels, 32), cfg)
+    cfg = ConsistencyConfig(**CFG)
+    got = score_dataset(model, _batches(images, labels, 32), cfg, execution=EXACT)
     ref = trained_tiny_net()
     want = reference_scores(ref, ref.features, images, labels, cfg, seed=7)
     assert torch.allclose(got.E, want, atol=1e-5), (got.E - want).abs().max()
@@ -95,10 +96,11 @@ def test_exact_path_is_bit_identical_to_explanation_consistency_on_the_model():
     # what score_dataset computed before the fast path existed: the scorer on the model itself
     model = trained_tiny_net()
     images, labels, _ = square_images(24, seed=12)
-    cfg = ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG)
-    got = score_dataset(model, _batches(images, labels, 24), cfg)
+    cfg = ConsistencyConfig(**CFG)
+    got = score_dataset(model, _batches(images, labels, 24), cfg, execution=EXACT)
     with torch.no_grad():
-        want = explanation_consistency(model, images, labels, cfg, generator=torch.Generator().manual_seed(7))
+        want = explanation_consistency(model, images, labels, cfg, generator=torch.Generator().manual_seed(7),
+                                       channels_last=False)
     for key in ("E", "S", "P", "pred", "pred_adv"):
         assert torch.equal(getattr(got, key), want[key]), key
 
@@ -107,8 +109,7 @@ def test_fast_path_within_tolerance_and_model_untouched():
     model = trained_tiny_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, labels, _ = square_images(48, seed=13)
-    exact = score_dataset(model, _batches(images, labels, 24),
-                          ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG))
+    exact = score_dataset(model, _batches(images, labels, 24), ConsistencyConfig(**CFG), execution=EXACT)
     fast = score_dataset(model, _batches(images, labels, 24), ConsistencyConfig(**CFG))
     diff = (fast.E - exact.E).abs()
     # stated tolerance (docs/benchmarks.md): mean |dE| < 1e-3, every |dE| < 0.05, predictions equal
@@ -169,8 +170,7 @@ def test_fast_path_with_a_conv_as_the_explained_layer():
     model = trained_tiny_net()
     images, labels, _ = square_images(16, seed=15)
     kw = dict(CFG, layer="features.3")  # the pre-BatchNorm map: its conv must not be folded
-    exact = score_dataset(model, _batches(images, labels, 16),
-                          ConsistencyConfig(fold_batchnorm=False, channels_last=False, **kw))
+    exact = score_dataset(model, _batches(images, labels, 16), ConsistencyConfig(**kw), execution=EXACT)
     fast = score_dataset(model, _batches(images, labels, 16), ConsistencyConfig(**kw))
     assert (fast.E - exact.E).abs().mean() < 1e-3
 
@@ -179,10 +179,9 @@ def test_fast_path_with_a_conv_as_the_explained_layer():
 def test_each_switch_alone(fold, cl):
     model = TinyNet().eval()
     images, labels, _ = square_images(16, seed=16)
-    exact = score_dataset(model, _batches(images, labels, 16),
-                          ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG))
-    fast = score_dataset(model, _batches(images, labels, 16),
-                         ConsistencyConfig(fold_batchnorm=fold, channels_last=cl, **CFG))
+    exact = score_dataset(model, _batches(images, labels, 16), ConsistencyConfig(**CFG), execution=EXACT)
+    fast = score_dataset(model, _batches(images, labels, 16), ConsistencyConfig(**CFG),
+                         execution=ExecutionConfig(fold_batchnorm=fold, channels_last=cl))
     assert (fast.E - exact.E).abs().mean() < 1e-3
 
 
@@ -197,14 +196,14 @@ def test_multilabel_scoring_uses_the_fast_copy_within_tolerance():
     hot = F.one_hot(labels, 2).float()
     hot[::3] = 1.0  # every third image has both classes
     batches = [{**b, "label": hot[b["id"]]} for b in _batches(images, labels, 16)]
-    exact_cfg = ConsistencyConfig(fold_batchnorm=False, channels_last=False, **CFG)
-    exact = score_multilabel_dataset(model, batches, exact_cfg)
-    fast = score_multilabel_dataset(model, batches, ConsistencyConfig(**CFG))
+    cfg = ConsistencyConfig(**CFG)
+    exact = score_multilabel_dataset(model, batches, cfg, execution=EXACT)
+    fast = score_multilabel_dataset(model, batches, cfg)
     diff = (fast["pair_E"] - exact["pair_E"]).abs()
     assert len(diff) == 32 + len(range(0, 32, 3))
     assert diff.mean() < 1e-3 and diff.max() < 0.05, (diff.mean(), diff.max())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     generator = torch.Generator().manual_seed(7)
-    want = [multilabel_consistency(model, b["image"], b["label"], exact_cfg, generator=generator)["E"]
+    want = [multilabel_consistency(model, b["image"], b["label"], cfg, generator=generator, channels_last=False)["E"]
             for b in batches]
     assert torch.equal(exact["E"], torch.cat(want))

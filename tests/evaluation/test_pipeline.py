@@ -25,7 +25,7 @@ from consistcam.evaluation import (
 )
 from consistcam.explain import explain, normalize_maps
 from consistcam.metrics import energy_inside
-from tests.helpers import square_images, trained_tiny_net
+from tests.helpers import TinyNet, square_images, trained_tiny_net
 
 
 def test_crop_flip_geometry():
@@ -274,16 +274,96 @@ def test_prediction_target_scores_the_explained_class(monkeypatch):
     model = trained_tiny_net()
     images, labels, masks = square_images(8, seed=5)
     wrong = 1 - labels  # every label is the class the model does not predict
-    seen = []
-    original = pipeline._ExplainerMetrics.update
+    seen = {}
+    localize, faithfulness = pipeline._localize, pipeline._update_faithfulness
 
-    def spy(self, model, images, classes, out, gt, equivariance):
-        seen.append((classes.clone(), out["pred"].clone()))
-        return original(self, model, images, classes, out, gt, equivariance)
+    def spy_localize(metrics, heatmaps, gt, classes, *args):
+        seen["localization"] = classes.clone()
+        return localize(metrics, heatmaps, gt, classes, *args)
 
-    monkeypatch.setattr(pipeline._ExplainerMetrics, "update", spy)
+    def spy_faithfulness(metrics, forward, images, heatmaps, classes, logits, steps):
+        seen["faithfulness"] = classes.clone()
+        seen["pred"] = logits.argmax(1)
+        return faithfulness(metrics, forward, images, heatmaps, classes, logits, steps)
+
+    monkeypatch.setattr(pipeline, "_localize", spy_localize)
+    monkeypatch.setattr(pipeline, "_update_faithfulness", spy_faithfulness)
     loader = [{"image": images, "label": wrong, "id": torch.arange(8), "mask": masks.float()}]
     pipeline.evaluate_model(model, loader, 2, consistency=ConsistencyConfig(target="prediction", steps=1),
                             protocols=("localization", "faithfulness"), faithfulness_steps=4)
-    classes, pred = seen[0]
-    assert torch.equal(classes, pred) and not torch.equal(classes, wrong)
+    for protocol in ("localization", "faithfulness"):
+        assert torch.equal(seen[protocol], seen["pred"]) and not torch.equal(seen[protocol], wrong), protocol
+
+
+# evaluate_model's figures at main e4b7ce2, when InsertionDeletion and ConfidenceChange still ran the model
+# inside their update (issue 34): the faithfulness forwards moved to evaluation/faithfulness.py and the
+# metrics into MetricCollections without changing a figure or the order of the keys. The same with 1 and
+# 2 threads (the model is trained in float64, full batch: no thread-dependent rounding grows in it).
+PINNED = {
+    "acc": 1.0,
+    "acc_top5": 1.0,
+    "acc_per_class": [1.0, 1.0],
+    "energy": 0.6910704076995291,
+    "energy_uniform_baseline": 0.140625,
+    "energy_small_objects": 0.6910704076995291,
+    "n_small_objects": 24.0,
+    "pointing_game": 1.0,
+    "pointing_game_class_mean": 1.0,
+    "mask_iou@0.3": 0.6611319133301193,
+    "mask_iou@0.5": 0.5679062290904396,
+    "insertion": 0.9138919115066528,
+    "deletion": 0.5144790410995483,
+    "ins_minus_del": 0.3994128704071045,
+    "average_drop": 0.4758718013763428,
+    "increase_in_confidence": 0.0,
+    "average_drop_top15": 0.2983646094799042,
+    "increase_in_confidence_top15": 0.0,
+    "consistency_E": 0.9745396474997202,
+    "adv_flip_rate": 0.25,
+    "equivariance": 0.9038234250620008,
+    "layercam/energy": 0.6817762362291773,
+    "layercam/energy_uniform_baseline": 0.140625,
+    "layercam/energy_small_objects": 0.6817762362291773,
+    "layercam/n_small_objects": 24.0,
+    "layercam/pointing_game": 1.0,
+    "layercam/pointing_game_class_mean": 1.0,
+    "layercam/mask_iou@0.3": 0.6669662141498854,
+    "layercam/mask_iou@0.5": 0.5679062290904396,
+    "layercam/insertion": 0.9148844480514526,
+    "layercam/deletion": 0.5140687823295593,
+    "layercam/ins_minus_del": 0.4008156657218933,
+    "layercam/average_drop": 0.47560325264930725,
+    "layercam/increase_in_confidence": 0.0,
+    "layercam/average_drop_top15": 0.2981448471546173,
+    "layercam/increase_in_confidence_top15": 0.0,
+    "layercam/consistency_E": 0.9746398975451788,
+    "layercam/adv_flip_rate": 0.25,
+    "layercam/equivariance": 0.9069308148076137,
+    "fgsm@2/255": 0.9583333134651184,
+    "pgd10@2/255": 0.9583333134651184,
+}
+
+
+def _float64_trained_tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    images, labels, _ = square_images(128, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = F.cross_entropy(model(images.double()), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.float().eval()
+
+
+def test_a_fixed_seed_evaluation_gives_the_pinned_figures():
+    model = _float64_trained_tiny_net()
+    images, labels, masks = square_images(24, seed=11)
+    loader = [{"image": images[i:i + 12], "label": labels[i:i + 12], "id": torch.arange(i, i + 12),
+               "mask": masks[i:i + 12]} for i in (0, 12)]
+    res = evaluate_model(model, loader, 2, explainer=["gradcam", "layercam"], consistency=ConsistencyConfig(steps=2),
+                         protocols=None, faithfulness_steps=5, epsilons=(2 / 255,))
+    assert list(res) == list(PINNED)
+    assert res.pop("acc_per_class") == PINNED["acc_per_class"]
+    assert res == pytest.approx({k: v for k, v in PINNED.items() if k != "acc_per_class"}, abs=1e-5)

@@ -1,116 +1,55 @@
-"""Faithfulness, localisation and robustness metric leaves: hand-computed cases, reference loops,
-and the peers' implementations (pytorch-grad-cam, Quantus)."""
+"""Faithfulness, localisation and robustness metric leaves: tensors in (never a model),
+hand-computed cases, merged states, and the peers' implementations (Quantus). The faithfulness
+forward passes that make their inputs are tested in tests/evaluation/test_faithfulness.py."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2.functional import gaussian_blur
+from torchmetrics import Metric
 
+import consistcam.metrics
 from consistcam.metrics import (
     AdversarialAccuracy,
+    ConfidenceChange,
     InsertionDeletion,
-    confidence_change,
-    insertion_deletion,
+    curve_auc,
+    drop_and_increase,
     top_fraction_mask,
 )
-from tests.helpers import square_images, trained_tiny_net
 
 
-class MeanBrightness(nn.Module):
-    """p(class 0) = mean of channel 0 exactly (logits are log-probabilities), so curves are hand-computable."""
-
-    def forward(self, x):
-        f = x[:, 0].flatten(1).mean(1).clamp(1e-6, 1 - 1e-6)
-        return torch.stack([f.log(), (1 - f).log()], 1)
-
-
-def _half_image():
-    x = torch.zeros(1, 3, 8, 8)
-    x[..., :4] = 1.0  # left half bright: 32 of 64 pixels
-    return x
+def test_metric_leaves_take_tensors_only():
+    """No metric's update takes (or calls) a model: the forward passes are evaluation's."""
+    leaves = [obj for obj in vars(consistcam.metrics).values() if isinstance(obj, type) and issubclass(obj, Metric)]
+    assert {InsertionDeletion, ConfidenceChange, AdversarialAccuracy} <= set(leaves)
+    for leaf in leaves:
+        hints = inspect.signature(leaf.update).parameters
+        assert "model" not in hints and not any("Module" in str(p.annotation) for p in hints.values()), leaf
 
 
-def test_deletion_hand_computed():
-    x, t = _half_image(), torch.tensor([0])
-    good = insertion_deletion(MeanBrightness(), x, x[:, :1], t, steps=4, return_curves=True)
-    # 16 pixels per step: the bright ones go first -> p = .5, .25, 0, 0, 0
-    assert good["deletion_curve"][0].tolist() == pytest.approx([0.5, 0.25, 0, 0, 0], abs=1e-6)
-    assert good["deletion"].item() == pytest.approx((0.75 + 0.25) / 8, abs=1e-6)
-    bad = insertion_deletion(MeanBrightness(), x, 1 - x[:, :1], t, steps=4)
-    assert bad["deletion"].item() == pytest.approx((1 + 1 + 0.75 + 0.25) / 8, abs=1e-6)
-
-
-def test_insertion_matches_reference_loop():
-    torch.manual_seed(0)
-    model = trained_tiny_net()
-    images, labels, _ = square_images(3, seed=4)
-    heat = torch.rand(3, 1, 4, 4)  # coarse map, upsampled inside
-    steps = 8
-    got = insertion_deletion(model, images, heat, labels, steps=steps, return_curves=True)
-    up = F.interpolate(heat, size=(16, 16), mode="bilinear", align_corners=False)
-    blurred = gaussian_blur(images, [11, 11], [5.0, 5.0])
-    for i in range(3):
-        order = torch.argsort(up[i].flatten(), descending=True, stable=True)
-        ins, dele = [], []
-        for k in range(steps + 1):
-            m = torch.zeros(256)
-            m[order[: round(k * 256 / steps)]] = 1
-            m = m.view(1, 1, 16, 16)
-            with torch.no_grad():
-                ins.append(model(blurred[i:i + 1] * (1 - m) + images[i:i + 1] * m).softmax(1)[0, labels[i]])
-                dele.append(model(images[i:i + 1] * (1 - m)).softmax(1)[0, labels[i]])
-        assert torch.allclose(got["insertion_curve"][i], torch.stack(ins), atol=1e-5)
-        assert torch.allclose(got["deletion_curve"][i], torch.stack(dele), atol=1e-5)
-        assert got["insertion"][i].item() == pytest.approx(torch.trapezoid(torch.stack(ins), dx=1 / steps).item(),
-                                                           abs=1e-5)
-
-
-def test_confidence_change_hand_computed_and_top_fraction():
-    x, t = torch.ones(2, 3, 4, 4), torch.tensor([0, 0])
-    h = torch.stack([torch.full((1, 4, 4), 0.5), torch.ones(1, 4, 4)])
-    out = confidence_change(MeanBrightness(), x, h, t)
-    assert out["average_drop"].tolist() == pytest.approx([0.5, 0.0], abs=1e-5)  # o = 1, p = .5 and 1
-    assert out["increase_in_confidence"].tolist() == [0.0, 0.0]
-    mask = top_fraction_mask(torch.arange(16.0).view(1, 1, 4, 4), 0.25)
-    assert mask.flatten().tolist() == [0.0] * 12 + [1.0] * 4
-    top = confidence_change(MeanBrightness(), x[:1], torch.arange(16.0).view(1, 1, 4, 4), t[:1], top_fraction=0.25)
-    assert top["average_drop"].item() == pytest.approx(0.75, abs=1e-5)
-
-
-def test_average_drop_matches_pytorch_grad_cam():
-    """pytorch-grad-cam's DropInConfidence is the absolute drop max(0, o - p); ours is relative to o."""
-    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
-
-    model = trained_tiny_net()
-    images, labels, _ = square_images(6, seed=5)
-    heat = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in labels]
-    theirs_drop = DropInConfidence()(images, heat[:, 0].numpy(), targets, model)
-    theirs_inc = IncreaseInConfidence()(images, heat[:, 0].numpy(), targets, model)
-    ours = confidence_change(model, images, heat, labels)
-    with torch.no_grad():
-        o = model(images).softmax(1).gather(1, labels[:, None]).squeeze(1)
-    assert torch.allclose(ours["average_drop"] * o, torch.from_numpy(theirs_drop).flatten(), atol=1e-6)
-    assert ours["increase_in_confidence"].tolist() == torch.from_numpy(theirs_inc).flatten().tolist()
-
-
-def test_deletion_curve_matches_quantus_pixel_flipping():
-    quantus = pytest.importorskip("quantus")
-    model = trained_tiny_net()
-    images, labels, _ = square_images(4, size=12, seed=6)
-    heat = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(2))  # distinct values: no ties
-    ours = insertion_deletion(model, images, heat, labels, steps=9, return_curves=True)["deletion_curve"]
-    # Quantus ranks the map broadcast over channels: 16 pixels x 3 channels per step = 144 / 9 pixels
-    metric = quantus.PixelFlipping(features_in_step=3 * 16, perturb_baseline=0.0, disable_warnings=True,
-                                   display_progressbar=False)
-    theirs = metric(model=model, x_batch=images.numpy(), y_batch=labels.numpy(), a_batch=heat.numpy(),
-                    device="cpu", softmax=True)
-    # Quantus records the curve after each step; ours also has the unperturbed start
-    assert torch.allclose(ours[:, 1:], torch.tensor(theirs, dtype=torch.float32), atol=1e-5)
+def test_faithfulness_metrics_hand_computed():
+    curves = torch.tensor([[0.5, 0.25, 0.0, 0.0, 0.0], [1.0, 1.0, 0.75, 0.25, 0.0]])
+    assert curve_auc(curves).tolist() == pytest.approx([(0.75 + 0.25) / 8, (2 + 1.75 + 1 + 0.25) / 8])
+    insdel = InsertionDeletion()
+    insdel.update(curves.flip(1), curves)  # the reversed curves as insertion
+    out = insdel.compute()
+    assert out["deletion"].item() == pytest.approx(curve_auc(curves).mean().item())
+    assert out["ins_minus_del"].item() == pytest.approx(out["insertion"].item() - out["deletion"].item())
+    clean, masked = torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.5, 0.5, 0.4])
+    terms = drop_and_increase(clean, masked)
+    assert terms["average_drop"].tolist() == pytest.approx([0.5, 0.0, 0.0])
+    assert terms["increase_in_confidence"].tolist() == [0.0, 0.0, 1.0]
+    top = ConfidenceChange(suffix="_top15")
+    top.update(clean, masked)
+    assert {k: v.item() for k, v in top.compute().items()} == pytest.approx(
+        {"average_drop_top15": 0.5 / 3, "increase_in_confidence_top15": 1 / 3})
+    assert top_fraction_mask(torch.arange(16.0).view(1, 1, 4, 4), 0.25).flatten().tolist() == [0.0] * 12 + [1.0] * 4
+    with pytest.raises(ValueError, match="steps >= 1"):
+        curve_auc(torch.ones(3, 1))
 
 
 def test_localisation_matches_quantus():
@@ -156,13 +95,14 @@ def test_adversarial_accuracy_counts_given_predictions_and_merges():
         AdversarialAccuracy(attacks=("cw",))
 
 
-def test_insertion_deletion_states_merge():
-    model = trained_tiny_net()
-    images, labels, _ = square_images(24, seed=8)
-    heat = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    m1, m2, m12 = InsertionDeletion(4), InsertionDeletion(4), InsertionDeletion(4)
-    m1.update(model, images[:10], heat[:10], labels[:10])
-    m2.update(model, images[10:], heat[10:], labels[10:])
-    m12.update(model, images, heat, labels)
-    m1.merge_state(m2)
-    assert all(torch.allclose(m1.compute()[k], m12.compute()[k]) for k in ("insertion", "deletion"))
+def test_faithfulness_states_merge():
+    g = torch.Generator().manual_seed(0)
+    ins, dele, clean, masked = torch.rand(24, 5, generator=g), torch.rand(24, 5, generator=g), \
+        torch.rand(24, generator=g), torch.rand(24, generator=g)
+    for make, inputs in ((InsertionDeletion, (ins, dele)), (ConfidenceChange, (clean, masked))):
+        m1, m2, m12 = make(), make(), make()
+        m1.update(*(x[:10] for x in inputs))
+        m2.update(*(x[10:] for x in inputs))
+        m12.update(*inputs)
+        m1.merge_state(m2)
+        assert all(torch.allclose(m1.compute()[k], v) for k, v in m12.compute().items())

@@ -17,7 +17,7 @@ from consistcam.utils import seed_everything
 OPTIONS = {"data": "demo:n=64,n_test=16,size=16", "arch": "cc_resnet10", "epochs": 3, "batch_size": 32, "lr": 0.05,
            "method": "ecl", "seed": 3, "device": "cpu",
            "ecl": {"warmup": 1, "update_every": 1, "score_batch_size": 48,
-                   "consistency": {"steps": 1, "weight_ema": 0.3}}}
+                   "consistency": {"steps": 1}, "weights": {"ema": 0.3}}}
 
 
 def plain_loop(cfg: TrainConfig) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
@@ -51,7 +51,7 @@ def test_plain_loop_api_matches_consistcam_train(tmp_path):
     args = ["train", "--out", str(run), "--quiet", "--data", OPTIONS["data"], "--arch", OPTIONS["arch"],
             "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--method", "ecl", "--seed", "3", "--device", "cpu",
             "--set", "ecl.warmup=1", "--set", "ecl.update_every=1", "--set", "ecl.score_batch_size=48",
-            "--set", "ecl.consistency.steps=1", "--set", "ecl.consistency.weight_ema=0.3"]
+            "--set", "ecl.consistency.steps=1", "--set", "ecl.weights.ema=0.3"]
     assert main(args) == 0
     cfg = TrainConfig.from_dict({**OPTIONS, "out": str(tmp_path / "plain")})
     rounds, state = plain_loop(cfg)

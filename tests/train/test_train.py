@@ -96,8 +96,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_is_bit_identical_with_workers_and_weight_ema(tmp_path):
-    full, resumed = _resume_matches(tmp_path, method="ecl", workers=2, ecl={"consistency": {"steps": 1,
-                                                                                          "weight_ema": 0.5}})
+    full, resumed = _resume_matches(tmp_path, method="ecl", workers=2, ecl={"weights": {"ema": 0.5}})
     assert full.strategy.rounds == resumed.strategy.rounds == 2
     assert torch.equal(full.strategy.weights, resumed.strategy.weights)
     first = load_file(str(tmp_path / "full" / "consistency" / "epoch_001.safetensors"))["weights"]
@@ -119,9 +118,8 @@ def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_
     assert torch.equal(second["E"][~rescored], first["E"][~rescored])  # kept exactly
     assert not torch.equal(second["E"][rescored], first["E"][rescored])  # really re-scored (a trained epoch later)
     # v comes from every sample's E, mean 1
-    cfg = trainer.strategy.config.consistency
-    assert torch.allclose(second["weights"], consistency_weights(second["E"], floor=cfg.weight_floor,
-                                                                 power=cfg.weight_power), atol=1e-6)
+    w = trainer.strategy.config.weights
+    assert torch.allclose(second["weights"], consistency_weights(second["E"], floor=w.floor, power=w.power), atol=1e-6)
     assert second["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
     again = Trainer.from_config(tiny(tmp_path / "again", "ecl", epochs=2, ecl={"warmup": 0, "score_fraction": 0.25}),
                                 progress=False)
@@ -274,6 +272,79 @@ def test_flat_ecl_options_are_unknown_options():
             TrainConfig.from_dict({"method": "ecl", **old})
     cfg = TrainConfig.from_dict({"method": "ecl", "ecl": {"warmup": 3, "consistency": {"steps": 2}}})
     assert cfg.strategy.warmup == 3 and cfg.strategy.consistency.steps == 2
+
+
+FORMER = {"weights": "weight_", "execution": ""}  # ecl.weights.power was ecl.consistency.weight_power, ...
+
+
+def _former_layout(config: dict) -> dict:
+    """A training config as written before ECL's options were split: ecl.weights and ecl.execution
+    inside ecl.consistency, the weight options prefixed ``weight_``."""
+    ecl = dict(config["ecl"])
+    scorer = dict(ecl.get("consistency", {}))
+    for section, prefix in FORMER.items():
+        scorer.update({prefix + k: v for k, v in ecl.pop(section, {}).items()})
+    return {**config, "ecl": {**ecl, "consistency": scorer}}
+
+
+def test_former_ecl_consistency_keys_load_under_their_new_names(tmp_path):
+    """Until the split, ECL's weights and execution options were ecl.consistency.weight_power,
+    ecl.consistency.amp, ...: configs written then load with the same values, with no warning."""
+    import warnings
+
+    new = {"method": "ecl", "ecl": {"consistency": {"steps": 2}, "weights": {"power": 1.0, "floor": 0.0, "ema": 0.3,
+                                                                            "scheme": "rank"},
+                                    "execution": {"fold_batchnorm": False, "channels_last": False, "amp": "off"}}}
+    former = _former_layout(new)
+    assert former["ecl"]["consistency"]["weight_power"] == 1.0 and "weights" not in former["ecl"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = TrainConfig.from_dict(former)
+    assert cfg.to_dict() == TrainConfig.from_dict(new).to_dict()
+    assert cfg.strategy.weights.scheme == "rank" and cfg.strategy.execution.amp == "off"
+    assert set(cfg.to_dict()["ecl"]) >= {"consistency", "weights", "execution"}
+    assert "weight_power" not in cfg.to_dict()["ecl"]["consistency"]  # written back in the new layout
+    # a file in one layout, an override in the other: the override wins
+    (tmp_path / "new.yaml").write_text("method: ecl\necl: {weights: {power: 0.25}}\n")
+    (tmp_path / "former.yaml").write_text("method: ecl\necl: {consistency: {weight_power: 0.25, steps: 2}}\n")
+    override = TrainConfig.from_yaml(tmp_path / "new.yaml", {"ecl": {"consistency": {"weight_power": 2.0}}})
+    assert override.strategy.weights.power == 2.0
+    override = TrainConfig.from_yaml(tmp_path / "former.yaml", {"ecl": {"weights": {"power": 2.0}}})
+    assert override.strategy.weights.power == 2.0 and override.strategy.consistency.steps == 2
+    with pytest.raises(ConfigError, match="ecl.consistency.weight_power .the former name of ecl.weights.power"):
+        TrainConfig.from_dict({"ecl": {"consistency": {"weight_power": 1.0}, "weights": {"power": 2.0}}})
+    with pytest.raises(ConfigError, match="unknown option 'ecl.consistency.weight_powr'"):
+        TrainConfig.from_dict({"ecl": {"consistency": {"weight_powr": 1.0}}})
+
+
+def test_a_run_folder_written_with_the_former_keys_resumes_and_evaluates(tmp_path, capsys):
+    """A run's config.yaml (and its checkpoint's copy) in the former layout: ``--resume`` accepts it
+    as the same config and ``evaluate`` reads the run, silently."""
+    import warnings
+
+    import yaml
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    cfg = tiny(run, "ecl", epochs=2, ecl={"warmup": 0, "weights": {"power": 1.0}})
+    Trainer.from_config(cfg, progress=False).fit(stop_after=1)  # interrupted after epoch 0
+    (run / "config.yaml").write_text(yaml.safe_dump(_former_layout(yaml.safe_load((run / "config.yaml").read_text()))))
+    checkpoint = run / "checkpoint.safetensors"
+    with safe_open(str(checkpoint), "pt") as f:
+        meta = f.metadata()
+    meta["config"] = json.dumps(_former_layout(json.loads(meta["config"])))
+    save_file(load_file(str(checkpoint)), str(checkpoint), metadata=meta)
+    assert "weight_power: 1.0" in (run / "config.yaml").read_text()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+        assert main(["evaluate", str(run), "--subset", "8", "--protocols", "localization", "--no-report",
+                     "--quiet"]) == 0
+    assert not [w for w in caught if "weight" in str(w.message) or "consistency" in str(w.message)]
+    assert "weight" not in capsys.readouterr().err
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    assert (run / "consistency" / "epoch_001.safetensors").is_file()
 
 
 def test_bad_config_fails_before_any_work(tmp_path, capsys, monkeypatch):

@@ -1,9 +1,9 @@
 """Explanation consistency E, training weights v = 1 - E, the data-set scoring pass, and ECL's schedule
 for any training loop (:class:`ECL`)."""
 
+from consistcam.consistency.config import ConsistencyConfig, ExecutionConfig, WeightConfig
 from consistcam.consistency.ecl import ECL, ECLConfig
 from consistcam.consistency.score import (
-    ConsistencyConfig,
     ConsistencyScores,
     explanation_consistency,
     score_dataset,
@@ -29,6 +29,8 @@ __all__ = [
     "ConsistencyConfig",
     "ConsistencyScores",
     "ECLConfig",
+    "ExecutionConfig",
+    "WeightConfig",
     "consistency_weights",
     "cosine_similarity",
     "explanation_consistency",

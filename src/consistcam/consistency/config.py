@@ -1,4 +1,15 @@
-"""``ConsistencyConfig``: every choice of the consistency scorer, validated when it is built."""
+"""The options of explanation consistency, in three parts, each validated when it is built:
+
+* :class:`ConsistencyConfig`, the scorer: how E is computed (explainer, foreground, attack, S, P, lam);
+  evaluation's consistency protocol and ECL both use it;
+* :class:`WeightConfig`, ECL's training weights v from the scores (tempering, scheme, EMA);
+* :class:`ExecutionConfig`, how a scoring pass runs (a BatchNorm-folded, channels-last copy, bf16
+  autocast): the same E up to float rounding.
+
+In a training config they sit under ``ecl.consistency``, ``ecl.weights`` and ``ecl.execution``
+(:class:`~consistcam.consistency.ecl.ECLConfig`, which maps the keys they had when all three were
+``ecl.consistency``, e.g. ``ecl.consistency.weight_power`` -> ``ecl.weights.power``).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +27,8 @@ MASKS = ("heatmap", "gt", "boxes", "mask", "none")
 
 @dataclass
 class ConsistencyConfig:
-    """Every choice of the scoring pass; README.md's table of ``ecl.consistency.*`` options gives the
-    defaults and the alternatives."""
+    """The scorer: every choice of how E is computed; README.md's table of ``ecl.consistency.*`` options
+    gives the defaults and the alternatives."""
 
     explainer: str = option("gradcam", "explainer of h and h_adv", check=registered(EXPLAINERS))
     layer: str | None = option(None, "target layer (dotted name); default: the last spatial stage")
@@ -39,22 +50,7 @@ class ConsistencyConfig:
     similarity: str = option("cosine", "heatmap similarity S", check=registered(SIMILARITIES))
     prediction: str = option("js", "prediction consistency P", check=registered(PREDICTION_CONSISTENCIES))
     lam: float = option(0.5, "E = lam * S + (1 - lam) * P", ge=0.0, le=1.0)
-    # tempered by default: the literal v = 1 - E (power 1, floor 0) lost accuracy against these values
-    # on the shortcut benchmark's val split and energy on the demo's (docs/results.md, ECL ablations)
-    weight_floor: float = option(0.5, "v = floor + (1 - floor) * v (0 with power 1: the paper's literal "
-                                 "v = 1 - E)", ge=0.0, lt=1.0)
-    weight_power: float = option(0.5, "v proportional to (1 - E) ** power", gt=0.0)
-    weight_scheme: str = option("value", "v from the value of 1 - E, or from its rank over the data set "
-                                "(rank: only the order of E matters)", choices=WEIGHT_SCHEMES)
-    weight_ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
     seed: int = option(0, "seed of the attack's random start")
-    fold_batchnorm: bool = option(True, "scoring pass (score_dataset): run a copy of the model with eval-mode "
-                                  "BatchNorm folded into the convolutions (same function up to float rounding)")
-    channels_last: bool = option(True, "scoring pass (score_dataset): channels-last layout for the copy and the "
-                                 "images (faster convolutions on the CPU; float rounding only)")
-    amp: str = option("auto", "scoring pass (score_dataset): bfloat16 autocast of the explained forwards and the "
-                      "attack; auto = on CUDA only (on the CPU bf16 is slower); E and v stay float32 "
-                      "(tests/consistency: v agrees with fp32 within 0.03)", choices=("auto", "bf16", "off"))
     explainer_options: dict = option(help="extra options of the explainer (e.g. steps, batch_size)",
                                      default_factory=dict)
 
@@ -68,3 +64,36 @@ class ConsistencyConfig:
     @classmethod
     def from_dict(cls, d: Mapping | None, where: str = "consistency") -> ConsistencyConfig:
         return from_dict(cls, d, where)
+
+
+@dataclass
+class WeightConfig:
+    """ECL's training weights v from the scores E (:func:`~consistcam.consistency.consistency_weights`)."""
+
+    # tempered by default: the literal v = 1 - E (power 1, floor 0) lost accuracy against these values
+    # on the shortcut benchmark's val split and energy on the demo's (docs/results.md, ECL ablations)
+    floor: float = option(0.5, "v = floor + (1 - floor) * v (0 with power 1: the paper's literal v = 1 - E)",
+                          ge=0.0, lt=1.0)
+    power: float = option(0.5, "v proportional to (1 - E) ** power", gt=0.0)
+    scheme: str = option("value", "v from the value of 1 - E, or from its rank over the data set "
+                         "(rank: only the order of E matters)", choices=WEIGHT_SCHEMES)
+    ema: float = option(0.0, "EMA of v over scoring rounds (0 = none)", ge=0.0, lt=1.0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class ExecutionConfig:
+    """How a scoring pass (score_dataset) runs: none of these changes E beyond float rounding."""
+
+    fold_batchnorm: bool = option(True, "run a copy of the model with eval-mode BatchNorm folded into the "
+                                  "convolutions (same function up to float rounding)")
+    channels_last: bool = option(True, "channels-last layout for the copy and the images (faster convolutions "
+                                 "on the CPU; float rounding only)")
+    amp: str = option("auto", "bfloat16 autocast of the explained forwards and the attack; auto = on CUDA only "
+                      "(on the CPU bf16 is slower); E and v stay float32 (tests/consistency: v agrees with fp32 "
+                      "within 0.03)", choices=("auto", "bf16", "off"))
+
+    def __post_init__(self) -> None:
+        validate(self)

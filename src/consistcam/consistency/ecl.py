@@ -27,14 +27,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.config import option, validate
-from consistcam.consistency.config import ConsistencyConfig
+from consistcam.consistency.config import ConsistencyConfig, ExecutionConfig, WeightConfig
 from consistcam.consistency.multilabel import REDUCTIONS, score_multilabel_dataset
 from consistcam.consistency.score import score_dataset
 from consistcam.consistency.weights import consistency_weights
@@ -47,8 +47,9 @@ ScoreLoader = Iterable | Callable[[list[int] | None], Iterable]
 
 @dataclass
 class ECLConfig:
-    """Options of ECL (the ``ecl`` method's section of a training config); the scorer's own choices
-    are under ``consistency``."""
+    """Options of ECL (the ``ecl`` method's section of a training config): the schedule here, the
+    scorer's choices under ``consistency``, the weights v made from its scores under ``weights``, how
+    the scoring pass runs under ``execution``."""
 
     warmup: int = option(2, "epochs trained with v = 1 before the first scoring pass", ge=0)
     update_every: int = option(2, "epochs between scoring passes", ge=1)
@@ -58,8 +59,17 @@ class ECLConfig:
                                    "their last scoring (single-label data)", gt=0.0, le=1.0)
     multilabel_reduce: str = option("mean", "multi-label data: one E per image from its positive classes' E "
                                     "(mean, or min: the least consistent class decides)", choices=REDUCTIONS)
-    consistency: ConsistencyConfig = option(help="the consistency scorer (README.md: ecl.consistency.*)",
+    consistency: ConsistencyConfig = option(help="the consistency scorer: how E is computed (README.md: "
+                                                 "ecl.consistency.*)",
                                             default_factory=ConsistencyConfig)
+    weights: WeightConfig = option(help="the training weights v made from E", default_factory=WeightConfig)
+    execution: ExecutionConfig = option(help="how the scoring pass runs (E changes by float rounding only)",
+                                        default_factory=ExecutionConfig)
+    # where the options of weights and execution were when all three parts were ``consistency``
+    # (configs written before still load: consistcam.config.upgrade)
+    RENAMED: ClassVar[dict[str, str]] = {
+        **{f"consistency.weight_{k}": f"weights.{k}" for k in ("floor", "power", "scheme", "ema")},
+        **{f"consistency.{k}": f"execution.{k}" for k in ("fold_batchnorm", "channels_last", "amp")}}
 
     def __post_init__(self) -> None:
         validate(self)
@@ -91,7 +101,7 @@ class ECL:
 
     Args:
         num_samples: the training set's size; sample ids are 0 .. num_samples - 1.
-        config: the schedule and the scorer (:class:`ECLConfig`; default: its defaults).
+        config: the schedule, the scorer, the weights and how a pass runs (:class:`ECLConfig`; default: its defaults).
         seed: the attack's random start in round e is seeded with ``seed * 1000 + e`` (and the
             ``score_fraction`` subset with the same), so a run is reproducible and resumable.
         train_ids: the ids trained on, if not all (the pool ``score_fraction`` draws from).
@@ -171,26 +181,26 @@ class ECL:
                              "ids to score (ids -> batches), not a fixed iterable")
         module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         device = self.device or model_device(module)
-        info = self.dist
-        cfg = self.config.consistency
-        scorer = dataclasses.replace(cfg, seed=self.seed * 1000 + epoch)
+        info, cfg = self.dist, self.config
+        scorer = dataclasses.replace(cfg.consistency, seed=self.seed * 1000 + epoch)
         show = self.progress and info.is_main
         if self.multilabel:
-            shard = score_multilabel_dataset(module, batches, scorer, reduce=self.config.multilabel_reduce,
-                                             progress=show, device=device)
+            shard = score_multilabel_dataset(module, batches, scorer, execution=cfg.execution,
+                                             reduce=cfg.multilabel_reduce, progress=show, device=device)
         else:  # the per-sample fields; v is derived below, over every rank's shard
-            shard = score_dataset(module, batches, scorer, progress=show, device=device).to_dict()
-            del shard["weights"]
+            shard = score_dataset(module, batches, scorer, execution=cfg.execution, progress=show,
+                                  device=device).to_dict()
         fields = self._gather_by_id(shard, info)
         if not len(fields["ids"]):
             raise ValueError("ecl: no training image has a positive class to score (all labels are empty)")
         self._check_ids(fields["ids"])
-        if self.config.score_fraction < 1:
+        if cfg.score_fraction < 1:
             fields = self._merge(fields, epoch)
         self.weights = self.weights.to(device)
         previous = self.weights[fields["ids"]] if self.rounds > 0 else None
-        fields["weights"] = consistency_weights(fields["E"], floor=cfg.weight_floor, power=cfg.weight_power,
-                                                previous=previous, ema=cfg.weight_ema, scheme=cfg.weight_scheme)
+        w = cfg.weights
+        fields["weights"] = consistency_weights(fields["E"], floor=w.floor, power=w.power, previous=previous,
+                                                ema=w.ema, scheme=w.scheme)
         self.weights = torch.ones_like(self.weights)  # images without a positive class (multi-label) keep 1
         self.weights[fields["ids"]] = fields["weights"].to(self.weights)
         self.rounds += 1

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from consistcam.attack import mask_from_heatmap
-from consistcam.consistency.config import ConsistencyConfig
+from consistcam.consistency.config import ConsistencyConfig, ExecutionConfig
 from consistcam.consistency.score import explanation_consistency, scoring_batches
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES
 from consistcam.explain import explain
@@ -109,6 +109,7 @@ def multilabel_consistency(
     boxes=None,
     masks: Tensor | None = None,
     generator: torch.Generator | None = None,
+    channels_last: bool = True,
 ) -> dict[str, Tensor]:
     """E per (image, positive class) and per image for one batch, on the model's device.
 
@@ -119,6 +120,7 @@ def multilabel_consistency(
     without a positive) and per-pair tensors ``pair_row, pair_class, pair_E, pair_S, pair_P,
     pair_flipped``. Cost: the pairs' consistency passes, plus one forward of the attacked pairs for
     the sigmoid P (and one explained pass of the pairs for ``mask="heatmap"``); no parameter gradients.
+    ``channels_last`` as for :func:`~consistcam.consistency.explanation_consistency`.
     """
     cfg = config or ConsistencyConfig()
     if reduce not in REDUCTIONS:
@@ -147,7 +149,7 @@ def multilabel_consistency(
             pair_boxes = [boxes[i] for i in index] if boxes is not None else None
             pair_masks = masks[rows] if masks is not None else None
         out = explanation_consistency(model, images[rows], classes, inner, boxes=pair_boxes, masks=pair_masks,
-                                      generator=generator, return_images=True)
+                                      generator=generator, return_images=True, channels_last=channels_last)
         adv_logits = out["logits"] if cfg.attack == "none" else model(out["adversarial"])
         z, z_adv = out["logits"].gather(1, classes[:, None])[:, 0], adv_logits.gather(1, classes[:, None])[:, 0]
     p_cls = class_prediction_consistency(z.float().sigmoid(), z_adv.float().sigmoid(), cfg.prediction)
@@ -164,6 +166,7 @@ def score_multilabel_dataset(
     loader: Iterable,
     config: ConsistencyConfig | None = None,
     *,
+    execution: ExecutionConfig | None = None,
     reduce: str = "mean",
     progress: bool = False,
     device: torch.device | str | None = None,
@@ -175,13 +178,13 @@ def score_multilabel_dataset(
     (:func:`~consistcam.consistency.consistency_weights` of ``E``): under DDP they must be computed
     after the shards are gathered. The attack's random start is seeded from ``config.seed``. Runs on
     the same BatchNorm-folded, channels-last copy as :func:`~consistcam.consistency.score_dataset`
-    (``config.fold_batchnorm``, ``config.channels_last``)."""
-    cfg = config or ConsistencyConfig()
+    (``execution.fold_batchnorm``, ``execution.channels_last``)."""
+    cfg, run = config or ConsistencyConfig(), execution or ExecutionConfig()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("ids", *IMAGE_KEYS, *PAIR_KEYS)}
-    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg,
+    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg, run,
                                                                                        progress, device):
         out = multilabel_consistency(scorer, images, labels, scfg, reduce=reduce, boxes=boxes, masks=masks,
-                                     generator=generator)
+                                     generator=generator, channels_last=run.channels_last)
         keep = out["positives"] > 0
         parts["ids"].append(ids[keep])
         for k in IMAGE_KEYS:

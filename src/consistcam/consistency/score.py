@@ -1,4 +1,7 @@
-"""Explanation consistency E(x, x_adv) per sample and the scoring pass over a data set."""
+"""Explanation consistency E(x, x_adv) per sample and the scoring pass over a data set.
+
+The pass returns scores only: the training weights v made from them are ECL's
+(:class:`~consistcam.consistency.ecl.ECL`, :func:`~consistcam.consistency.consistency_weights`)."""
 
 from __future__ import annotations
 
@@ -12,10 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from consistcam.attack import background_noise, foreground_mask, masked_attack
-from consistcam.consistency.config import ConsistencyConfig
+from consistcam.consistency.config import ConsistencyConfig, ExecutionConfig
 from consistcam.consistency.inference import inference_copy
 from consistcam.consistency.similarity import PREDICTION_CONSISTENCIES, SIMILARITIES
-from consistcam.consistency.weights import consistency_weights
 from consistcam.explain import explain
 from consistcam.explain.inputs import check_inputs
 from consistcam.models.state import preserved_state
@@ -31,6 +33,7 @@ def explanation_consistency(
     masks: Tensor | None = None,
     generator: torch.Generator | None = None,
     return_images: bool = False,
+    channels_last: bool = True,
 ) -> dict[str, Tensor]:
     """E = lam · S(h, h_adv) + (1 - lam) · P(p, p_adv) for one batch, on the model's device.
 
@@ -38,13 +41,15 @@ def explanation_consistency(
     clean prediction. Cost: two explained forwards (each also gives the predictions) plus the attack's steps;
     no parameter gradients. Returns per-sample tensors E, S, P, pred, pred_adv, flipped,
     fg_area (and heatmap, heatmap_adv, foreground, adversarial, logits with ``return_images``).
+    ``channels_last``: the explained forwards run on channels-last images (float rounding only;
+    a scoring pass passes its :class:`ExecutionConfig`'s).
 
     Images and labels are checked once here, as by :func:`consistcam.explain.explain` (floats in
     [0, 1] in the model's dtype, integer labels of any integer dtype, also with ``target="prediction"``);
     the explanations and the attack inside reuse that check.
     """
     cfg = config or ConsistencyConfig()
-    opts = {"channels_last": cfg.channels_last, **cfg.explainer_options}
+    opts = {"channels_last": channels_last, **cfg.explainer_options}
     checked = check_inputs(model, images, labels, name="labels", ids_only=True)
     images = checked.images
     # Eval mode inside; on exit every sub-module gets back its own train/eval flag.
@@ -96,7 +101,6 @@ class ConsistencyScores:
     pred_adv: Tensor
     flipped: Tensor
     fg_area: Tensor
-    weights: Tensor
 
     def to_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -108,14 +112,15 @@ class ConsistencyScores:
 
     @classmethod
     def load(cls, path: str | Path) -> ConsistencyScores:
+        """The scores of a file written by :meth:`save` (the ``weights`` older versions saved with them are left)."""
         from consistcam.utils import load_tensor_file
 
-        return cls(**load_tensor_file(path)[0])
+        tensors = load_tensor_file(path)[0]
+        return cls(**{f.name: tensors[f.name] for f in dataclasses.fields(cls)})
 
     def summary(self) -> dict[str, float]:
         return {"E_mean": self.E.mean().item(), "S_mean": self.S.mean().item(), "P_mean": self.P.mean().item(),
-                "flip_rate": self.flipped.float().mean().item(), "fg_area": self.fg_area.mean().item(),
-                "v_max": self.weights.max().item(), "v_min": self.weights.min().item()}
+                "flip_rate": self.flipped.float().mean().item(), "fg_area": self.fg_area.mean().item()}
 
 
 def unpack_batch(batch, device) -> tuple[Tensor, Tensor, Tensor, object, Tensor | None]:
@@ -138,14 +143,16 @@ def unpack_batch(batch, device) -> tuple[Tensor, Tensor, Tensor, object, Tensor 
     return images, labels, ids, boxes, masks
 
 
-def scoring_model(model: nn.Module, config: ConsistencyConfig, example: Tensor) -> tuple[nn.Module, ConsistencyConfig]:
+def scoring_model(model: nn.Module, config: ConsistencyConfig, example: Tensor,
+                  execution: ExecutionConfig | None = None) -> tuple[nn.Module, ConsistencyConfig]:
     """The model a scoring pass runs on and its config with the explained layer named.
 
-    With ``fold_batchnorm`` or ``channels_last`` it is :func:`~consistcam.consistency.inference.inference_copy`
-    of ``model`` (BatchNorm folded except into the explained layer itself, channels-last), else
-    ``model``. The layer is resolved on ``model`` (``example``: one input batch) and passed on by
-    name, since the copy keeps every module name."""
-    if not (config.fold_batchnorm or config.channels_last):
+    With ``execution.fold_batchnorm`` or ``execution.channels_last`` it is
+    :func:`~consistcam.consistency.inference.inference_copy` of ``model`` (BatchNorm folded except
+    into the explained layer itself, channels-last), else ``model``. The layer is resolved on
+    ``model`` (``example``: one input batch) and passed on by name, since the copy keeps every module name."""
+    run = execution or ExecutionConfig()
+    if not (run.fold_batchnorm or run.channels_last):
         return model, config
     layer = config.layer
     if layer is None:
@@ -156,25 +163,24 @@ def scoring_model(model: nn.Module, config: ConsistencyConfig, example: Tensor) 
         except ValueError:  # no (N, C, h, w) layer (a transformer): explain() picks its own, nothing to keep
             layer = None
     try:
-        clone = inference_copy(model, fold_batchnorm=config.fold_batchnorm, channels_last=config.channels_last,
-                               keep=layer)
+        clone = inference_copy(model, fold_batchnorm=run.fold_batchnorm, channels_last=run.channels_last, keep=layer)
     except (TypeError, RuntimeError, copy.Error):  # a model that cannot be deep-copied is scored as it is
         return model, config
     return clone, dataclasses.replace(config, layer=layer)
 
 
-def scoring_uses_bf16(config: ConsistencyConfig, device: torch.device) -> bool:
+def scoring_uses_bf16(execution: ExecutionConfig, device: torch.device) -> bool:
     """Whether a scoring pass on ``device`` runs under bfloat16 autocast (``amp``: auto = CUDA only)."""
-    return config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    return execution.amp == "bf16" or (execution.amp == "auto" and device.type == "cuda")
 
 
-def scoring_autocast(config: ConsistencyConfig, device: torch.device) -> torch.autocast:
+def scoring_autocast(execution: ExecutionConfig, device: torch.device) -> torch.autocast:
     """The autocast context of a scoring pass (a no-op unless :func:`scoring_uses_bf16`)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=scoring_uses_bf16(config, device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=scoring_uses_bf16(execution, device))
 
 
-def scoring_batches(model: nn.Module, loader: Iterable, config: ConsistencyConfig, progress: bool,
-                    device: torch.device | str | None):
+def scoring_batches(model: nn.Module, loader: Iterable, config: ConsistencyConfig, execution: ExecutionConfig,
+                    progress: bool, device: torch.device | str | None):
     """The batches of a scoring pass, each as ``(scorer, config, generator, (images, labels, ids,
     boxes, masks))``: on the device, images in the scorer's layout, ``scorer`` and ``config`` from
     :func:`scoring_model` (made once, from the first batch, which tells the default layer's name),
@@ -184,11 +190,11 @@ def scoring_batches(model: nn.Module, loader: Iterable, config: ConsistencyConfi
     device = torch.device(device) if device is not None else model_device(model)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     scorer, cfg = None, config
-    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    layout = torch.channels_last if execution.channels_last else torch.contiguous_format
     for batch in progress_bar(loader, desc="consistency", enabled=progress):
         images, labels, ids, boxes, masks = unpack_batch(batch, device)
         if scorer is None:
-            scorer, cfg = scoring_model(model, config, images)
+            scorer, cfg = scoring_model(model, config, images, execution)
         if images.dim() == 4:
             images = images.contiguous(memory_format=layout)
         yield scorer, cfg, generator, (images, labels, ids, boxes, masks)
@@ -199,27 +205,30 @@ def score_dataset(
     loader: Iterable,
     config: ConsistencyConfig | None = None,
     *,
-    previous_weights: ConsistencyScores | Tensor | None = None,
+    execution: ExecutionConfig | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
 ) -> ConsistencyScores:
     """Score every sample of ``loader`` (dict batches with 'image', 'label', 'id'; boxes/mask when
-    the mask source needs them) and derive the training weights v = 1 - E (mean 1).
+    the mask source needs them): E, S, P and the per-sample diagnostics, in id order.
 
-    Memory holds only the per-sample numbers. ``previous_weights`` (by id order) feeds the EMA.
-    The attack's random start is seeded from ``config.seed``, so a pass is reproducible.
+    Memory holds only the per-sample numbers. The attack's random start is seeded from
+    ``config.seed``, so a pass is reproducible. Training weights are made from the scores by the
+    caller (ECL: :func:`~consistcam.consistency.consistency_weights` of ``E``).
 
-    The pass runs on :func:`scoring_model`'s copy of ``model`` (``config.fold_batchnorm``,
-    ``config.channels_last``): the same function up to float rounding, made once per pass, about
-    1.5x faster on the CPU (docs/benchmarks.md); ``model`` itself is not touched.
+    The pass runs on :func:`scoring_model`'s copy of ``model`` (``execution.fold_batchnorm``,
+    ``execution.channels_last``; bf16 autocast with ``execution.amp``): the same function up to
+    float rounding, made once per pass, about 1.5x faster on the CPU (docs/benchmarks.md);
+    ``model`` itself is not touched.
     """
-    cfg = config or ConsistencyConfig()
+    cfg, run = config or ConsistencyConfig(), execution or ExecutionConfig()
     keys = ("E", "S", "P", "pred", "pred_adv", "flipped", "fg_area")
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "ids")}
-    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg,
+    for scorer, scfg, generator, (images, labels, ids, boxes, masks) in scoring_batches(model, loader, cfg, run,
                                                                                        progress, device):
-        with torch.no_grad(), scoring_autocast(scfg, images.device):
-            out = explanation_consistency(scorer, images, labels, scfg, boxes=boxes, masks=masks, generator=generator)
+        with torch.no_grad(), scoring_autocast(run, images.device):
+            out = explanation_consistency(scorer, images, labels, scfg, boxes=boxes, masks=masks, generator=generator,
+                                          channels_last=run.channels_last)
         for k in keys:
             parts[k].append(out[k].detach())
         parts["ids"].append(ids)
@@ -227,8 +236,4 @@ def score_dataset(
         raise ValueError("score_dataset got an empty loader")
     cat = {k: torch.cat(v) for k, v in parts.items()}
     order = cat["ids"].argsort()
-    cat = {k: v[order] for k, v in cat.items()}
-    prev = previous_weights.weights if isinstance(previous_weights, ConsistencyScores) else previous_weights
-    weights = consistency_weights(cat["E"], floor=cfg.weight_floor, power=cfg.weight_power, previous=prev,
-                                  ema=cfg.weight_ema, scheme=cfg.weight_scheme)
-    return ConsistencyScores(ids=cat["ids"], weights=weights, **{k: cat[k] for k in keys})
+    return ConsistencyScores(**{k: v[order] for k, v in cat.items()})

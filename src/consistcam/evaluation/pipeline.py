@@ -14,9 +14,12 @@ explainer carry no prefix; those of further explainers are prefixed ``<explainer
 
 Cost per batch and explainer: the clean image is explained once (by the consistency pass, whose
 logits also give the accuracy); every other protocol reuses that heatmap. The faithfulness
-protocol (2 x steps forwards per image) runs batched on a BatchNorm-folded, channels-last copy of
-the model (:func:`consistcam.evaluation.forward.forward_model`; equal up to float rounding); the
-consistency pass, whose attack follows gradient signs, runs on the model itself.
+protocol's forwards (:mod:`consistcam.evaluation.faithfulness`: insertion/deletion curves, 2 x
+steps forwards per image, and the masked confidences) run batched on a BatchNorm-folded,
+channels-last copy of the model (:func:`consistcam.evaluation.forward.forward_model`; equal up to
+float rounding); the consistency pass, whose attack follows gradient signs, runs on the model
+itself. The metrics are torchmetrics ``MetricCollection``s of :mod:`consistcam.metrics` leaves,
+fed tensors only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MultilabelAveragePrecision,
@@ -36,6 +40,7 @@ from consistcam.consistency import ConsistencyConfig, explanation_consistency, u
 from consistcam.data.masks import mask_from_boxes
 from consistcam.evaluation.equivariance import heatmap_equivariance
 from consistcam.evaluation.examples import RANKINGS, ExtremeExamples
+from consistcam.evaluation.faithfulness import insertion_deletion_curves, masked_probability
 from consistcam.evaluation.forward import forward_model
 from consistcam.evaluation.robustness import attack_images
 from consistcam.explain import explain
@@ -73,67 +78,85 @@ def object_masks(images: Tensor, boxes, masks: Tensor | None) -> Tensor | None:
     return None
 
 
-class _ExplainerMetrics:
-    """The per-explainer metric states (created lazily: localisation only once a batch has masks)."""
+IOU_THRESHOLDS = {"mask_iou_30": 0.3, "mask_iou_50": 0.5}  # a metric's name holds no dot: mask_iou@0.3 in the result
+IOU_KEYS = {name: f"mask_iou@{t}" for name, t in IOU_THRESHOLDS.items()}
 
-    def __init__(self, protocols: set[str], num_classes: int, device, faithfulness_steps: int,
-                 pointing_tolerance: int | None) -> None:
-        self.protocols, self.num_classes, self.device = protocols, num_classes, device
-        self.tolerance = pointing_tolerance
-        self.energy = self.pointing = None
-        self.iou = {t: MaskIoU(t).to(device) for t in (0.3, 0.5)}
-        self.insdel = InsertionDeletion(faithfulness_steps).to(device)
-        self.conf, self.conf_top = ConfidenceChange().to(device), ConfidenceChange(top_fraction=0.15).to(device)
-        self.e, self.flips, self.equi = MeanMetric().to(device), MeanMetric().to(device), MeanMetric().to(device)
 
-    def update_localization(self, heat: Tensor, gt: Tensor, classes: Tensor) -> None:
-        """Heatmaps (P, 1, H, W) against object masks of their classes (one row per image, or per
-        image and class for multi-label data)."""
-        if self.energy is None:
-            tol = self.tolerance if self.tolerance is not None else round(15 * heat.shape[-1] / 224)
-            self.energy = EnergyPointingGame().to(self.device)
-            self.pointing = PointingGame(tol, self.num_classes).to(self.device)
-        self.energy.update(heat, gt)
-        self.pointing.update(heat, gt, classes)
-        for metric in self.iou.values():
-            metric.update(heat, gt)
+def _collection(metrics: dict[str, Metric]) -> MetricCollection:
+    """The metrics as a MetricCollection in the order given (the order of the results and of the
+    report's rows; a dict given at once would be sorted by name), without compute groups."""
+    collection = MetricCollection([], compute_groups=False)
+    for name, metric in metrics.items():
+        collection.add_metrics({name: metric})
+    return collection
 
-    def update(self, forward: nn.Module | None, images, labels, out, gt, equivariance: Tensor | None) -> None:
-        """``labels`` are the classes the heatmaps explain (the prediction under target="prediction");
-        ``forward`` is the model the faithfulness protocol runs (:func:`forward_model`)."""
-        heat = out["heatmap"]
-        if "consistency" in self.protocols:
-            self.e.update(out["E"])
-            self.flips.update(out["flipped"].float())
-        if gt is not None and "localization" in self.protocols:
-            self.update_localization(heat, gt, labels)
-        if "faithfulness" in self.protocols:
-            probs = out["logits"].float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-            self.insdel.update(forward, images, heat, labels)
-            self.conf.update(forward, images, heat, labels, clean_probs=probs)
-            self.conf_top.update(forward, images, heat, labels, clean_probs=probs)
-        if equivariance is not None:
-            self.equi.update(equivariance)
 
-    def compute_localization(self) -> dict[str, float]:
-        if self.energy is None:
-            return {}
-        res = {k: v.item() for k, v in self.energy.compute().items()}
-        res.update({k: v.item() for k, v in self.pointing.compute().items()})
-        res.update({f"mask_iou@{t}": m.compute().item() for t, m in self.iou.items()})
-        return res
+def localization_metrics(side: int, num_classes: int, tolerance: int | None = None) -> MetricCollection:
+    """Energy in the object (with its uniform baseline), pointing game (per class too; tolerance 15 px
+    at 224 px unless given, scaled to heatmaps of ``side`` pixels) and mask IoU at 0.3 and 0.5,
+    updated with ``(heatmaps, object masks, labels=classes)``."""
+    tolerance = tolerance if tolerance is not None else round(15 * side / 224)
+    return _collection({"energy": EnergyPointingGame(), "pointing": PointingGame(tolerance, num_classes),
+                        **{name: MaskIoU(t) for name, t in IOU_THRESHOLDS.items()}})
 
-    def compute(self) -> dict[str, float]:
-        res = self.compute_localization()
-        if "faithfulness" in self.protocols:
-            res.update({k: v.item() for k, v in self.insdel.compute().items()})
-            res.update({k: v.item() for k, v in self.conf.compute().items()})
-            res.update({f"{k}_top15": v.item() for k, v in self.conf_top.compute().items()})
-        if "consistency" in self.protocols:
-            res.update(consistency_E=self.e.compute().item(), adv_flip_rate=self.flips.compute().item())
-        if "equivariance" in self.protocols:
-            res["equivariance"] = self.equi.compute().item()
-        return res
+
+def protocol_metrics(protocols: set[str]) -> MetricCollection:
+    """One explainer's faithfulness, consistency and equivariance metrics, each named as (or
+    returning the keys of) its result; localisation is :func:`localization_metrics`, made at the
+    first batch with object masks."""
+    metrics: dict[str, Metric] = {}
+    if "faithfulness" in protocols:
+        metrics.update(insertion_deletion=InsertionDeletion(), confidence=ConfidenceChange(),
+                       confidence_top15=ConfidenceChange(suffix="_top15"))
+    if "consistency" in protocols:
+        metrics.update(consistency_E=MeanMetric(), adv_flip_rate=MeanMetric())
+    if "equivariance" in protocols:
+        metrics["equivariance"] = MeanMetric()
+    return _collection(metrics)
+
+
+def _update_faithfulness(metrics: MetricCollection, forward: nn.Module, images: Tensor, heatmaps: Tensor,
+                        classes: Tensor, clean_logits: Tensor, steps: int) -> None:
+    """The faithfulness forwards of one batch (:mod:`consistcam.evaluation.faithfulness`, on
+    ``forward``, the folded copy) into :func:`protocol_metrics`; the clean class probability is
+    that of ``clean_logits`` (the explained forward's)."""
+    clean = clean_logits.float().softmax(1).gather(1, classes[:, None]).squeeze(1)
+    metrics["insertion_deletion"].update(*insertion_deletion_curves(forward, images, heatmaps, classes, steps))
+    metrics["confidence"].update(clean, masked_probability(forward, images, heatmaps, classes))
+    metrics["confidence_top15"].update(clean, masked_probability(forward, images, heatmaps, classes, top_fraction=0.15))
+
+
+def _update_protocols(metrics: MetricCollection, forward: nn.Module | None, images: Tensor, classes: Tensor,
+                      out: dict[str, Tensor], equivariance: Tensor | None, faithfulness_steps: int) -> None:
+    """One explainer's batch into its :func:`protocol_metrics`: ``out`` is the consistency pass
+    (heatmaps of ``classes``, the explained classes; E; flips; the clean logits)."""
+    if "consistency_E" in metrics:
+        metrics["consistency_E"].update(out["E"])
+        metrics["adv_flip_rate"].update(out["flipped"].float())
+    if "insertion_deletion" in metrics:
+        _update_faithfulness(metrics, forward, images, out["heatmap"], classes, out["logits"], faithfulness_steps)
+    if equivariance is not None:
+        metrics["equivariance"].update(equivariance)
+
+
+def _localize(metrics: MetricCollection | None, heatmaps: Tensor, gt: Tensor, classes: Tensor, num_classes: int,
+              tolerance: int | None) -> MetricCollection:
+    """``metrics`` (:func:`localization_metrics`, made at the first call) updated with one batch."""
+    if metrics is None:
+        metrics = localization_metrics(heatmaps.shape[-1], num_classes, tolerance).to(heatmaps.device)
+    metrics.update(heatmaps, gt, labels=classes)
+    return metrics
+
+
+def _results(explainers: list[str], *collections: list[MetricCollection | None]) -> dict[str, float]:
+    """Every explainer's results as floats: ``collections`` are lists with one collection per
+    explainer (None: never made), computed in order; keys of the first explainer unprefixed."""
+    res = {}
+    for i, name in enumerate(explainers):
+        prefix = "" if name == explainers[0] else f"{name}/"
+        for metrics in (c[i] for c in collections if c[i] is not None):
+            res.update({prefix + IOU_KEYS.get(k, k): v.item() for k, v in metrics.compute().items()})
+    return res
 
 
 def _multilabel_maps(model, images, labels, boxes, box_labels, configs):
@@ -236,8 +259,8 @@ def evaluate_model(
     f1 = MultilabelF1Score(num_classes, average="none").to(device)  # per class, at probability 0.5
     exact = MultilabelExactMatch(num_classes).to(device)  # every class of the image right
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
-    per_expl = [_ExplainerMetrics(protocols, num_classes, device, faithfulness_steps, pointing_tolerance)
-                for _ in explainers]
+    per_expl = [protocol_metrics(protocols).to(device) for _ in explainers]
+    localization: list[MetricCollection | None] = [None] * len(explainers)  # made at the first object masks
     seeds = stream_seeds(base_cfg.seed)
 
     def streams(name: str) -> list[torch.Generator]:
@@ -261,8 +284,8 @@ def evaluate_model(
                     metric.update(logits, labels.long())
                 if "localization" in protocols and boxes is not None and batch.get("box_labels") is not None:
                     heat, gt, classes = _multilabel_maps(model, images, labels, boxes, batch["box_labels"], configs)
-                    for maps, metrics in zip(heat, per_expl):
-                        metrics.update_localization(maps, gt, classes)
+                    for k, maps in enumerate(heat):
+                        localization[k] = _localize(localization[k], maps, gt, classes, num_classes, pointing_tolerance)
                 continue
             gt = object_masks(images, boxes, masks)
             if forward is None and "faithfulness" in protocols:
@@ -282,7 +305,10 @@ def evaluate_model(
                     equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
                                                 generator=equi_generator, heatmaps=out["heatmap"],
                                                 **cfg.explainer_options)
-                metrics.update(forward, images, explained, out, gt, equi)
+                if gt is not None and "localization" in protocols:
+                    localization[k] = _localize(localization[k], out["heatmap"], gt, explained, num_classes,
+                                                pointing_tolerance)
+                _update_protocols(metrics, forward, images, explained, out, equi, faithfulness_steps)
             if robust is not None:
                 predictions = {}
                 for attack, eps in robust.keys:
@@ -294,15 +320,10 @@ def evaluate_model(
         per_class_f1 = f1.compute()
         result = {"mAP": mean_ap.compute().item(), "acc": exact.compute().item(),
                   "f1_macro": per_class_f1.mean().item(), "f1_per_class": [round(v, 4) for v in per_class_f1.tolist()]}
-        for name, metrics in zip(explainers, per_expl):
-            prefix = "" if name == explainers[0] else f"{name}/"
-            result.update({prefix + k: v for k, v in metrics.compute_localization().items()})
-        return result
+        return {**result, **_results(explainers, localization)}
     result: dict = {"acc": top1.compute().item(), "acc_top5": top5.compute().item(),
                     "acc_per_class": [round(v, 4) for v in per_class.compute().tolist()]}
-    for name, metrics in zip(explainers, per_expl):
-        prefix = "" if name == explainers[0] else f"{name}/"
-        result.update({prefix + k: v for k, v in metrics.compute().items()})
+    result.update(_results(explainers, localization, per_expl))
     if robust is not None:
         result.update({k: v.item() for k, v in robust.compute().items()})
     result.update(recorder.results())

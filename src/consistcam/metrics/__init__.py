@@ -1,14 +1,16 @@
 """Evaluation metrics as torchmetrics ``Metric`` leaves (streaming states that merge across
-processes) and their pure-tensor helpers. The pipeline that runs explainers and attacks and feeds
-these metrics is :mod:`consistcam.evaluation`."""
+processes) and their pure-tensor helpers: they take tensors only (heatmaps, masks, curves,
+probabilities, predictions), never a model. The pipeline that runs explainers, attacks and the
+faithfulness forwards and feeds these metrics is :mod:`consistcam.evaluation`."""
 
 from __future__ import annotations
 
 from consistcam.metrics.faithfulness import (
     ConfidenceChange,
     InsertionDeletion,
-    confidence_change,
-    insertion_deletion,
+    curve_auc,
+    drop_and_increase,
+    pixel_ranks,
     top_fraction_mask,
 )
 from consistcam.metrics.groups import ALIGNMENT, GroupAccuracy, alignment, group_report
@@ -29,9 +31,10 @@ __all__ = [
     "PointingGame",
     "alignment",
     "attack_key",
-    "confidence_change",
+    "curve_auc",
+    "drop_and_increase",
     "energy_inside",
     "group_report",
-    "insertion_deletion",
+    "pixel_ranks",
     "top_fraction_mask",
 ]

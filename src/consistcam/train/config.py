@@ -6,10 +6,13 @@ In YAML (and in ``--set``), a method's options live under its name::
     epochs: 6
     ecl:
       warmup: 2
-      consistency: {steps: 3, weight_power: 0.5}
+      consistency: {steps: 3}
+      weights: {power: 0.5}
 
 Everything is validated when the config is built (:mod:`consistcam.config`): unknown keys name
 their near matches, wrong types and out-of-range values name the option, before any data is read.
+Options a method has renamed since a config was written load under their current names
+(:func:`consistcam.config.upgrade`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from consistcam.config import ConfigError, from_dict, load_yaml, option, registered, to_dict, validate
+from consistcam.config import ConfigError, from_dict, load_yaml, option, registered, to_dict, upgrade, validate
 from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.run.kept import keep_check, keep_every
@@ -171,8 +174,8 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
-        try:
-            return cls.from_dict(merge(data, dict(overrides or {})))
+        try:  # renamed options under their current names first: an override wins whichever name each side uses
+            return cls.from_dict(merge(_upgraded(data), _upgraded(overrides or {})))
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
 
@@ -180,6 +183,12 @@ class TrainConfig:
         from consistcam.utils import atomic_write
 
         atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False)))
+
+
+def _upgraded(d: Mapping) -> dict:
+    """``d`` with the renamed options of its method sections under their current names."""
+    return {k: upgrade(STRATEGIES.get(k).Config, v, k) if k in STRATEGIES and isinstance(v, Mapping) else v
+            for k, v in d.items()}
 
 
 def merge(base: dict, overrides: Mapping) -> dict:
