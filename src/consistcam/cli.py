@@ -61,8 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(overrides)
     check_output_folder(cfg.out)
     trainer = Trainer.from_config(cfg, progress=not args.quiet, resume=bool(args.resume), overwrite=args.overwrite)
-    if args.resume and trainer.start_epoch >= trainer.epochs and read_status(trainer.run_dir)["state"] == "complete":
-        print(f"{trainer.run_dir} is complete ({trainer.epochs} epochs); nothing to do (--epochs N extends it)")
+    epochs = trainer.loop.epochs
+    if args.resume and trainer.start_epoch >= epochs and read_status(trainer.run_dir)["state"] == "complete":
+        print(f"{trainer.run_dir} is complete ({epochs} epochs); nothing to do (--epochs N extends it)")
         return 0
     trainer.fit()
     if trainer.is_main:

@@ -14,7 +14,7 @@ from consistcam.cli import main
 from consistcam.data.demo import DemoShapes
 from consistcam.models import create
 from consistcam.run.layout import JTT_DIR, JTT_ERROR_SET_FILE
-from consistcam.train import Schedule, TrainConfig, Trainer
+from consistcam.train import LoopSettings, RunOutput, Schedule, TrainConfig, Trainer
 from consistcam.train.data import TrainData
 from consistcam.train.strategies import build_strategy
 from consistcam.train.strategies.groupdro import group_mean_losses, update_group_weights
@@ -206,7 +206,7 @@ def test_group_methods_refuse_data_without_groups(method):
     model = create("cc_resnet10", 4)
     with pytest.raises(ValueError, match=f"{method} needs the background group of every training image"):
         Trainer(model, data, build_strategy(method), torch.optim.SGD(model.parameters(), lr=0.1),
-                Schedule(0.1, 1), [], epochs=1, device="cpu", progress=False)
+                Schedule(0.1, 1), LoopSettings(epochs=1, progress=False), RunOutput(callbacks=[]), device="cpu")
 
 
 def _worst_group_accuracy(trainer: Trainer, split: str = "test") -> float:

@@ -25,8 +25,8 @@ from consistcam.data.demo import make_demo_split
 from consistcam.data.masks import mask_from_boxes
 from consistcam.models import create
 from consistcam.train import Task, TrainConfig, Trainer
-from consistcam.train.task import f1_from_counts, multilabel_counts, resolve_task
-from consistcam.train.trainer import average_flat, mean_average_precision
+from consistcam.train.task import f1_from_counts, mean_average_precision, multilabel_counts, resolve_task
+from consistcam.train.trainer import average_flat
 from consistcam.utils import DistInfo
 
 DATA = "demo:n=32,n_test=16,size=16,objects=2"

@@ -14,7 +14,16 @@ from safetensors.torch import load_file
 
 from consistcam.cli import main
 from consistcam.config import ConfigError
-from consistcam.train import Schedule, Task, TrainConfig, Trainer, load_model, weighted_cross_entropy
+from consistcam.train import (
+    LoopSettings,
+    RunOutput,
+    Schedule,
+    Task,
+    TrainConfig,
+    Trainer,
+    load_model,
+    weighted_cross_entropy,
+)
 
 TINY = dict(data="demo:n=96,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05)
 ECL = {"warmup": 1, "update_every": 1, "score_batch_size": 48, "consistency": {"steps": 1}}
@@ -156,7 +165,8 @@ def test_a_plain_trainer_run_ends_with_a_model_that_loads(tmp_path):
     data = TrainData.from_spec("demo:n=32,n_test=16,size=16", 16, "none")
     model = create("cc_resnet10", len(data.classes))
     trainer = Trainer(model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05),
-                      Schedule(0.05, 1), epochs=1, batch_size=16, device="cpu", progress=False, run_dir=tmp_path)
+                      Schedule(0.05, 1), LoopSettings(epochs=1, batch_size=16, progress=False), RunOutput(tmp_path),
+                      device="cpu")
     trainer.fit()
     assert read_status(tmp_path)["state"] == "complete"
     loaded, info = load_model(tmp_path, "cpu")
@@ -175,9 +185,9 @@ def test_a_trainer_refuses_a_run_folder_it_could_not_load_again(tmp_path):
     model = TinyNet(len(data.classes))
     args = (model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, 1))
     with pytest.raises(ValueError, match="was not built by consistcam.models.create"):
-        Trainer(*args, epochs=1, device="cpu", progress=False, run_dir=tmp_path)
+        Trainer(*args, LoopSettings(epochs=1, progress=False), RunOutput(tmp_path), device="cpu")
     assert not any(tmp_path.iterdir())
-    Trainer(*args, epochs=1, device="cpu", progress=False)  # nothing written: nothing to load again
+    Trainer(*args, LoopSettings(epochs=1, progress=False), device="cpu")  # nothing written: nothing to load again
 
 
 def test_training_set_is_read_once(tmp_path, monkeypatch):

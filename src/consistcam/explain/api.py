@@ -12,6 +12,7 @@ from consistcam.explain.layers import resolve_layer, transformer_defaults
 from consistcam.explain.methods import (
     EXPLAINERS,
     CAMContext,
+    Explainer,
     Reshape,
     check_explainer_options,
     no_reshape,
@@ -103,19 +104,42 @@ def explain(
     entry = EXPLAINERS.get(explainer)  # an unknown explainer is named before the inputs are looked at
     check_explainer_options(options)
     checked = check_inputs(model, images, targets)
-    images, counts = checked.images, checked.counts
-    if counts is not None:
+    if checked.counts is not None:
         if return_logits:
             raise ValueError("return_logits is not supported with per-image lists of targets")
-        if not sum(counts):
-            return [images.new_zeros(0, 1, *images.shape[-2:]) for _ in counts]
-        index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
-                                        torch.tensor(counts, device=images.device))
-        maps = explain(model, checked.replace(images=images[index], counts=None), None, explainer, layer,
-                       differentiable, normalize, reshape_transform=reshape_transform,
-                       channels_last=channels_last, relu=relu, **options)
-        return list(maps.split(counts))
+        return _explain_each(model, checked, explainer, layer, differentiable, normalize, reshape_transform,
+                             channels_last, relu, options)
+    raw, logits = _raw_maps(model, checked, entry, layer, differentiable, reshape_transform, channels_last, options)
+    raw = F.relu(raw) if relu else raw
+    maps = F.interpolate(raw[:, None], size=checked.images.shape[-2:], mode="bilinear", align_corners=False)
+    if normalize:
+        maps = normalize_maps(maps)
+    if not differentiable:
+        maps, logits = maps.detach(), logits.detach()
+    return (maps, logits) if return_logits else maps
 
+
+def _explain_each(model: nn.Module, checked: CheckedInputs, explainer: str, layer, differentiable: bool,
+                  normalize: bool, reshape_transform: Reshape | None, channels_last: bool | None, relu: bool,
+                  options: dict) -> list[Tensor]:
+    """:func:`explain` with per-image lists of targets: each image repeated once per target, one (K_i, 1, H, W)
+    tensor of maps per image."""
+    images, counts = checked.images, checked.counts
+    if not sum(counts):
+        return [images.new_zeros(0, 1, *images.shape[-2:]) for _ in counts]
+    index = torch.repeat_interleave(torch.arange(len(counts), device=images.device),
+                                    torch.tensor(counts, device=images.device))
+    maps = explain(model, checked.replace(images=images[index], counts=None), None, explainer, layer,
+                   differentiable, normalize, reshape_transform=reshape_transform,
+                   channels_last=channels_last, relu=relu, **options)
+    return list(maps.split(counts))
+
+
+def _raw_maps(model: nn.Module, checked: CheckedInputs, entry: Explainer, layer: nn.Module | str | None,
+              differentiable: bool, reshape_transform: Reshape | None, channels_last: bool | None,
+              options: dict) -> tuple[Tensor, Tensor]:
+    """The explainer's (N, h, w) maps at the layer's resolution, before ReLU and upsampling, and the logits."""
+    images = checked.images
     # timm ViT/DeiT/Swin: default layer and token reshape chosen from the model type (layers.transformer_defaults)
     layer, reshape_transform = transformer_defaults(model, layer, reshape_transform, images)
     if reshape_transform is not None and layer is None:
@@ -127,15 +151,7 @@ def explain(
         with capture(layer_module) as cap:
             fast = channels_last if channels_last is not None else (not differentiable and images.device.type == "cpu")
             logits = _forward(model, images, fast)
-        if logits.dim() != 2:
-            raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
-        if cap.activation is None:
-            raise ValueError(f"layer {type(layer_module).__name__} did not run in the forward pass")
-        acts = reshape(cap.activation)
-        if not isinstance(acts, Tensor) or acts.dim() != 4:
-            got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
-            hint = " after reshape_transform" if reshape_transform else "; pass reshape_transform= to make it one"
-            raise ValueError(f"layer {type(layer_module).__name__} output {got} is not a (N, C, h, w) map{hint}")
+        acts = _layer_activations(logits, cap.activation, layer_module, reshape, bool(reshape_transform))
         checked.check_classes(logits.shape[1])
         targets = checked.targets
         score = TargetScore(ids=targets.long()) if isinstance(targets, Tensor) else resolve_targets(targets, logits)
@@ -146,11 +162,20 @@ def explain(
                 grads = grads.detach()
         ctx = CAMContext(model, layer_module, images, score, acts if differentiable else acts.detach(), grads,
                          differentiable, options, reshape)
-        raw = entry.fn(ctx)
-    raw = F.relu(raw) if relu else raw
-    maps = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-    if normalize:
-        maps = normalize_maps(maps)
-    if not differentiable:
-        maps, logits = maps.detach(), logits.detach()
-    return (maps, logits) if return_logits else maps
+        return entry.fn(ctx), logits
+
+
+def _layer_activations(logits: Tensor, activation: Tensor | None, layer_module: nn.Module, reshape: Reshape,
+                       reshaped: bool) -> Tensor:
+    """The layer's output as a (N, K, h, w) map (after ``reshape``); a clear error for logits that are not
+    (N, C), a layer that did not run or an output that is not a map."""
+    if logits.dim() != 2:
+        raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
+    if activation is None:
+        raise ValueError(f"layer {type(layer_module).__name__} did not run in the forward pass")
+    acts = reshape(activation)
+    if not isinstance(acts, Tensor) or acts.dim() != 4:
+        got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+        hint = " after reshape_transform" if reshaped else "; pass reshape_transform= to make it one"
+        raise ValueError(f"layer {type(layer_module).__name__} output {got} is not a (N, C, h, w) map{hint}")
+    return acts

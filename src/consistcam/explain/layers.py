@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import weakref
@@ -9,6 +10,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from consistcam.config import ConfigError
 from consistcam.models.state import preserved_state
 
 _SKIP = (
@@ -35,6 +37,25 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(
             f"{type(model).__name__} has no layer {name!r}; for example: {', '.join(close)}"
         ) from None
+
+
+def check_layer_options(model: nn.Module, options, where: str) -> None:
+    """Resolve every layer a method names (``layer``/``layers`` fields and explainer options, at any
+    depth) against the model before epoch 0: a typo would otherwise fail at the first scoring pass,
+    or never when warm-up outlasts the run. ``where`` names the options in the error (``ecl``)."""
+    items = ({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+             if dataclasses.is_dataclass(options) else options if isinstance(options, dict) else {})
+    for key, value in items.items():
+        path = f"{where}.{key}"
+        if key in ("layer", "layers") and value is not None:
+            for name in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ():
+                if isinstance(name, str):
+                    try:
+                        get_layer(model, name)
+                    except ValueError as err:
+                        raise ConfigError(f"{path}: {err}") from None
+        else:
+            check_layer_options(model, value, path)
 
 
 def _hooked_dry_run(model: nn.Module, modules, hook, example: Tensor) -> None:

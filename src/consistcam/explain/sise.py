@@ -132,7 +132,19 @@ def sise_maps(
     if not layers:
         raise ValueError("SISE needs at least one layer")
     reshapes = list(reshapes) if reshapes is not None else [no_reshape] * len(layers)
-    n, size = images.shape[0], images.shape[-2:]
+    acts, kept = _kept_feature_maps(model, images, score, layers, reshapes, adaptive, grad_threshold, softmax,
+                                    create_graph)
+    with torch.set_grad_enabled(create_graph):
+        vis = _masked_scores(model, images, score, acts, kept, adaptive, batch_size, softmax, progress)
+        layer_maps = [_minmax(v) for v in vis.split(images.shape[0])]
+        return _fuse(layer_maps, [keep.any(1) for keep in kept], adaptive, temperature)
+
+
+def _kept_feature_maps(model: nn.Module, images: Tensor, score: TargetScore, layers: Sequence[nn.Module],
+                       reshapes: Sequence[Reshape], adaptive: bool, grad_threshold: float, softmax: bool,
+                       create_graph: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """Steps 1 and 2: each layer's (N, K, h, w) activations and the (N, K) mask of the feature maps kept
+    (positive enough averaged gradient of the target score, not constant)."""
     with torch.enable_grad(), contextlib.ExitStack() as stack:
         caps = [stack.enter_context(capture(layer)) for layer in layers]
         logits = model(images)
@@ -151,8 +163,13 @@ def sise_maps(
         flat = a.detach().flatten(2)
         nonconstant = flat.amax(2) > flat.amin(2)
         kept.append(_select(g.mean((2, 3)), adaptive, grad_threshold) & nonconstant)
-    del raw, grads, logits, out, caps
+    return acts, kept
 
+
+def _masked_scores(model: nn.Module, images: Tensor, score: TargetScore, acts: list[Tensor], kept: list[Tensor],
+                   adaptive: bool, batch_size: int, softmax: bool, progress: bool) -> Tensor:
+    """Step 3 before scaling: (L * N, H, W), the score-weighted sum of the kept masks of each layer and image."""
+    n, size = images.shape[0], images.shape[-2:]
     # One stream of (layer, image, map) rows over all layers, in near-equal chunks of at most batch_size (no
     # chunk of one image unless there is one row in all: a train-mode BatchNorm cannot take a batch of one).
     picks = [keep.nonzero(as_tuple=True) for keep in kept]
@@ -169,29 +186,27 @@ def sise_maps(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="ada-sise" if adaptive else "sise", unit="mask", leave=False)
-    with torch.set_grad_enabled(create_graph):
-        vis = images.new_zeros(len(acts) * n, *size)
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if hi <= lo:
-                continue
-            parts = []
-            for li, a in enumerate(acts):  # rows are ordered by layer: each layer is one contiguous slice
-                s0, s1 = max(lo, offsets[li]), min(hi, offsets[li] + sizes[li])
-                if s1 > s0:
-                    src = a[img_of[s0:s1], chan_of[s0:s1]][:, None]
-                    parts.append(F.interpolate(src, size=size, mode="bilinear", align_corners=False)[:, 0])
-            m = _minmax(torch.cat(parts), eps=0.0 if adaptive else 1e-6)
-            rows = img_of[lo:hi]
-            outputs = model(images[rows] * m[:, None])
-            sc = _row_scores(score, outputs.softmax(1) if softmax else outputs, rows).to(m.dtype)
-            w = sc if adaptive else sc / (m.sum((1, 2)) + 1e-6)
-            vis = vis.index_add(0, layer_of[lo:hi] * n + rows, w[:, None, None] * m)
-            if bar is not None:
-                bar.update(hi - lo)
+    vis = images.new_zeros(len(acts) * n, *size)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi <= lo:
+            continue
+        parts = []
+        for li, a in enumerate(acts):  # rows are ordered by layer: each layer is one contiguous slice
+            s0, s1 = max(lo, offsets[li]), min(hi, offsets[li] + sizes[li])
+            if s1 > s0:
+                src = a[img_of[s0:s1], chan_of[s0:s1]][:, None]
+                parts.append(F.interpolate(src, size=size, mode="bilinear", align_corners=False)[:, 0])
+        m = _minmax(torch.cat(parts), eps=0.0 if adaptive else 1e-6)
+        rows = img_of[lo:hi]
+        outputs = model(images[rows] * m[:, None])
+        sc = _row_scores(score, outputs.softmax(1) if softmax else outputs, rows).to(m.dtype)
+        w = sc if adaptive else sc / (m.sum((1, 2)) + 1e-6)
+        vis = vis.index_add(0, layer_of[lo:hi] * n + rows, w[:, None, None] * m)
         if bar is not None:
-            bar.close()
-        layer_maps = [_minmax(v) for v in vis.split(n)]
-        return _fuse(layer_maps, [keep.any(1) for keep in kept], adaptive, temperature)
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    return vis
 
 
 def _fuse(maps: list[Tensor], present: list[Tensor], adaptive: bool, temperature: float) -> Tensor:

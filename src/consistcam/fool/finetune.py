@@ -225,26 +225,7 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
         correct_after += _accuracy_counts(fooled, images, labels)
         total += len(labels)
         for e in explainers:
-            if cfg.kind == "active":
-                ta, tb = (torch.full_like(labels, c) for c in cfg.classes)
-                orig_a, orig_b = fool_maps(original, images, ta, e), fool_maps(original, images, tb, e)
-                fool_a, fool_b = fool_maps(fooled, images, ta, e), fool_maps(fooled, images, tb, e)
-                same = (spearman(fool_a, orig_a) + spearman(fool_b, orig_b)) / 2
-                swap = (spearman(fool_a, orig_b) + spearman(fool_b, orig_a)) / 2
-                per[e]["rho"].append(same)
-                per[e]["swap"].append(swap)
-                per[e]["ok"].append(swap > same)
-                per[e]["loss"].append(active_loss(fool_a, fool_b, orig_a, orig_b))
-                orig, fool = (orig_a, orig_b), (fool_a, fool_b)
-            else:
-                o, f = fool_maps(original, images, labels, e), fool_maps(fooled, images, labels, e)
-                loss = _test_loss(cfg.kind, f, o, cfg.region, cfg.topk)
-                per[e]["loss"].append(loss)
-                per[e]["rho"].append(spearman(f, o))
-                per[e]["ok"].append(fooling_success(cfg.kind, loss))
-                # the original model's own maps against the same threshold: what counts as fooled without fooling
-                per[e]["ok_before"].append(fooling_success(cfg.kind, _test_loss(cfg.kind, o, o, cfg.region, cfg.topk)))
-                orig, fool = (o,), (f,)
+            orig, fool = _compare_maps(original, fooled, images, labels, e, cfg, per[e])
             have = sum(len(t) for t in examples.get("label", []))  # images so far, not batches
             if e == cfg.explainer and have < cfg.examples:
                 k = cfg.examples - have
@@ -258,8 +239,40 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
     if not total:
         what = f"of classes {list(cfg.classes)} " if cfg.kind == "active" else ""
         raise ValueError(f"no test images {what}to measure the fooling on")
-    results: dict = {"images": total, "acc_before": correct_before / total, "acc_after": correct_after / total,
-                     "explainers": {}}
+    results = {"images": total, "acc_before": correct_before / total, "acc_after": correct_after / total,
+               **_fooling_results(per, cfg)}
+    return results, {k: torch.cat(v) for k, v in examples.items()}
+
+
+def _compare_maps(original: nn.Module, fooled: nn.Module, images: Tensor, labels: Tensor, explainer: str,
+                  cfg: FoolConfig, lists: dict[str, list[Tensor]]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """One batch's maps of ``explainer`` by both models, their test loss, rank correlations and fooling
+    success appended to ``lists``; returns the original and fooled maps (two of each for ``active``)."""
+    if cfg.kind == "active":
+        ta, tb = (torch.full_like(labels, c) for c in cfg.classes)
+        orig_a, orig_b = fool_maps(original, images, ta, explainer), fool_maps(original, images, tb, explainer)
+        fool_a, fool_b = fool_maps(fooled, images, ta, explainer), fool_maps(fooled, images, tb, explainer)
+        same = (spearman(fool_a, orig_a) + spearman(fool_b, orig_b)) / 2
+        swap = (spearman(fool_a, orig_b) + spearman(fool_b, orig_a)) / 2
+        lists["rho"].append(same)
+        lists["swap"].append(swap)
+        lists["ok"].append(swap > same)
+        lists["loss"].append(active_loss(fool_a, fool_b, orig_a, orig_b))
+        return (orig_a, orig_b), (fool_a, fool_b)
+    o, f = fool_maps(original, images, labels, explainer), fool_maps(fooled, images, labels, explainer)
+    loss = _test_loss(cfg.kind, f, o, cfg.region, cfg.topk)
+    lists["loss"].append(loss)
+    lists["rho"].append(spearman(f, o))
+    lists["ok"].append(fooling_success(cfg.kind, loss))
+    # the original model's own maps against the same threshold: what counts as fooled without fooling
+    lists["ok_before"].append(fooling_success(cfg.kind, _test_loss(cfg.kind, o, o, cfg.region, cfg.topk)))
+    return (o,), (f,)
+
+
+def _fooling_results(per: dict[str, dict[str, list[Tensor]]], cfg: FoolConfig) -> dict:
+    """Per explainer, the FSR, test loss and rank correlations over all batches; the fooled explainer's
+    at the top level too."""
+    results: dict = {"explainers": {}}
     for e, lists in per.items():
         cat = {k: torch.cat(v).float() for k, v in lists.items() if v}
         entry = {"fsr": cat["ok"].mean().item(), "test_loss": cat["loss"].mean().item(),
@@ -273,7 +286,7 @@ def measure_fooling(original: nn.Module, fooled: nn.Module, batches: Iterable[di
     results["rank_corr"] = results["explainers"][cfg.explainer]["rank_corr"]
     results["fsr_before"] = results["explainers"][cfg.explainer].get("fsr_before")
     results["fsr_range"] = list(FSR_RANGES.get(cfg.kind, ())) or None
-    return results, {k: torch.cat(v) for k, v in examples.items()}
+    return results
 
 
 def _nanstd(x: Tensor) -> float:

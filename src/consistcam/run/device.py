@@ -5,6 +5,7 @@ traceback from ``model.to``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -66,3 +67,13 @@ def run_device(run_dir: str | Path) -> torch.device | None:
         return None if name in (None, "auto") else torch.device(str(name))
     except (OSError, ValueError, RuntimeError):  # ConfigError is a ValueError
         return None
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels for bit-identical reruns on CUDA (cuBLAS needs its workspace setting
+    before its first call). Warn-only: an op without a deterministic CUDA kernel warns instead of
+    stopping the run; the GPU check compares two reruns bit for bit."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -17,7 +17,7 @@ from consistcam.train.strategies import (
     register_strategy,
 )
 from consistcam.train.task import Task, weighted_cross_entropy
-from consistcam.train.trainer import Schedule, Trainer, build_optimizer, train
+from consistcam.train.trainer import LoopSettings, RunOutput, Schedule, Trainer, build_optimizer, train
 
 __all__ = [
     "ECL",
@@ -28,6 +28,8 @@ __all__ = [
     "ConsolePrinter",
     "ECLConfig",
     "JsonlLogger",
+    "LoopSettings",
+    "RunOutput",
     "Schedule",
     "StepOutput",
     "Strategy",

@@ -84,7 +84,7 @@ class Checkpointer(Callback):
         save_model(trainer.run_dir / MODEL_FILE, trainer.module, recipe["arch"], len(trainer.data.classes),
                    recipe["small_input"], trainer.data.classes, recipe["image_size"])
         cfg = trainer.config
-        if cfg is not None and is_kept_epoch(record["epoch"], cfg.keep_checkpoints or 0, trainer.epochs):
+        if cfg is not None and is_kept_epoch(record["epoch"], cfg.keep_checkpoints or 0, trainer.loop.epochs):
             # before checkpoint.safetensors: a kill in between makes resume redo (and rewrite) this epoch
             self.keep(trainer, record["epoch"])
         save_checkpoint(trainer.run_dir / CHECKPOINT_FILE, trainer.module, trainer.optimizer,
@@ -99,7 +99,7 @@ class Checkpointer(Callback):
         cfg, recipe = trainer.config, trainer.model_recipe
         earlier = [e for e in kept_checkpoints(trainer.run_dir) if e < epoch]
         first = earlier[-1] + 1 if earlier else 0
-        steps = max(1, math.ceil(len(trainer.data.indices) / trainer.batch_size))
+        steps = max(1, math.ceil(len(trainer.data.indices) / trainer.loop.batch_size))
         lrs = [float(trainer.schedule(s, steps)) for s in range(first * steps, (epoch + 1) * steps)]
         meta = {"format": KEPT_FORMAT, "arch": recipe["arch"], "num_classes": str(len(trainer.data.classes)),
                 "small_input": str(bool(recipe["small_input"])), "classes": json.dumps(trainer.data.classes),
@@ -109,14 +109,15 @@ class Checkpointer(Callback):
 
 
 _NO_RECIPE = (f"the Checkpointer writes {MODEL_FILE}, which names the model's architecture: build the "
-              "model with consistcam.models.create (it records the name) or pass config= to the Trainer")
+              "model with consistcam.models.create (it records the name) or pass output=RunOutput(config=...) "
+              "to the Trainer")
 
 
 class ConsolePrinter(Callback):
     """The epoch record as one JSON line on stdout."""
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        if trainer.is_main and trainer.progress:
+        if trainer.is_main and trainer.loop.progress:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
             print(json.dumps(shown), flush=True)
 

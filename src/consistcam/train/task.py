@@ -50,6 +50,17 @@ def f1_from_counts(counts: Tensor) -> Tensor:
     return torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
 
 
+def mean_average_precision(logits: Tensor, labels: Tensor) -> float:
+    """Macro mAP over the classes with at least one positive (VOC's protocol; NaN if none has one)."""
+    from torchmetrics.functional.classification import binary_average_precision
+
+    present = [c for c in range(labels.shape[1]) if labels[:, c].any()]
+    if not present:
+        return float("nan")
+    aps = [binary_average_precision(logits[:, c].sigmoid(), labels[:, c].long()) for c in present]
+    return torch.stack(aps).mean().item()
+
+
 @dataclass(frozen=True)
 class Task:
     """Single-label (``multilabel=False``: labels are class ids) or multi-label (multi-hot labels,
@@ -80,5 +91,5 @@ class Task:
         return labels
 
 
-__all__ = ["TASKS", "Task", "f1_from_counts", "multilabel_counts", "resolve_task",
+__all__ = ["TASKS", "Task", "f1_from_counts", "mean_average_precision", "multilabel_counts", "resolve_task",
            "weighted_cross_entropy"]

@@ -1,9 +1,9 @@
 """The training loop: plain PyTorch; methods plug in as strategies, side jobs as callbacks.
 
-``Trainer(model, data, strategy, optimizer, schedule, callbacks)`` for full control, or
-``Trainer.from_config(cfg)`` to build everything from a validated :class:`TrainConfig`. Runs resume
-exactly: the schedule is stateless, augmentation and shuffling are functions of (seed, epoch), and
-the strategy's state travels in the checkpoint.
+``Trainer(model, data, strategy, optimizer, schedule, LoopSettings(...), RunOutput(...))`` for full
+control, or ``Trainer.from_config(cfg)`` to build everything from a validated :class:`TrainConfig`.
+Runs resume exactly: the schedule is stateless, augmentation and shuffling are functions of (seed,
+epoch), and the strategy's state travels in the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from torch import nn
 from consistcam.config import ConfigError
 from consistcam.consistency.ecl import multi_hot
 from consistcam.data.images import check_image_size
+from consistcam.explain.layers import check_layer_options
 from consistcam.metrics.groups import alignment
 from consistcam.models import classifier_head, create, model_recipe
 from consistcam.models.state import preserved_state
 from consistcam.run.checkpoint import load_checkpoint
-from consistcam.run.device import resolve_device
+from consistcam.run.device import resolve_device, set_deterministic
 from consistcam.run.init import InitInfo, file_sha256, freeze_backbone, load_init, resolve_init_path
 from consistcam.run.layout import (
     CHECKPOINT_FILE,
@@ -53,7 +54,7 @@ from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
 from consistcam.train.distributed import barrier, broadcast_object, init_distributed
 from consistcam.train.strategies import STRATEGIES, Strategy, StrategyContext, build_strategy
-from consistcam.train.task import Task, f1_from_counts, multilabel_counts, resolve_task
+from consistcam.train.task import Task, f1_from_counts, mean_average_precision, multilabel_counts, resolve_task
 from consistcam.utils import (
     DistInfo,
     all_reduce_sum,
@@ -139,6 +140,67 @@ def apply_init(config: TrainConfig, model: nn.Module, resume: bool) -> InitInfo 
     return info
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop runs (everything :class:`Trainer` needs besides its objects and the run folder).
+
+    Args:
+        epochs: epochs to train (a resume continues up to this many).
+        batch_size, eval_batch_size: the global training batch (split across DDP ranks) and the
+            per-process batch of the per-epoch evaluation.
+        seed: augmentation and shuffling are functions of (seed, epoch).
+        task: ``auto`` (multi-label exactly when the data has multi-hot labels), ``single`` or
+            ``multilabel`` (sigmoid + BCE; see :func:`consistcam.train.task.resolve_task`).
+        label_smoothing: of the base loss.
+        amp: bfloat16 autocast (on CUDA only); channels_last: the model and images in that layout.
+        sync_bn: BatchNorm statistics synchronised across DDP ranks.
+        preload: ``off``, ``on`` or ``auto``: the training images as one tensor on the device
+            (see :meth:`TrainData.preload`).
+        progress: progress bars and the console's epoch records.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    seed: int = 0
+    task: str = "auto"
+    label_smoothing: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+    sync_bn: bool = False
+    preload: str = "off"
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, progress: bool = True) -> LoopSettings:
+        return cls(config.epochs, config.batch_size, config.eval_batch_size, config.seed, config.task,
+                   config.label_smoothing, config.amp, config.channels_last, config.sync_bn, config.preload,
+                   progress)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """Where and how a run is recorded.
+
+    Args:
+        run_dir: where callbacks and the strategy write (None: nothing is written).
+        config: the :class:`TrainConfig` the trainer was built from (stored in checkpoints and
+            config.yaml). Without it, a run folder's model.safetensors names the architecture ``create``
+            built the model with; a model from elsewhere is refused when a Checkpointer would save it.
+        callbacks: logging, checkpoints, console (None: all of :func:`default_callbacks`).
+    """
+
+    run_dir: Path | None = None
+    config: TrainConfig | None = None
+    callbacks: tuple[Callback, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_dir is not None:
+            object.__setattr__(self, "run_dir", Path(self.run_dir))
+        if self.callbacks is not None:
+            object.__setattr__(self, "callbacks", tuple(self.callbacks))
+
+
 class Trainer:
     """Train ``model`` on ``data`` with ``strategy``.
 
@@ -149,58 +211,36 @@ class Trainer:
         optimizer: any torch optimizer over the model's parameters; the strategy's own parameters
             (``strategy.parameters(model)`` after ``setup``) join it as a second group with its defaults.
         schedule: ``schedule(step, steps_per_epoch) -> lr`` (stateless), e.g. :class:`Schedule`.
-        callbacks: logging, checkpoints, console (default: all of :func:`default_callbacks`).
-        epochs, batch_size, eval_batch_size, device, seed, amp, channels_last, progress: as named.
-        task: ``auto`` (multi-label exactly when the data has multi-hot labels), ``single`` or
-            ``multilabel`` (sigmoid + BCE; see :func:`consistcam.train.task.resolve_task`).
-        run_dir: where callbacks and the strategy write (None: nothing is written).
-        config: the :class:`TrainConfig` this trainer was built from (stored in checkpoints).
-            Without it, a run folder's model.safetensors names the architecture ``create`` built
-            ``model`` with; a model from elsewhere is refused when a Checkpointer would save it.
+        loop: epochs, batch sizes, seed, task, precision and layout: :class:`LoopSettings`.
+        output: run folder, config and callbacks: :class:`RunOutput` (default: nothing written, the
+            default callbacks).
+        device: a ``torch.device`` is used as given (as :func:`~consistcam.run.device.resolve_device`
+            returns it); a name (``auto``, ``cpu``, ``cuda:N``) is resolved here.
+        dist: the process group's rank and size under DDP (default: one process).
     """
 
     def __init__(self, model: nn.Module, data: TrainData, strategy: Strategy, optimizer: torch.optim.Optimizer,
-                 schedule, callbacks: Sequence[Callback] | None = None, *, epochs: int, batch_size: int = 128,
-                 eval_batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
-                 label_smoothing: float = 0.0, task: str = "auto", amp: bool = False, channels_last: bool = False,
-                 progress: bool = True, run_dir: str | Path | None = None, config: TrainConfig | None = None,
-                 dist_info: DistInfo | None = None, sync_bn: bool = False, preload: str = "off") -> None:
-        self.device = resolve_device(device)
-        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
-        self.model_recipe = _recipe(model, config, data)
-        if run_dir is not None and self.model_recipe is None and any(isinstance(cb, Checkpointer)
-                                                                     for cb in self.callbacks):
+                 schedule, loop: LoopSettings, output: RunOutput | None = None, *,
+                 device: str | torch.device = "auto", dist: DistInfo | None = None) -> None:
+        output = output or RunOutput()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.loop, self.run_dir, self.config = loop, output.run_dir, output.config
+        self.callbacks = list(default_callbacks() if output.callbacks is None else output.callbacks)
+        self.model_recipe = _recipe(model, self.config, data)
+        if self.run_dir is not None and self.model_recipe is None and any(isinstance(cb, Checkpointer)
+                                                                          for cb in self.callbacks):
             raise ValueError(f"Trainer: run_dir is set but {type(model).__name__} was not built by "
-                             "consistcam.models.create and no config= names its architecture, so the run's "
-                             "model file could not be loaded again; build it with create() or pass config=")
-        self.dist = dist_info or DistInfo()
-        self.module = model.to(self.device)  # the model itself; self.model is what trains (DDP-wrapped)
-        if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.model = self.module
-        if self.dist.enabled:
-            if sync_bn:
-                self.module = self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids,
-                                                             process_group=self.dist.group)
-        self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
-        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
-        self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.config = config
+                             "consistcam.models.create and no config names its architecture, so the run's "
+                             "model file could not be loaded again; build it with create() or pass "
+                             "output=RunOutput(config=...)")
+        self.dist = dist or DistInfo()
         self.is_main = self.dist.is_main
-        spec = config.data if config is not None else "the training data"
-        self.task = Task(multilabel=resolve_task(task, data.multilabel, spec), label_smoothing=label_smoothing)
-        self.ctx = StrategyContext(
-            model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
-            train_ids=torch.tensor(data.indices, device=self.device), seed=seed, progress=progress and self.is_main,
-            run_dir=self.run_dir, dist=self.dist, classes=tuple(data.classes or ()),
-            scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, self.dist.rank,
-                                                                             self.dist.world_size, ids),
-            reset_optimizer=lambda: self.optimizer.state.clear(),  # late-bound: resume replaces the state dict
-            epochs=epochs, eval_splits=tuple(data.eval_sets),
-            eval_loader_fn=lambda split, bs: data.eval_loader(split, bs, self.dist.rank, self.dist.world_size))
+        self.module, self.model = self._place(model)  # the model itself, and what trains (DDP-wrapped)
+        self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
+        spec = self.config.data if self.config is not None else "the training data"
+        self.task = Task(multilabel=resolve_task(loop.task, data.multilabel, spec),
+                         label_smoothing=loop.label_smoothing)
+        self.ctx = self._strategy_context()
         self.strategy.setup(self.ctx)
         # modules whose parameters are all frozen (a linear probe's backbone) stay in eval mode in training
         self._frozen = [m for m in self.module.modules()
@@ -212,11 +252,36 @@ class Trainer:
         if extra := list(self.strategy.parameters(self.module)):
             self.optimizer.add_param_group({"params": extra})
         # after setup: a strategy may only then know whether it reads boxes or masks
-        self.preload_note = None if data.preloaded is not None else data.preload(preload, self.device,
+        self.preload_note = None if data.preloaded is not None else data.preload(loop.preload, self.device,
                                                                                  strategy.needs_locations)
         self.start_epoch = 0
         self.extended_from: int | None = None
         self.history: list[dict] = []
+
+    def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The model on the device (channels-last, SyncBatchNorm as asked), and what trains: the model
+        itself, or its DistributedDataParallel wrapper under DDP."""
+        module = model.to(self.device)
+        if self.loop.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if not self.dist.enabled:
+            return module, module
+        if self.loop.sync_bn:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return module, nn.parallel.DistributedDataParallel(module, device_ids=ids, process_group=self.dist.group)
+
+    def _strategy_context(self) -> StrategyContext:
+        data, dist = self.data, self.dist
+        return StrategyContext(
+            model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
+            train_ids=torch.tensor(data.indices, device=self.device), seed=self.loop.seed,
+            progress=self.loop.progress and self.is_main, run_dir=self.run_dir, dist=dist,
+            classes=tuple(data.classes or ()),
+            scoring_loader_fn=lambda bs, keep, ids=None: data.scoring_loader(bs, keep, dist.rank, dist.world_size, ids),
+            reset_optimizer=lambda: self.optimizer.state.clear(),  # late-bound: resume replaces the state dict
+            epochs=self.loop.epochs, eval_splits=tuple(data.eval_sets),
+            eval_loader_fn=lambda split, bs: data.eval_loader(split, bs, dist.rank, dist.world_size))
 
     # -- construction from a config ---------------------------------------------------------------
     @classmethod
@@ -261,12 +326,9 @@ class Trainer:
         strategy = build_strategy(config.method, config.strategy)
         check_layer_options(model, strategy.config, config.method)
         optimizer = build_optimizer(config, model)
-        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config), callbacks,
-                      epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                      device=device, seed=config.seed, label_smoothing=config.label_smoothing, task=config.task,
-                      amp=config.amp,
-                      channels_last=config.channels_last, progress=progress, run_dir=run_dir, config=config,
-                      dist_info=dist_info, sync_bn=config.sync_bn, preload=config.preload)
+        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config),
+                      LoopSettings.from_config(config, progress), RunOutput(run_dir, config, callbacks),
+                      device=device, dist=dist_info)
         if init_info is not None:
             trainer.init_status = dataclasses.asdict(init_info)
         if init_info is not None and init_info.head_reinitialised and progress and dist_info.is_main:
@@ -306,7 +368,7 @@ class Trainer:
 
     def eval_loader(self, split: str):
         """This rank's shard of an evaluation split (the whole split in one process)."""
-        return self.data.eval_loader(split, self.eval_batch_size, self.dist.rank, self.dist.world_size)
+        return self.data.eval_loader(split, self.loop.eval_batch_size, self.dist.rank, self.dist.world_size)
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -327,7 +389,7 @@ class Trainer:
         self.strategy.load_state_dict(state["strategy"])
         self.start_epoch = state["epoch"] + 1
         done = status.get("epochs", state["epoch"] + 1)
-        if status["state"] == "complete" and self.epochs > done:
+        if status["state"] == "complete" and self.loop.epochs > done:
             self.extended_from = done  # an explicit --epochs extension, recorded in status.json
         log = self.run_dir / TRAIN_METRICS_FILE
         if log.is_file():  # drop records of epochs after the checkpoint (a crash mid-epoch)
@@ -342,17 +404,17 @@ class Trainer:
         """Train up to ``epochs``; ``stop_after`` ends this call after that many epochs (as an
         interruption would: the run can be resumed)."""
         writes = self.run_dir is not None and self.is_main
-        if writes and self.start_epoch >= self.epochs and read_status(self.run_dir)["state"] == "complete":
+        if writes and self.start_epoch >= self.loop.epochs and read_status(self.run_dir)["state"] == "complete":
             return self.history  # nothing to do: a complete run
         if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.run_dir)
             if self.config is not None:
                 self.config.save_yaml(self.run_dir / CONFIG_FILE)
-            write_status(self.run_dir, "running", epochs=self.epochs, **self._status_info())
+            write_status(self.run_dir, "running", epochs=self.loop.epochs, **self._status_info())
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        last = self.epochs if stop_after is None else min(self.epochs, self.start_epoch + stop_after)
+        last = self.loop.epochs if stop_after is None else min(self.loop.epochs, self.start_epoch + stop_after)
         failed = False
         try:
             for epoch in range(self.start_epoch, last):
@@ -371,8 +433,8 @@ class Trainer:
                 cb.on_fit_end(self)
             if failed and writes:  # before its first checkpoint: not left `running` with nothing to resume
                 discard_unstarted_run(self.run_dir)
-        if writes and last == self.epochs:
-            done = max(self.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
+        if writes and last == self.loop.epochs:
+            done = max(self.loop.epochs, self.start_epoch)  # a resume with fewer --epochs than trained trains none
             write_status(self.run_dir, "complete", epochs=done, sha256=tensor_file_digests(self.run_dir),
                          **self._status_info())  # last, after model.safetensors
         return self.history
@@ -391,7 +453,7 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict:
         t0 = time.time()
-        epoch_seed = self.seed * 1000 + epoch
+        epoch_seed = self.loop.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)  # augmentation randomness: a function of (seed, epoch) only
         self.ctx.epoch = epoch
         record = {"epoch": epoch, **self.strategy.on_epoch_start(epoch)}
@@ -411,7 +473,7 @@ class Trainer:
                 out[k] = [t.to(self.device, non_blocking=True) for t in v]
             else:
                 out[k] = v
-        if self.channels_last:
+        if self.loop.channels_last:
             out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
         return out
 
@@ -419,7 +481,7 @@ class Trainer:
         self.model.train()
         for module in self._frozen:
             module.eval()
-        loader = self.data.train_loader(self.batch_size, seed, keep_locations=self.strategy.needs_locations,
+        loader = self.data.train_loader(self.loop.batch_size, seed, keep_locations=self.strategy.needs_locations,
                                         rank=self.dist.rank, world_size=self.dist.world_size,
                                         weights=self.strategy.sampling_weights())
         steps = len(loader)
@@ -428,8 +490,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
         seen = 0
-        use_amp = self.amp and self.device.type == "cuda"
-        for i, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch}", enabled=self.progress)):
+        use_amp = self.loop.amp and self.device.type == "cuda"
+        for i, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch}", enabled=self.loop.progress)):
             lr = self.schedule(epoch * steps + i, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -527,41 +589,6 @@ def _recipe(model: nn.Module, config: TrainConfig | None, data: TrainData) -> di
     return None if made is None else {**made, "image_size": data.image_size}
 
 
-def set_deterministic() -> None:
-    """Deterministic kernels for bit-identical reruns on CUDA (cuBLAS needs its workspace setting
-    before its first call). Warn-only: an op without a deterministic CUDA kernel warns instead of
-    stopping the run; the GPU check compares two reruns bit for bit."""
-    import os
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def check_layer_options(model: nn.Module, options, where: str) -> None:
-    """Resolve every layer a method names (``layer``/``layers`` fields and explainer options, at any
-    depth) against the model before epoch 0: a typo would otherwise fail at the first scoring pass,
-    or never when warm-up outlasts the run."""
-    import dataclasses
-
-    from consistcam.explain import get_layer
-
-    items = ({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-             if dataclasses.is_dataclass(options) else options if isinstance(options, dict) else {})
-    for key, value in items.items():
-        path = f"{where}.{key}"
-        if key in ("layer", "layers") and value is not None:
-            for name in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ():
-                if isinstance(name, str):
-                    try:
-                        get_layer(model, name)
-                    except ValueError as err:
-                        raise ConfigError(f"{path}: {err}") from None
-        else:
-            check_layer_options(model, value, path)
-
-
 def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:
     """Average tensors over the processes in place, with one all-reduce of their concatenation."""
     if not dist_info.enabled or not tensors:
@@ -570,17 +597,6 @@ def average_flat(tensors: Sequence[torch.Tensor], dist_info: DistInfo) -> None:
     all_reduce_sum(flat, dist_info).div_(dist_info.world_size)
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
         t.copy_(part.view_as(t))
-
-
-def mean_average_precision(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Macro mAP over the classes with at least one positive (VOC's protocol; NaN if none has one)."""
-    from torchmetrics.functional.classification import binary_average_precision
-
-    present = [c for c in range(labels.shape[1]) if labels[:, c].any()]
-    if not present:
-        return float("nan")
-    aps = [binary_average_precision(logits[:, c].sigmoid(), labels[:, c].long()) for c in present]
-    return torch.stack(aps).mean().item()
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Trainer:
