@@ -11,14 +11,6 @@ import consistcam
 SRC = Path(consistcam.__file__).resolve().parent
 LIMIT = 80
 
-# Over the limit for now: evaluation/ is being reworked on another branch (issue 34, items 3 and 4);
-# these two are shortened after that merge. A listed function that is already short (or gone) fails
-# the test, so the list cannot go stale.
-PENDING = {
-    "evaluation/pipeline.py:evaluate_model",
-    "evaluation/run.py:evaluate_run",
-}
-
 
 def function_lengths() -> dict[str, int]:
     """``file:function`` (path relative to the package, methods as ``Class.method``) -> its length in lines."""
@@ -41,12 +33,6 @@ def function_lengths() -> dict[str, int]:
 
 
 def test_no_function_is_longer_than_the_limit():
-    long = {name: n for name, n in function_lengths().items() if n > LIMIT and name not in PENDING}
+    long = {name: n for name, n in function_lengths().items() if n > LIMIT}
     assert not long, f"functions over {LIMIT} lines (split them into named helpers): " + ", ".join(
         f"{name}:{n}" for name, n in sorted(long.items()))
-
-
-def test_the_pending_list_is_not_stale():
-    lengths = function_lengths()
-    stale = sorted(name for name in PENDING if lengths.get(name, 0) <= LIMIT)
-    assert not stale, f"no longer over {LIMIT} lines (or gone): remove {stale} from PENDING"

@@ -211,6 +211,139 @@ class _SampleRecorder:
         return out
 
 
+class _Recognition:
+    """Recognition metrics: top-1, top-5 and per-class accuracy of single-label batches (fed the
+    explained forward's logits, so recognition costs no forward of its own), mAP, F1 per class and
+    exact match of multi-hot ones (fed a plain forward's). A pass with any multi-hot batch reports
+    the multi-label metrics."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        # no argument validation: it syncs with the host on every update, and the labels were checked
+        # by the explained forward (their range) and the logits are the model's
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False).to(device)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro",
+                                       validate_args=False).to(device)
+        self.per_class = MulticlassAccuracy(num_classes, average="none", validate_args=False).to(device)
+        self.mean_ap = MultilabelAveragePrecision(num_classes, average="macro").to(device)
+        self.f1 = MultilabelF1Score(num_classes, average="none").to(device)  # per class, at probability 0.5
+        self.exact = MultilabelExactMatch(num_classes).to(device)  # every class of the image right
+        self.multilabel = False
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        if labels.dim() == 2:
+            self.multilabel = True
+            for metric in (self.mean_ap, self.f1, self.exact):
+                metric.update(logits, labels.long())
+        else:
+            for metric in (self.top1, self.top5, self.per_class):
+                metric.update(logits, labels)
+
+    def results(self) -> dict:
+        if self.multilabel:
+            per_class_f1 = self.f1.compute()
+            return {"mAP": self.mean_ap.compute().item(), "acc": self.exact.compute().item(),
+                    "f1_macro": per_class_f1.mean().item(),
+                    "f1_per_class": [round(v, 4) for v in per_class_f1.tolist()]}
+        return {"acc": self.top1.compute().item(), "acc_top5": self.top5.compute().item(),
+                "acc_per_class": [round(v, 4) for v in self.per_class.compute().tolist()]}
+
+
+@dataclasses.dataclass
+class _ExplainerPass:
+    """One explainer's share of the pass. Each explainer has its own generators, seeded alike, so
+    its results do not depend on which other explainers run."""
+
+    config: ConsistencyConfig  # the scorer, with this explainer
+    metrics: MetricCollection  # :func:`protocol_metrics`
+    generator: torch.Generator  # the consistency pass's attack starts
+    equivariance_generator: torch.Generator  # the equivariance protocol's transforms
+    localization: MetricCollection | None = None  # :func:`localization_metrics`, made at the first object masks
+
+
+def _explainer_passes(base_cfg: ConsistencyConfig, explainers: list[str], protocols: set[str],
+                      device: torch.device) -> list[_ExplainerPass]:
+    """One :class:`_ExplainerPass` per explainer; without the consistency protocol the scorer runs
+    no attack (the pass then only makes the heatmaps)."""
+    seeds = stream_seeds(base_cfg.seed)
+    passes = []
+    for name in explainers:
+        cfg = dataclasses.replace(base_cfg, explainer=name)
+        if "consistency" not in protocols:
+            cfg = dataclasses.replace(cfg, attack="none")  # heatmaps only, no attack cost
+        passes.append(_ExplainerPass(cfg, protocol_metrics(protocols).to(device),
+                                     torch.Generator(device=device).manual_seed(seeds["consistency"]),
+                                     torch.Generator(device=device).manual_seed(seeds["equivariance"])))
+    return passes
+
+
+def _multilabel_batch(model: nn.Module, images: Tensor, labels: Tensor, boxes, box_labels,
+                      recognition: _Recognition, passes: list[_ExplainerPass], protocols: set[str],
+                      num_classes: int, tolerance: int | None) -> None:
+    """A multi-hot batch: mAP from a plain forward, and localisation per (image, positive class)
+    where the boxes carry their classes; the other protocols do not apply to multi-label data."""
+    with torch.no_grad():
+        logits = model(images)
+    recognition.update(logits, labels)
+    if "localization" in protocols and boxes is not None and box_labels is not None:
+        heat, gt, classes = _multilabel_maps(model, images, labels, boxes, box_labels, [p.config for p in passes])
+        for state, maps in zip(passes, heat):
+            state.localization = _localize(state.localization, maps, gt, classes, num_classes, tolerance)
+
+
+def _score_explainer(model: nn.Module, state: _ExplainerPass, forward: nn.Module | None, images: Tensor,
+                     labels: Tensor, gt: Tensor | None, out: dict[str, Tensor], protocols: set[str],
+                     num_classes: int, tolerance: int | None, faithfulness_steps: int) -> None:
+    """One explainer's protocols on a single-label batch, all from the clean heatmap of its
+    consistency pass ``out`` (so the clean image is explained once)."""
+    cfg = state.config
+    explained = labels if cfg.target == "label" else out["pred"]  # the class the maps are for
+    equi = None
+    if "equivariance" in protocols:
+        equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
+                                    generator=state.equivariance_generator, heatmaps=out["heatmap"],
+                                    **cfg.explainer_options)
+    if gt is not None and "localization" in protocols:
+        state.localization = _localize(state.localization, out["heatmap"], gt, explained, num_classes, tolerance)
+    _update_protocols(state.metrics, forward, images, explained, out, equi, faithfulness_steps)
+
+
+def _attack_batch(model: nn.Module, images: Tensor, labels: Tensor, robust: AdversarialAccuracy,
+                  generator: torch.Generator) -> None:
+    """The robustness protocol on one batch: the model's predictions on each full-image attack of
+    :class:`AdversarialAccuracy`'s (attack, epsilon) grid."""
+    predictions = {}
+    for attack, eps in robust.keys:
+        adv = attack_images(model, images, labels, attack, eps, generator)
+        with torch.no_grad():
+            predictions[(attack, eps)] = model(adv).argmax(1)
+    robust.update(predictions, labels)
+
+
+def _checked_protocols(protocols: tuple[str, ...] | None) -> set[str]:
+    """The protocols to run (``None``: all), an unknown name refused before any work."""
+    protocols = set(PROTOCOLS if protocols is None else protocols)
+    unknown = protocols - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; known: {', '.join(PROTOCOLS)}")
+    return protocols
+
+
+def _pass_results(explainers: list[str], recognition: _Recognition, passes: list[_ExplainerPass],
+                  robust: AdversarialAccuracy | None, recorder: _SampleRecorder) -> dict:
+    """The result in its documented key order: recognition, each explainer's localisation and
+    protocols, robustness, then the recorder's tensors; multi-label data has recognition and
+    localisation only."""
+    localization = [p.localization for p in passes]
+    if recognition.multilabel:
+        return {**recognition.results(), **_results(explainers, localization)}
+    result = recognition.results()
+    result.update(_results(explainers, localization, [p.metrics for p in passes]))
+    if robust is not None:
+        result.update({k: v.item() for k, v in robust.compute().items()})
+    result.update(recorder.results())
+    return result
+
+
 def evaluate_model(
     model: nn.Module,
     loader,
@@ -240,36 +373,15 @@ def evaluate_model(
     the k best and worst samples by each key of :data:`RANKINGS` with their image, heatmap,
     attacked image and its heatmap, as ``{"<key>/<best|worst>/<field>": tensor}``.
     """
-    protocols = set(PROTOCOLS if protocols is None else protocols)
-    unknown = protocols - set(PROTOCOLS)
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; known: {', '.join(PROTOCOLS)}")
+    protocols = _checked_protocols(protocols)
     explainers = [explainer] if isinstance(explainer, str) else list(explainer)
     device = torch.device(device) if device is not None else model_device(model)
     base_cfg = consistency or ConsistencyConfig(explainer=explainers[0])
-    configs = [dataclasses.replace(base_cfg, explainer=e) for e in explainers]
-    if "consistency" not in protocols:
-        configs = [dataclasses.replace(c, attack="none") for c in configs]  # heatmaps only, no attack cost
-    # no argument validation: it syncs with the host on every update, and the labels were checked
-    # by the explained forward (their range) and the logits are the model's
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False).to(device)
-    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False).to(device)
-    per_class = MulticlassAccuracy(num_classes, average="none", validate_args=False).to(device)
-    mean_ap = MultilabelAveragePrecision(num_classes, average="macro").to(device)
-    f1 = MultilabelF1Score(num_classes, average="none").to(device)  # per class, at probability 0.5
-    exact = MultilabelExactMatch(num_classes).to(device)  # every class of the image right
+    passes = _explainer_passes(base_cfg, explainers, protocols, device)
+    recognition = _Recognition(num_classes, device)
     robust = AdversarialAccuracy(epsilons=epsilons).to(device) if "robustness" in protocols else None
-    per_expl = [protocol_metrics(protocols).to(device) for _ in explainers]
-    localization: list[MetricCollection | None] = [None] * len(explainers)  # made at the first object masks
-    seeds = stream_seeds(base_cfg.seed)
-
-    def streams(name: str) -> list[torch.Generator]:
-        return [torch.Generator(device=device).manual_seed(seeds[name]) for _ in explainers]
-
-    generators, equi_generators = streams("consistency"), streams("equivariance")
-    attack_generator = torch.Generator(device=device).manual_seed(seeds["robustness"])
+    attack_generator = torch.Generator(device=device).manual_seed(stream_seeds(base_cfg.seed)["robustness"])
     recorder = _SampleRecorder(per_sample, examples, protocols)
-    multilabel = False
     forward = None  # the folded copy for the faithfulness protocol, made from the first batch
     with preserved_state(model, eval_mode=True):
         for b, batch in enumerate(progress_bar(loader, desc="evaluate", enabled=progress)):
@@ -277,54 +389,21 @@ def evaluate_model(
                 break
             images, labels, ids, boxes, masks = unpack_batch(batch, device)
             if labels.dim() == 2:  # multi-hot: mAP, and localisation per (image, positive class)
-                multilabel = True
-                with torch.no_grad():
-                    logits = model(images)
-                for metric in (mean_ap, f1, exact):
-                    metric.update(logits, labels.long())
-                if "localization" in protocols and boxes is not None and batch.get("box_labels") is not None:
-                    heat, gt, classes = _multilabel_maps(model, images, labels, boxes, batch["box_labels"], configs)
-                    for k, maps in enumerate(heat):
-                        localization[k] = _localize(localization[k], maps, gt, classes, num_classes, pointing_tolerance)
+                _multilabel_batch(model, images, labels, boxes, batch.get("box_labels"), recognition, passes,
+                                  protocols, num_classes, pointing_tolerance)
                 continue
             gt = object_masks(images, boxes, masks)
             if forward is None and "faithfulness" in protocols:
                 forward = forward_model(model, images)
-            for k, (cfg, metrics, generator, equi_generator) in enumerate(
-                    zip(configs, per_expl, generators, equi_generators)):
+            for k, state in enumerate(passes):
                 with torch.no_grad():
-                    out = explanation_consistency(model, images, labels, cfg, boxes=boxes, masks=masks,
-                                                  generator=generator, return_images=True)
+                    out = explanation_consistency(model, images, labels, state.config, boxes=boxes, masks=masks,
+                                                  generator=state.generator, return_images=True)
                 if k == 0:
-                    for metric in (top1, top5, per_class):
-                        metric.update(out["logits"], labels)
+                    recognition.update(out["logits"], labels)
                     recorder.update(images, labels, ids, out, gt)
-                equi = None
-                explained = labels if cfg.target == "label" else out["pred"]  # the class the maps are for
-                if "equivariance" in protocols:  # the clean map of the consistency pass: x is explained once
-                    equi = heatmap_equivariance(model, images, explained, cfg.explainer, cfg.layer,
-                                                generator=equi_generator, heatmaps=out["heatmap"],
-                                                **cfg.explainer_options)
-                if gt is not None and "localization" in protocols:
-                    localization[k] = _localize(localization[k], out["heatmap"], gt, explained, num_classes,
-                                                pointing_tolerance)
-                _update_protocols(metrics, forward, images, explained, out, equi, faithfulness_steps)
+                _score_explainer(model, state, forward, images, labels, gt, out, protocols, num_classes,
+                                 pointing_tolerance, faithfulness_steps)
             if robust is not None:
-                predictions = {}
-                for attack, eps in robust.keys:
-                    adv = attack_images(model, images, labels, attack, eps, attack_generator)
-                    with torch.no_grad():
-                        predictions[(attack, eps)] = model(adv).argmax(1)
-                robust.update(predictions, labels)
-    if multilabel:
-        per_class_f1 = f1.compute()
-        result = {"mAP": mean_ap.compute().item(), "acc": exact.compute().item(),
-                  "f1_macro": per_class_f1.mean().item(), "f1_per_class": [round(v, 4) for v in per_class_f1.tolist()]}
-        return {**result, **_results(explainers, localization)}
-    result: dict = {"acc": top1.compute().item(), "acc_top5": top5.compute().item(),
-                    "acc_per_class": [round(v, 4) for v in per_class.compute().tolist()]}
-    result.update(_results(explainers, localization, per_expl))
-    if robust is not None:
-        result.update({k: v.item() for k, v in robust.compute().items()})
-    result.update(recorder.results())
-    return result
+                _attack_batch(model, images, labels, robust, attack_generator)
+    return _pass_results(explainers, recognition, passes, robust, recorder)

@@ -108,6 +108,32 @@ def shortcut_summary(results: dict, group_inputs: dict[str, tuple[torch.Tensor, 
     return out
 
 
+def _with_options(config: EvaluationConfig, options: dict[str, Any]) -> EvaluationConfig:
+    """``config`` with some fields replaced, through ``from_dict`` so that an unknown option is
+    named with its near matches."""
+    if not options:
+        return config
+    return EvaluationConfig.from_dict({**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                                       **options})
+
+
+def _check_label_spaces(datasets: dict, classes: list[str], num_classes: int, model: str, data: str) -> None:
+    """Every split against the model's classes (by name where the checkpoint has them), before any
+    work: a wrong label space fails at once, not after the first split's evaluation."""
+    for split, ds in datasets.items():
+        if classes:
+            check_same_classes(classes, ds.classes, model, f"{data} split {split!r}")
+        elif ds.num_classes != num_classes:
+            raise ValueError(f"{data} has {ds.num_classes} classes, the model {num_classes}")
+
+
+def _write_metrics(out_dir: Path, meta: dict, results: dict, summary: dict) -> None:
+    """metrics.json, written last and atomically (see :func:`start_evaluation`): meta, the splits,
+    then the shortcut summary where there is one."""
+    text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
+    atomic_write(out_dir / EVAL_METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
 def evaluate_run(
     run: str | Path,
     config: EvaluationConfig | None = None,
@@ -138,10 +164,7 @@ def evaluate_run(
     from consistcam.run.device import resolve_device
     from consistcam.run.status import require_complete
 
-    config = config or EvaluationConfig()
-    if options:  # from_dict: an unknown option is named, with its near matches
-        config = EvaluationConfig.from_dict({**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
-                                             **options})
+    config = _with_options(config or EvaluationConfig(), options)
     explainers, protocols, seed, subset = list(config.explainers), tuple(config.protocols), config.seed, config.subset
     batch_size, workers = config.batch_size, config.workers
     run_dir = run_folder(run)
@@ -157,11 +180,7 @@ def evaluate_run(
     transform = build_transform(info.get("image_size"), "none")
     results, files, group_inputs, digests = {}, {}, {}, {}
     datasets = {split: build_dataset(data, split, transform, **data_kw) for split in splits or eval_splits(data)}
-    for split, ds in datasets.items():  # every split before any work: a wrong label space fails at once
-        if info["classes"]:
-            check_same_classes(info["classes"], ds.classes, f"the model of {run}", f"{data} split {split!r}")
-        elif ds.num_classes != num_classes:
-            raise ValueError(f"{data} has {ds.num_classes} classes, the model {num_classes}")
+    _check_label_spaces(datasets, info["classes"], num_classes, f"the model of {run}", data)
     start_evaluation(out_dir)
     for split, ds in datasets.items():
         view = Subset(ds, range(min(subset, len(ds)))) if subset else ds
@@ -184,9 +203,7 @@ def evaluate_run(
             "seeds": {**stream_seeds(seed), "background": seed}, "consistency": to_dict(cfg),
             "classes": info["classes"], "command": command, "files": files, "sha256": digests,
             "init": {"path": run_option(run_dir, "init"), "sha256": run_option(run_dir, "init_sha256")}}
-    summary = shortcut_summary(results, group_inputs, info["classes"])
-    text = json.dumps({"meta": meta, "splits": results, **({"summary": summary} if summary else {})}, indent=2)
-    atomic_write(out_dir / EVAL_METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+    _write_metrics(out_dir, meta, results, shortcut_summary(results, group_inputs, info["classes"]))
     if report:
         render_evaluation(out_dir)
     return out_dir
