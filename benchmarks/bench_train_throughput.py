@@ -90,7 +90,7 @@ def main() -> None:
         trainer = Trainer.from_config(cfg, progress=False, callbacks=[])
         setup_s = time.perf_counter() - t
         times, counts = [], []
-        train_epoch, loss = trainer.train_epoch, trainer.strategy.loss
+        train_epoch, loss = trainer.train_epoch, trainer.method.loss
 
         def counted_loss(batch):
             counts[-1] += len(batch["label"])
@@ -107,7 +107,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             return record
 
-        trainer.strategy.loss = counted_loss
+        trainer.method.loss = counted_loss
         trainer.train_epoch = timed_epoch
         history = trainer.fit()
         preloaded = getattr(trainer.data, "preloaded", None) is not None

@@ -55,7 +55,7 @@ def main() -> None:
     trainer.fit()
     state = {f"model.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.module.state_dict().items()
              if v.is_floating_point()}
-    state["weights"] = trainer.strategy.weights.float().cpu().contiguous()
+    state["weights"] = trainer.method.weights.float().cpu().contiguous()
     save_file(state, f"{out}/state.safetensors")
     info = {"ddp": isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel),
             "backend": dist.get_backend() if dist.is_initialized() else None,

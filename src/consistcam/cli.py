@@ -19,15 +19,15 @@ from consistcam.arguments import (
 from consistcam.config import option_help
 from consistcam.run.layout import CONFIG_FILE, EVAL_DIR, EVAL_METRICS_FILE, MODEL_FILE, REPORT_FILE
 
-TRAIN_SKIP = ("strategy",)  # the chosen method's options: --METHOD-OPTION flags and --set METHOD.KEY=VALUE
+TRAIN_SKIP = ("method_options",)  # the chosen method's options: --METHOD-OPTION flags and --set METHOD.KEY=VALUE
 
 
 def _method_configs() -> list[tuple[str, type]]:
     """(method, its options dataclass) of every registered training method: the flag ``--ecl-warmup``
     sets ``ecl.warmup`` (nested options stay ``--set ecl.consistency.steps=3``)."""
-    from consistcam.train import STRATEGIES
+    from consistcam.train import METHODS
 
-    return [(name, STRATEGIES.get(name).Config) for name in STRATEGIES.names()]
+    return [(name, METHODS.get(name).Config) for name in METHODS.names()]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -200,9 +200,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from consistcam.data import DATASETS
     from consistcam.explain import list_explainers
     from consistcam.models import list_models
-    from consistcam.train import STRATEGIES
+    from consistcam.train import METHODS
 
-    what = {"models": list_models, "explainers": list_explainers, "methods": STRATEGIES.names,
+    what = {"models": list_models, "explainers": list_explainers, "methods": METHODS.names,
             "data": DATASETS.names, "similarities": SIMILARITIES.names}[args.what]
     print("\n".join(what()))
     return 0
@@ -211,11 +211,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _method_options_help() -> str:
     import dataclasses
 
-    from consistcam.train import STRATEGIES
+    from consistcam.train import METHODS
 
     lines = ["method options (in a config file under the method's name, or --set METHOD.KEY=VALUE):"]
-    for name in STRATEGIES.names():
-        cls = STRATEGIES.get(name)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
         fields = dataclasses.fields(cls.Config)
         lines.append(f"  {name}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for f in fields:

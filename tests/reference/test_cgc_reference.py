@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from consistcam.models import create
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.crops import resized_crop_flip
-from consistcam.train.strategies.lico import layer_outputs
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods.crops import resized_crop_flip
+from consistcam.train.methods.lico import layer_outputs
 from consistcam.train.task import Task
 from tests.reference.compare import cosine, flat_grad, pixel_boxes, ref_resized_crop_flip, relative_error
 
@@ -85,8 +85,8 @@ def _case(seed: int = 0, n: int = N):
 
 
 def _project(model, images, labels, transforms, **options):
-    strategy = build_strategy("cgc", {"lam": LAM, "temperature": TAU, **options})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=len(images),
+    strategy = build_method("cgc", {"lam": LAM, "temperature": TAU, **options})
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=len(images),
                                    train_ids=torch.arange(len(images))))
     return strategy.terms(images, labels, transforms)
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from consistcam.models import create
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.crops import resized_crop_flip
-from consistcam.train.strategies.lico import layer_outputs
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods.crops import resized_crop_flip
+from consistcam.train.methods.lico import layer_outputs
 from consistcam.train.task import Task
 from tests.reference.compare import cosine, flat_grad, pixel_boxes, ref_resized_crop_flip, relative_error
 
@@ -93,8 +93,8 @@ def _case(mode: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     images, labels = torch.rand(N, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (N,), generator=g)
     crops = resized_crop_flip(2 * N, (SIZE, SIZE), (0.2, 1.0), generator=g)
-    strategy = build_strategy("excon", {})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=N,
+    strategy = build_method("excon", {})
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=N,
                                    train_ids=torch.arange(N)))
     return model, strategy, images, labels, crops
 
@@ -145,7 +145,7 @@ def test_the_former_map_disagrees_with_the_reference():
     """What the relu and layer defaults change: explain's former map (ReLU, after the block) keeps
     another mask on this untrained model (docs/methods.md)."""
     model, strategy, images, labels, crops = _case("train")
-    former = build_strategy("excon", {"relu": True, "layer": "model.layer4"})
+    former = build_method("excon", {"relu": True, "layer": "model.layer4"})
     former.setup(strategy.ctx)
     drop = _reference_views(copy.deepcopy(model), images, labels, crops)[0][4]
     assert ((former.views(images, labels, crops)["masked"] != images).any(1) == drop).float().mean() < 0.9

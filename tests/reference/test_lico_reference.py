@@ -24,9 +24,9 @@ from torch import nn
 
 from consistcam.models import create
 from consistcam.models.text import encoder_problem
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies._shared import classifier_inputs
-from consistcam.train.strategies.lico import sinkhorn_plan, transport_loss
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods._shared import classifier_inputs
+from consistcam.train.methods.lico import sinkhorn_plan, transport_loss
 from consistcam.train.task import Task
 from tests.reference.compare import cosine, flat_grad, relative_error
 
@@ -94,9 +94,9 @@ def tiny_clip(tmp_path_factory):
 def test_manifold_alignment_and_transport_match_the_reference_on_the_strategy_inputs(tiny_clip, mode):
     torch.manual_seed(0)
     model = create("cc_resnet10", 4).train(mode == "train")
-    strategy = build_strategy("lico", {"class_names": ("disk", "square", "triangle", "cross"), "n_ctx": 2,
+    strategy = build_method("lico", {"class_names": ("disk", "square", "triangle", "cross"), "n_ctx": 2,
                                        "text_encoder": f"clip:{tiny_clip}", "ot_tol": 0.0})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=6,
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=6,
                                    train_ids=torch.arange(6)))
     twin = copy.deepcopy(model)
     g = torch.Generator().manual_seed(3)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from consistcam.models import create
-from consistcam.train.strategies import StrategyContext, build_strategy
+from consistcam.train.methods import MethodContext, build_method
 from consistcam.train.task import Task
 from tests.reference.compare import cosine, flat_grad, relative_error
 
@@ -74,8 +74,8 @@ def _case(seed: int = 0):
 
 
 def _project(model, images, labels, **options):
-    strategy = build_strategy("sgt", {"fraction": FRACTION, **options})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=N,
+    strategy = build_method("sgt", {"fraction": FRACTION, **options})
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=N,
                                    train_ids=torch.arange(N)))
     torch.manual_seed(5)
     terms = strategy.terms(images, labels)

@@ -142,8 +142,8 @@ def f():
 
 
 def test_the_builtin_method_folders_are_the_methods_own():
-    from consistcam.train.strategies import STRATEGIES
+    from consistcam.train.methods import METHODS
 
-    assert all(STRATEGIES.get(name).output_dir == folder for name, folder in layout.BUILTIN_METHOD_DIRS.items())
-    builtin = [n for n in STRATEGIES.names() if STRATEGIES.get(n).__module__.startswith("consistcam.")]
-    assert {n for n in builtin if STRATEGIES.get(n).output_dir is not None} == set(layout.BUILTIN_METHOD_DIRS)
+    assert all(METHODS.get(name).output_dir == folder for name, folder in layout.BUILTIN_METHOD_DIRS.items())
+    builtin = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("consistcam.")]
+    assert {n for n in builtin if METHODS.get(n).output_dir is not None} == set(layout.BUILTIN_METHOD_DIRS)

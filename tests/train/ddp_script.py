@@ -16,7 +16,7 @@ cfg = TrainConfig.from_dict({"data": "demo:n=64,n_test=32,size=16", "method": "e
                                      "consistency": {"steps": 1, "random_start": False}}})
 trainer = Trainer.from_config(cfg, progress=False)
 trainer.fit()
-save_file({"weights": trainer.strategy.weights.contiguous()}, f"{out}/weights_rank{trainer.dist.rank}.safetensors")
+save_file({"weights": trainer.method.weights.contiguous()}, f"{out}/weights_rank{trainer.dist.rank}.safetensors")
 if dist.is_initialized():
     dist.barrier()
     dist.destroy_process_group()

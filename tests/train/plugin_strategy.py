@@ -9,7 +9,7 @@ import torch
 
 from consistcam.config import option
 from consistcam.run.layout import epoch_file
-from consistcam.train.strategies import StepOutput, Strategy
+from consistcam.train.methods import Method, StepOutput
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ScaledERMConfig:
     factor: float = option(1.0, "loss multiplier", gt=0.0)
 
 
-class ScaledERM(Strategy):
+class ScaledERM(Method):
     """ERM with its loss scaled by a constant; it keeps per-sample scores of every epoch in a folder
     of its own, as ECL keeps its scoring rounds (the report shows them)."""
 

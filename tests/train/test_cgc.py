@@ -11,17 +11,17 @@ from consistcam.config import ConfigError
 from consistcam.data.geometry import apply_crop_flip, random_crop_flip
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.cgc import CGCConfig, cgc_embedding, info_nce
-from consistcam.train.strategies.crops import resized_crop_flip
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods.cgc import CGCConfig, cgc_embedding, info_nce
+from consistcam.train.methods.crops import resized_crop_flip
 from consistcam.train.task import Task
 
 TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)
 
 
 def _strategy(model, **options):
-    strategy = build_strategy("cgc", options)
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
+    strategy = build_method("cgc", options)
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy
 
@@ -102,9 +102,9 @@ def test_batchnorm_statistics_and_modes_follow_plain_forwards_of_the_views(forwa
 def test_one_epoch_on_demo_data_trains_and_logs_the_contrastive_term(tmp_path):
     cfg = TrainConfig.from_dict({**TINY, "method": "cgc", "epochs": 1, "out": str(tmp_path),
                                  "cgc": {"lam": 0.5, "temperature": 0.5}})
-    assert cfg.strategy == CGCConfig()
+    assert cfg.method_options == CGCConfig()
     trainer = Trainer.from_config(cfg, progress=False)
-    original, seen = trainer.strategy.loss, []
+    original, seen = trainer.method.loss, []
 
     def watched(batch):
         seen.append(all(m.training for m in trainer.model.modules()))
@@ -112,7 +112,7 @@ def test_one_epoch_on_demo_data_trains_and_logs_the_contrastive_term(tmp_path):
         seen.append(all(m.training for m in trainer.model.modules()))
         return out
 
-    trainer.strategy.loss = watched
+    trainer.method.loss = watched
     record = trainer.fit()[0]
     assert seen and all(seen)  # the model stays in train mode between and across steps
     assert math.isfinite(record["train/loss"]) and record["train/contrastive"] > 0

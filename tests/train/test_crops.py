@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 
 from consistcam.data.geometry import apply_crop_flip
-from consistcam.train.strategies.crops import resized_crop_flip
+from consistcam.train.methods.crops import resized_crop_flip
 from tests.reference.compare import pixel_boxes, ref_resized_crop_flip
 
 

@@ -8,7 +8,7 @@ import torch
 
 from consistcam.models.factory import classifier_head
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies.dfr import DFRConfig, balanced_subset, fit_l1_logistic, worst_cell_accuracy
+from consistcam.train.methods.dfr import DFRConfig, balanced_subset, fit_l1_logistic, worst_cell_accuracy
 
 DATA = "shortcut:demo:n=400,n_test=200,num_classes=2,size=16"
 TINY = dict(data=DATA, arch="cc_resnet10", batch_size=50, eval_batch_size=200, lr=0.05, seed=1)
@@ -64,17 +64,17 @@ def test_dfr_is_erm_with_the_head_refit_on_val(tmp_path):
     assert all("dfr/C" not in r for r in records[:-1])  # the refit happens once, after the last epoch
     # refitting again from the same features reproduces the head: the fit is a function of (features, seed)
     before = head.weight.detach().clone()
-    x, y, cells = dfr.strategy._features()
-    dfr.strategy.refit_head(x, y, cells)
+    x, y, cells = dfr.method._features()
+    dfr.method.refit_head(x, y, cells)
     assert torch.allclose(head.weight, before, atol=1e-6)
 
 
 def test_standardisation_is_folded_into_the_head_exactly(tmp_path):
     trainer = _trainer(tmp_path, "dfr", epochs=1, dfr={"retrains": 2, "c_grid": [0.3]})
-    x, y, cells = trainer.strategy._features()
-    trainer.strategy.refit_head(x, y, cells)
+    x, y, cells = trainer.method._features()
+    trainer.method.refit_head(x, y, cells)
     _, head = classifier_head(trainer.module)
-    w, b = trainer.strategy.fitted  # the mean fit in standardised coordinates
+    w, b = trainer.method.fitted  # the mean fit in standardised coordinates
     std = x.double().std(0)
     z = (x.double() - x.double().mean(0)) / torch.where(std > 1e-8, std, 1.0)  # dead units: scale 1
     expected = z @ w.T + b

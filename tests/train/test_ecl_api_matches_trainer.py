@@ -27,12 +27,12 @@ def plain_loop(cfg: TrainConfig) -> tuple[list[torch.Tensor], dict[str, torch.Te
     model = create(cfg.arch, len(data.classes), cfg.pretrained, cfg.small_input)
     optimizer, schedule = build_optimizer(cfg, model), Schedule.from_config(cfg)
     data.preload(cfg.preload, torch.device("cpu"))
-    assert isinstance(cfg.strategy, consistcam.ECLConfig)  # the ecl section of a config is the API's config
-    ecl = consistcam.ECL(data.num_samples, cfg.strategy, seed=cfg.seed)
+    assert isinstance(cfg.method_options, consistcam.ECLConfig)  # the ecl section of a config is the API's config
+    ecl = consistcam.ECL(data.num_samples, cfg.method_options, seed=cfg.seed)
     rounds = []
     for epoch in range(cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)
-        if ecl.on_epoch_start(model, data.scoring_loader(cfg.strategy.score_batch_size), epoch):
+        if ecl.on_epoch_start(model, data.scoring_loader(cfg.method_options.score_batch_size), epoch):
             rounds.append(ecl.weights.clone())
         model.train()
         loader = data.train_loader(cfg.batch_size, cfg.seed * 1000 + epoch)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from consistcam.explain import explain
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies._shared import occlude
-from consistcam.train.strategies.edda import (
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods._shared import occlude
+from consistcam.train.methods.edda import (
     EDDAConfig,
     occlusion_masks,
     random_scores,
@@ -24,8 +24,8 @@ TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=3
 
 
 def _strategy(model, **options):
-    strategy = build_strategy("edda", {"warmup": 0, **options})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
+    strategy = build_method("edda", {"warmup": 0, **options})
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy
 
@@ -128,7 +128,7 @@ def test_loss_adds_the_weighted_terms_and_fills_are_as_documented():
 def test_one_epoch_on_demo_data_gives_a_finite_loss(tmp_path):
     cfg = TrainConfig.from_dict({**TINY, "method": "edda", "epochs": 1, "out": str(tmp_path),
                                  "edda": {"warmup": 0}})
-    assert cfg.strategy == EDDAConfig(warmup=0)
+    assert cfg.method_options == EDDAConfig(warmup=0)
     record = Trainer.from_config(cfg, progress=False).fit()[0]
     assert math.isfinite(record["train/loss"])
     assert record["train/drop_loss"] > 0 and 0 <= record["train/p_drop"] <= 1

@@ -12,16 +12,16 @@ from consistcam.data.geometry import apply_crop_flip, random_crop_flip
 from consistcam.explain import explain
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.excon import ExConConfig, mask_below, sup_con_loss
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods.excon import ExConConfig, mask_below, sup_con_loss
 from consistcam.train.task import Task
 
 TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)
 
 
 def _strategy(model, **options):
-    strategy = build_strategy("excon", options)
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
+    strategy = build_method("excon", options)
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy
 
@@ -168,7 +168,7 @@ def test_head_state_round_trips_exactly_and_is_required():
     with pytest.raises(ValueError, match="no state"):
         b.load_state_dict({**state, "weights": torch.ones(1)})
     with pytest.raises(RuntimeError, match="setup"):
-        build_strategy("excon").parameters(model)  # the head is built in setup
+        build_method("excon").parameters(model)  # the head is built in setup
 
 
 @pytest.mark.parametrize("classifier", ["probe", "joint"])
@@ -193,14 +193,14 @@ def test_probe_trains_the_classifier_on_detached_features(classifier):
 
 def test_one_epoch_on_demo_data_trains_the_head_and_checkpoints_it(tmp_path):
     cfg = TrainConfig.from_dict({**TINY, "method": "excon", "epochs": 1, "out": str(tmp_path)})
-    assert cfg.strategy == ExConConfig()
+    assert cfg.method_options == ExConConfig()
     trainer = Trainer.from_config(cfg, progress=False)
-    assert trainer.optimizer.param_groups[1]["params"] == list(trainer.strategy.head.parameters())
-    before = {k: v.clone() for k, v in trainer.strategy.state_dict().items()}
+    assert trainer.optimizer.param_groups[1]["params"] == list(trainer.method.head.parameters())
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     record = trainer.fit()[0]
     assert math.isfinite(record["train/loss"]) and math.isfinite(record["train/supcon"])
     assert 0 <= record["train/kept"] <= 1
-    after = trainer.strategy.state_dict()
+    after = trainer.method.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)  # the optimizer stepped the head
     saved = load_file(str(tmp_path / "checkpoint.safetensors"))
     assert all(torch.equal(saved[f"strategy.{k}"], v) for k, v in after.items())

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from consistcam.cli import main
 from consistcam.config import ConfigError
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import STRATEGIES
+from consistcam.train.methods import METHODS
 
 DATA = "demo:n=64,n_test=32,size=16"
 BASE = dict(arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)
@@ -60,7 +60,7 @@ def test_init_sha256_pins_the_file(source, tmp_path):
         Trainer.from_config(_cfg(tmp_path / "y", init=str(tmp_path / "nothing.pth")), progress=False)
 
 
-@pytest.mark.parametrize("method", sorted(set(STRATEGIES.names()) - {"lico"}))
+@pytest.mark.parametrize("method", sorted(set(METHODS.names()) - {"lico"}))
 def test_every_method_starts_from_the_init_weights(source, tmp_path, method):
     extra = {"dfr": {"split": "test"}} if method == "dfr" else {}  # the demo data has no val split
     cfg = _cfg(tmp_path / method, method=method, init=str(source), **extra)

@@ -16,10 +16,10 @@ from consistcam.models import create
 from consistcam.run.layout import JTT_DIR, JTT_ERROR_SET_FILE
 from consistcam.train import LoopSettings, RunOutput, Schedule, TrainConfig, Trainer
 from consistcam.train.data import TrainData
-from consistcam.train.strategies import build_strategy
-from consistcam.train.strategies.groupdro import group_mean_losses, update_group_weights
-from consistcam.train.strategies.groups import conflicting_groups, group_index, inverse_frequency_weights
-from consistcam.train.strategies.jtt import upweight
+from consistcam.train.methods import build_method
+from consistcam.train.methods.groupdro import group_mean_losses, update_group_weights
+from consistcam.train.methods.groups import conflicting_groups, group_index, inverse_frequency_weights
+from consistcam.train.methods.jtt import upweight
 
 TINY = dict(data="demo:n=64,n_test=40,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=200, lr=0.05)
 
@@ -125,14 +125,14 @@ def test_jtt_picks_the_identification_models_errors_then_restarts_model_and_opti
         batch = next(iter(trainer.data.scoring_loader(64)))
         wrong = trainer.module(batch["image"]).argmax(1) != batch["label"]
         trainer.module.train()
-    logs = trainer.strategy.on_epoch_start(1)
+    logs = trainer.method.on_epoch_start(1)
     saved = load_file(str(tmp_path / JTT_DIR / JTT_ERROR_SET_FILE))
     assert torch.equal(saved["error"], wrong) and logs["jtt/errors"] == int(wrong.sum()) > 0
     assert torch.allclose(saved["weights"], upweight(wrong, 6.0))
     assert saved["weights"][wrong].unique().item() == pytest.approx(6 * saved["weights"][~wrong].unique().item())
     assert all(torch.equal(v, initial[k]) for k, v in trainer.module.state_dict().items())
     assert not trainer.optimizer.state and trainer.module.training
-    assert torch.equal(trainer.strategy.sample_weights(batch["id"]), saved["weights"])
+    assert torch.equal(trainer.method.sample_weights(batch["id"]), saved["weights"])
 
 
 def _resume_matches(tmp_path, method, **kw):
@@ -155,18 +155,18 @@ def test_jtt_resume_before_the_restart_is_exact(tmp_path):
     full, resumed = _resume_matches(tmp_path, "jtt", **kw)
     state = load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
     assert not any(k.startswith("strategy.initial.") for k in state)  # dropped once restarted
-    assert torch.equal(full.strategy.weights, resumed.strategy.weights) and resumed.strategy.identified
+    assert torch.equal(full.method.weights, resumed.method.weights) and resumed.method.identified
 
 
 def test_groupdro_resume_is_exact(tmp_path):
     full, resumed = _resume_matches(tmp_path, "groupdro", groupdro={"eta": 0.5, "adjustment": 1.0})
-    assert torch.equal(full.strategy.q, resumed.strategy.q)
-    assert not torch.allclose(full.strategy.q, full.strategy.q.mean().expand_as(full.strategy.q))  # q moved
+    assert torch.equal(full.method.q, resumed.method.q)
+    assert not torch.allclose(full.method.q, full.method.q.mean().expand_as(full.method.q))  # q moved
 
 
 def test_groupdro_balanced_sampling_resume_is_exact(tmp_path):
     full, resumed = _resume_matches(tmp_path, "groupdro", groupdro={"sampler": "group_balanced"})
-    assert torch.equal(full.strategy.q, resumed.strategy.q)
+    assert torch.equal(full.method.q, resumed.method.q)
 
 
 @pytest.mark.parametrize("method, options", [("groupdro", {"sampler": "group_balanced"}),
@@ -176,13 +176,13 @@ def test_group_balanced_epochs_draw_every_cell_equally_often(tmp_path, method, o
     # the 2C cells gets 1/(2C) of every epoch's draws in expectation
     kw = dict(data="demo:n=400,n_test=40,size=16", batch_size=50)
     trainer = Trainer.from_config(tiny(tmp_path, method, **kw, **{method: options}), progress=False)
-    table = trainer.strategy.table if method == "groupdro" else None
+    table = trainer.method.table if method == "groupdro" else None
     if table is None:
-        from consistcam.train.strategies.groups import training_groups
-        table, _ = training_groups(trainer.strategy.ctx, method, "class_alignment")
+        from consistcam.train.methods.groups import training_groups
+        table, _ = training_groups(trainer.method.ctx, method, "class_alignment")
     cells = 2 * len(trainer.classes)
-    weights = trainer.strategy.sampling_weights()
-    assert weights is not None and trainer.strategy.sample_weights(torch.arange(4)) is None  # unweighted loss
+    weights = trainer.method.sampling_weights()
+    assert weights is not None and trainer.method.sample_weights(torch.arange(4)) is None  # unweighted loss
     totals = torch.zeros(cells, dtype=torch.float64).index_add_(0, table, weights.double())
     assert torch.allclose(totals, totals.mean().expand(cells))  # every cell the same total weight
     drawn = torch.cat([b["id"] for seed in range(20) for b in trainer.data.train_loader(50, seed, weights=weights)])
@@ -205,7 +205,7 @@ def test_group_methods_refuse_data_without_groups(method):
     data.train_transform = data.eval_transform = build_transform(None, "none")
     model = create("cc_resnet10", 4)
     with pytest.raises(ValueError, match=f"{method} needs the background group of every training image"):
-        Trainer(model, data, build_strategy(method), torch.optim.SGD(model.parameters(), lr=0.1),
+        Trainer(model, data, build_method(method), torch.optim.SGD(model.parameters(), lr=0.1),
                 Schedule(0.1, 1), LoopSettings(epochs=1, progress=False), RunOutput(callbacks=[]), device="cpu")
 
 

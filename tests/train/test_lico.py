@@ -15,8 +15,8 @@ from consistcam.config import ConfigError
 from consistcam.models import create
 from consistcam.models.text import encoder_problem, load_text_encoder
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies.lico import (
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods.lico import (
     LICOConfig,
     manifold_alignment,
     sinkhorn_plan,
@@ -122,8 +122,8 @@ def clip_dir(tmp_path_factory):
 
 
 def _strategy(model, **options):
-    strategy = build_strategy("lico", {"class_names": NAMES, **options})
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
+    strategy = build_method("lico", {"class_names": NAMES, **options})
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy
 
@@ -216,7 +216,7 @@ def _cfg(out, epochs, **kw):
 @needs_minilm
 def test_one_epoch_on_demo_data_trains_the_prompts_and_checkpoints_them(tmp_path):
     trainer = Trainer.from_config(_cfg(tmp_path, 1), progress=False)
-    strategy = trainer.strategy
+    strategy = trainer.method
     assert strategy.encoder.name == "minilm" and strategy.encoder.token_dim == 384
     assert trainer.optimizer.param_groups[1]["params"] == strategy.parameters(trainer.module)
     before = {k: v.clone() for k, v in strategy.state_dict().items()}
@@ -246,10 +246,10 @@ def test_resume_is_bit_identical(tmp_path):
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = full.strategy.state_dict(), resumed.strategy.state_dict()
+    sa, sb = full.method.state_dict(), resumed.method.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     with pytest.raises(ValueError, match="expects state"):
-        resumed.strategy.load_state_dict({"context": sa["context"]})
+        resumed.method.load_state_dict({"context": sa["context"]})
 
 
 @needs_minilm

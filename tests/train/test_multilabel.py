@@ -211,7 +211,7 @@ def test_erm_and_ecl_train_multilabel_with_map_and_f1(tmp_path):
     assert saved["pair_ids"].tolist() == [i for i in range(32) for _ in range(2)]  # two positives each
     assert torch.allclose(saved["E"], saved["pair_E"].view(32, 2).min(1).values)  # multilabel_reduce: min
     assert saved["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
-    assert torch.equal(ecl.strategy.weights, saved["weights"])
+    assert torch.equal(ecl.method.weights, saved["weights"])
 
 
 def test_multilabel_task_on_single_label_data_scores_the_one_class(tmp_path):

@@ -15,8 +15,8 @@ from consistcam._registry import EntryPointError
 from consistcam.cli import main
 from consistcam.report import read_rounds
 from consistcam.run.status import prepare_new_run, read_status
-from consistcam.train.strategies import STRATEGIES
-from consistcam.train.strategies.base import ENTRY_POINT_GROUP
+from consistcam.train.methods import METHODS
+from consistcam.train.methods.base import ENTRY_POINT_GROUP
 
 STRATEGY_DIR = Path(__file__).parents[2] / "src" / "consistcam" / "train" / "strategies"
 HELPERS = {"base", "_shared", "crops", "groups"}  # modules that register no strategy
@@ -34,9 +34,9 @@ def _installed(monkeypatch, **targets: str) -> None:
         return real(**params)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    monkeypatch.setattr(STRATEGIES, "_items", dict(STRATEGIES._items))
-    monkeypatch.setattr(STRATEGIES, "_canonical", dict(STRATEGIES._canonical))
-    monkeypatch.setattr(STRATEGIES, "_plugins_loaded", False)
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    monkeypatch.setattr(METHODS, "_canonical", dict(METHODS._canonical))
+    monkeypatch.setattr(METHODS, "_plugins_loaded", False)
 
 
 def test_an_entry_point_strategy_is_listed_and_trains_through_the_cli(monkeypatch, tmp_path, capsys):
@@ -58,17 +58,17 @@ def test_an_entry_point_strategy_is_listed_and_trains_through_the_cli(monkeypatc
 
 
 @pytest.mark.parametrize(("target", "message"), [
-    ("tests.train.no_such_module:Strategy", "failed to load: ModuleNotFoundError"),
-    ("tests.train.plugin_strategy:NOT_A_STRATEGY", "is not a subclass of consistcam.train.strategies.Strategy"),
+    ("tests.train.no_such_module:Method", "failed to load: ModuleNotFoundError"),
+    ("tests.train.plugin_strategy:NOT_A_STRATEGY", "is not a subclass of consistcam.train.methods.Method"),
     ("tests.train.plugin_strategy:ScaledERMConfig", "is not a subclass"),
     ("tests.train.plugin_strategy:ClashingERM", "output_dir: 'eval' is a run folder's own file or folder"),
 ])
 def test_a_broken_entry_point_is_named_in_the_error(monkeypatch, capsys, target, message):
     _installed(monkeypatch, broken=target)
     with pytest.raises(EntryPointError, match=f"entry point 'broken' = '{target}' .*{message}"):
-        STRATEGIES.names()
+        METHODS.names()
     with pytest.raises(EntryPointError, match="entry point 'broken'"):  # again on the next lookup, not forgotten
-        STRATEGIES.get("erm")
+        METHODS.get("erm")
     assert main(["list", "methods"]) == 2
     assert f"error: entry point 'broken' = '{target}'" in capsys.readouterr().err
 
@@ -76,7 +76,7 @@ def test_a_broken_entry_point_is_named_in_the_error(monkeypatch, capsys, target,
 def test_an_entry_point_may_not_take_a_built_in_name(monkeypatch):
     _installed(monkeypatch, ecl="tests.train.plugin_strategy:ScaledERM")
     with pytest.raises(EntryPointError, match="training method 'ecl' is already registered"):
-        STRATEGIES.names()
+        METHODS.names()
 
 
 def test_no_strategy_module_imports_another():
@@ -85,17 +85,17 @@ def test_no_strategy_module_imports_another():
     assert {"erm", "ecl", "excon", "lico", "cgc", "edda", "sgt"} <= strategies
     for name in sorted(modules):
         source = (STRATEGY_DIR / f"{name}.py").read_text()
-        assert bool(re.search(r"^@register_strategy\(", source, re.M)) == (name in strategies), name
+        assert bool(re.search(r"^@register_method\(", source, re.M)) == (name in strategies), name
         imported = set()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ImportFrom) and node.module:
                 module = node.module
                 if node.level:  # relative: from .x import y, from . import x
                     imported |= {module} if module else {a.name for a in node.names}
-                elif module.startswith("consistcam.train.strategies"):
-                    rest = module.removeprefix("consistcam.train.strategies").lstrip(".")
+                elif module.startswith("consistcam.train.methods"):
+                    rest = module.removeprefix("consistcam.train.methods").lstrip(".")
                     imported |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
             elif isinstance(node, ast.Import):
-                imported |= {a.name.removeprefix("consistcam.train.strategies.").split(".")[0]
-                             for a in node.names if a.name.startswith("consistcam.train.strategies.")}
+                imported |= {a.name.removeprefix("consistcam.train.methods.").split(".")[0]
+                             for a in node.names if a.name.startswith("consistcam.train.methods.")}
         assert not imported & strategies, f"{name}.py imports the strategy module(s) {sorted(imported & strategies)}"

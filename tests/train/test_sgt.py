@@ -9,9 +9,9 @@ from torch import nn
 
 from consistcam.models import create
 from consistcam.train import TrainConfig, Trainer
-from consistcam.train.strategies import StrategyContext, build_strategy
-from consistcam.train.strategies._shared import masked_count
-from consistcam.train.strategies.sgt import SGTConfig, fill_masked, kl_divergence
+from consistcam.train.methods import MethodContext, build_method
+from consistcam.train.methods._shared import masked_count
+from consistcam.train.methods.sgt import SGTConfig, fill_masked, kl_divergence
 from consistcam.train.task import Task
 
 TINY = dict(data="demo:n=64,n_test=32,size=16", arch="cc_resnet10", batch_size=32, eval_batch_size=64, lr=0.05)
@@ -29,8 +29,8 @@ class LinearNet(nn.Module):
 
 
 def _strategy(model, **options):
-    strategy = build_strategy("sgt", options)
-    strategy.setup(StrategyContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
+    strategy = build_method("sgt", options)
+    strategy.setup(MethodContext(model=model, device=torch.device("cpu"), task=Task(), num_samples=8,
                                    train_ids=torch.arange(8)))
     return strategy
 
@@ -116,7 +116,7 @@ def test_saliency_pass_leaves_no_parameter_gradients(mode):
 def test_one_epoch_on_demo_data_gives_a_finite_loss(tmp_path):
     cfg = TrainConfig.from_dict({**TINY, "method": "sgt", "epochs": 1, "out": str(tmp_path),
                                  "sgt": {"fraction": 0.1, "lam": 1.0}})
-    assert cfg.strategy == SGTConfig()
+    assert cfg.method_options == SGTConfig()
     record = Trainer.from_config(cfg, progress=False).fit()[0]
     assert math.isfinite(record["train/loss"]) and record["train/kl"] >= 0
     assert record["train/loss"] == pytest.approx(record["train/ce"] + record["train/kl"], rel=1e-4)

@@ -62,19 +62,19 @@ def test_lr_schedule():
 def test_ecl_loss_uses_the_scored_weights_by_id(tmp_path):
     trainer = Trainer.from_config(tiny(tmp_path, "ecl", ecl={"warmup": 0}), progress=False)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    trainer.strategy.on_epoch_start(0)
+    trainer.method.on_epoch_start(0)
     saved = load_file(str(tmp_path / "consistency" / "epoch_000.safetensors"))
     by_id = dict(zip(saved["ids"].tolist(), saved["weights"].tolist()))
     assert saved["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
     seen = []
-    original = trainer.strategy.sample_weights
+    original = trainer.method.sample_weights
 
     def spy(ids):
         w = original(ids)
         seen.append((ids.clone(), w.clone()))
         return w
 
-    trainer.strategy.sample_weights = spy
+    trainer.method.sample_weights = spy
     trainer.train_epoch(0, seed=123)  # shuffled batches
     ids = torch.cat([s[0] for s in seen])
     weights = torch.cat([s[1] for s in seen])
@@ -101,15 +101,15 @@ def _resume_matches(tmp_path, **kw):
 
 def test_resume_is_bit_identical(tmp_path):
     full, resumed = _resume_matches(tmp_path, method="ecl")
-    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
+    assert torch.equal(full.method.weights, resumed.method.weights)
 
 
 def test_resume_is_bit_identical_with_workers_and_weight_ema(tmp_path):
     full, resumed = _resume_matches(tmp_path, method="ecl", workers=2, ecl={"weights": {"ema": 0.5}})
-    assert full.strategy.rounds == resumed.strategy.rounds == 2
-    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
+    assert full.method.rounds == resumed.method.rounds == 2
+    assert torch.equal(full.method.weights, resumed.method.weights)
     first = load_file(str(tmp_path / "full" / "consistency" / "epoch_001.safetensors"))["weights"]
-    assert not torch.equal(first, full.strategy.weights)  # the EMA state really carried over
+    assert not torch.equal(first, full.method.weights)  # the EMA state really carried over
 
 
 def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_E(tmp_path):
@@ -127,7 +127,7 @@ def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_
     assert torch.equal(second["E"][~rescored], first["E"][~rescored])  # kept exactly
     assert not torch.equal(second["E"][rescored], first["E"][rescored])  # really re-scored (a trained epoch later)
     # v comes from every sample's E, mean 1
-    w = trainer.strategy.config.weights
+    w = trainer.method.config.weights
     assert torch.allclose(second["weights"], consistency_weights(second["E"], floor=w.floor, power=w.power), atol=1e-6)
     assert second["weights"].mean().item() == pytest.approx(1.0, abs=1e-5)
     again = Trainer.from_config(tiny(tmp_path / "again", "ecl", epochs=2, ecl={"warmup": 0, "score_fraction": 0.25}),
@@ -139,8 +139,8 @@ def test_score_fraction_rescores_a_seeded_subset_and_the_others_keep_their_last_
 
 def test_resume_is_bit_identical_with_score_fraction(tmp_path):
     full, resumed = _resume_matches(tmp_path, method="ecl", ecl={"score_fraction": 0.5})
-    assert torch.equal(full.strategy.weights, resumed.strategy.weights)
-    assert torch.equal(full.strategy.last["E"], resumed.strategy.last["E"])
+    assert torch.equal(full.method.weights, resumed.method.weights)
+    assert torch.equal(full.method.last["E"], resumed.method.last["E"])
 
 
 def test_score_fraction_is_refused_for_multilabel_data(tmp_path):
@@ -159,12 +159,12 @@ def test_a_plain_trainer_run_ends_with_a_model_that_loads(tmp_path):
     """Built without a TrainConfig, a complete run still has a loadable model.safetensors (issue 23)."""
     from consistcam.models import create
     from consistcam.run.status import read_status
-    from consistcam.train import build_strategy
+    from consistcam.train import build_method
     from consistcam.train.data import TrainData
 
     data = TrainData.from_spec("demo:n=32,n_test=16,size=16", 16, "none")
     model = create("cc_resnet10", len(data.classes))
-    trainer = Trainer(model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05),
+    trainer = Trainer(model, data, build_method("erm"), torch.optim.SGD(model.parameters(), lr=0.05),
                       Schedule(0.05, 1), LoopSettings(epochs=1, batch_size=16, progress=False), RunOutput(tmp_path),
                       device="cpu")
     trainer.fit()
@@ -177,13 +177,13 @@ def test_a_plain_trainer_run_ends_with_a_model_that_loads(tmp_path):
 
 
 def test_a_trainer_refuses_a_run_folder_it_could_not_load_again(tmp_path):
-    from consistcam.train import build_strategy
+    from consistcam.train import build_method
     from consistcam.train.data import TrainData
     from tests.helpers import TinyNet
 
     data = TrainData.from_spec("demo:n=32,n_test=16,size=16", 16, "none")
     model = TinyNet(len(data.classes))
-    args = (model, data, build_strategy("erm"), torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, 1))
+    args = (model, data, build_method("erm"), torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, 1))
     with pytest.raises(ValueError, match="was not built by consistcam.models.create"):
         Trainer(*args, LoopSettings(epochs=1, progress=False), RunOutput(tmp_path), device="cpu")
     assert not any(tmp_path.iterdir())
@@ -209,14 +209,14 @@ def test_a_new_strategy_plugs_in_without_touching_the_trainer(tmp_path):
     from dataclasses import dataclass
 
     from consistcam.config import option
-    from consistcam.train import STRATEGIES, StepOutput, Strategy, register_strategy
+    from consistcam.train import METHODS, Method, StepOutput, register_method
 
     @dataclass
     class HalfConfig:
         factor: float = option(0.5, "loss multiplier", gt=0)
 
-    @register_strategy("test_half")
-    class Half(Strategy):
+    @register_method("test_half")
+    class Half(Method):
         Config = HalfConfig
 
         def loss(self, batch):
@@ -226,14 +226,14 @@ def test_a_new_strategy_plugs_in_without_touching_the_trainer(tmp_path):
 
     try:
         cfg = TrainConfig.from_dict({**TINY, "method": "test_half", "out": str(tmp_path), "test_half": {"factor": 2}})
-        assert cfg.strategy == HalfConfig(2.0)
+        assert cfg.method_options == HalfConfig(2.0)
         hist = Trainer.from_config(cfg, progress=False).fit()
         assert hist[0]["train/factor"] == pytest.approx(2.0)
         with pytest.raises(ConfigError, match="test_half.factor: must be > 0"):
             TrainConfig.from_dict({**TINY, "method": "test_half", "test_half": {"factor": 0}})
     finally:
-        STRATEGIES._items.pop("test_half")
-        STRATEGIES._canonical.pop("test_half")
+        METHODS._items.pop("test_half")
+        METHODS._canonical.pop("test_half")
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -272,7 +272,7 @@ def test_yaml_config_errors_and_coercion(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("lr: 1e-3\nmethod: ecl\necl: {consistency: {eps: 4e-3}}\n")  # YAML 1.1 reads 1e-3 as text
     cfg = TrainConfig.from_yaml(good, {"ecl": {"warmup": 0}})
-    assert cfg.lr == 0.001 and cfg.strategy.consistency.eps == 0.004 and cfg.strategy.warmup == 0
+    assert cfg.lr == 0.001 and cfg.method_options.consistency.eps == 0.004 and cfg.method_options.warmup == 0
 
 
 def test_flat_ecl_options_are_unknown_options():
@@ -281,7 +281,7 @@ def test_flat_ecl_options_are_unknown_options():
         with pytest.raises(ConfigError, match=f"unknown option '{next(iter(old))}'"):
             TrainConfig.from_dict({"method": "ecl", **old})
     cfg = TrainConfig.from_dict({"method": "ecl", "ecl": {"warmup": 3, "consistency": {"steps": 2}}})
-    assert cfg.strategy.warmup == 3 and cfg.strategy.consistency.steps == 2
+    assert cfg.method_options.warmup == 3 and cfg.method_options.consistency.steps == 2
 
 
 FORMER = {"weights": "weight_", "execution": ""}  # ecl.weights.power was ecl.consistency.weight_power, ...
@@ -311,16 +311,16 @@ def test_former_ecl_consistency_keys_load_under_their_new_names(tmp_path):
         warnings.simplefilter("error")
         cfg = TrainConfig.from_dict(former)
     assert cfg.to_dict() == TrainConfig.from_dict(new).to_dict()
-    assert cfg.strategy.weights.scheme == "rank" and cfg.strategy.execution.amp == "off"
+    assert cfg.method_options.weights.scheme == "rank" and cfg.method_options.execution.amp == "off"
     assert set(cfg.to_dict()["ecl"]) >= {"consistency", "weights", "execution"}
     assert "weight_power" not in cfg.to_dict()["ecl"]["consistency"]  # written back in the new layout
     # a file in one layout, an override in the other: the override wins
     (tmp_path / "new.yaml").write_text("method: ecl\necl: {weights: {power: 0.25}}\n")
     (tmp_path / "former.yaml").write_text("method: ecl\necl: {consistency: {weight_power: 0.25, steps: 2}}\n")
     override = TrainConfig.from_yaml(tmp_path / "new.yaml", {"ecl": {"consistency": {"weight_power": 2.0}}})
-    assert override.strategy.weights.power == 2.0
+    assert override.method_options.weights.power == 2.0
     override = TrainConfig.from_yaml(tmp_path / "former.yaml", {"ecl": {"weights": {"power": 2.0}}})
-    assert override.strategy.weights.power == 2.0 and override.strategy.consistency.steps == 2
+    assert override.method_options.weights.power == 2.0 and override.method_options.consistency.steps == 2
     with pytest.raises(ConfigError, match="ecl.consistency.weight_power .the former name of ecl.weights.power"):
         TrainConfig.from_dict({"ecl": {"consistency": {"weight_power": 1.0}, "weights": {"power": 2.0}}})
     with pytest.raises(ConfigError, match="unknown option 'ecl.consistency.weight_powr'"):

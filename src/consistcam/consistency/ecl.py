@@ -5,7 +5,7 @@ warm up with v = 1 for ``warmup`` epochs, then every ``update_every`` epochs sco
 (explain, attack the background only, E = lam·S + (1 - lam)·P), match the scores to samples by id,
 gather them across processes, derive the tempered weights v = 1 - E (mean 1, EMA over rounds) and
 train on mean_i(v_i · L_i); resume needs every piece of that state. This object is that glue, and the
-only copy of it: consistcam's own ``ecl`` strategy (consistcam.train.strategies.ecl) and the
+only copy of it: consistcam's own ``ecl`` method (consistcam.train.methods.ecl) and the
 Lightning callback (consistcam.lightning) call it too. It sits in consistency/, below train/, so a
 plain loop gets it from ``import consistcam`` without the trainer.
 

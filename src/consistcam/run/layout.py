@@ -3,7 +3,7 @@ these constants and helpers, so the layout cannot drift between the trainer, ``e
 sweep, ``diagnose``, ``fool``, TracIn and the VAE (tests/run/test_layout_names.py finds any of these
 names spelled elsewhere in the package).
 
-A training method's own files go in one folder it declares (``Strategy.output_dir``; the trainer
+A training method's own files go in one folder it declares (``Method.output_dir``; the trainer
 records it in ``status.json``, :func:`consistcam.run.status.method_dir` finds it); the built-in
 methods' folders are named here with the rest."""
 
@@ -22,7 +22,7 @@ from consistcam.utils import atomic_write
 # what training writes (the trainer, and the VAE's and ``fool``'s training loops)
 CONFIG_FILE = "config.yaml"  # the options the run was trained with
 MODEL_FILE = "model.safetensors"  # the final weights plus what rebuilds the model by name
-CHECKPOINT_FILE = "checkpoint.safetensors"  # exact resume: weights, optimizer, strategy state
+CHECKPOINT_FILE = "checkpoint.safetensors"  # exact resume: weights, optimizer, method state
 TRAIN_METRICS_FILE = "metrics.jsonl"  # one JSON record per epoch
 STATUS_FILE = "status.json"  # running / complete, written last
 SKIPPED_FILE = "skipped.txt"  # entries skipped under skip_bad: split, kind, file, reason (tab-separated)
@@ -30,7 +30,7 @@ TENSORBOARD_DIR = "tb"  # TensorBoard events
 KEPT_DIR = "checkpoints"  # kept weights of every N-th epoch, what TracIn sums over (consistcam.run.kept)
 EPOCH_FILES = "epoch_*.safetensors"  # one file per epoch in KEPT_DIR and ECL_DIR: epoch_file(epoch)
 
-# the built-in training methods' folders (Strategy.output_dir)
+# the built-in training methods' folders (Method.output_dir)
 ECL_DIR = "consistency"  # ECL's scoring rounds: E, S, P, predictions, flips, area and v per sample id
 JTT_DIR = "jtt"  # JTT's error set
 JTT_ERROR_SET_FILE = "error_set.safetensors"  # in JTT_DIR

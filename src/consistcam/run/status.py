@@ -78,7 +78,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 # What a run folder holds that consistcam wrote: top-level files, and folders whose files have these
 # suffixes (kept checkpoints, TensorBoard events, evaluation and influence outputs), besides the
-# training method's folder (METHOD_FILES: what StrategyContext.save_tensors writes).
+# training method's folder (METHOD_FILES: what MethodContext.save_tensors writes).
 RUN_FILES = frozenset({STATUS_FILE, CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, TRAIN_METRICS_FILE, SKIPPED_FILE,
                        FOOL_FILE, FOOL_EXAMPLES_FILE, REPORT_FILE})
 RUN_FOLDERS = {KEPT_DIR: (".safetensors",), TENSORBOARD_DIR: ("events.out.tfevents.",),
@@ -99,7 +99,7 @@ def method_dir_problem(name: object) -> str | None:
 
 
 def method_dir(run_dir: str | Path) -> Path | None:
-    """The folder of the run's training method's own files (``Strategy.output_dir``: ECL's scoring
+    """The folder of the run's training method's own files (``Method.output_dir``: ECL's scoring
     rounds, JTT's error set) as status.json records it; for a run without that record (trained
     before the trainer wrote it), the built-in method's folder it holds
     (:data:`~consistcam.run.layout.BUILTIN_METHOD_DIRS`). None when the method writes none."""

@@ -58,7 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from consistcam.sweep import grid as g
     from consistcam.sweep.runner import collect, evaluation_options, is_evaluated, member_config, run_members
     from consistcam.sweep.table import write_outputs
-    from consistcam.train import STRATEGIES, TrainConfig
+    from consistcam.train import METHODS, TrainConfig
 
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"sweep CONFIG {args.config} not found (a YAML file of training options)")
@@ -70,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--set {key}=...: the sweep sets {key} per member; use {g.RESERVED[key]}")
     grid = [g.parse_grid_item(item) for item in args.grid or []]
     arms = g.expand_arms(grid, [g.parse_assignments(a) for a in args.arm or []],
-                         base_method=_base_method(args.config, base, TrainConfig), methods=STRATEGIES.names())
+                         base_method=_base_method(args.config, base, TrainConfig), methods=METHODS.names())
     items = g.members(arms, args.seeds)
     root = check_output_folder(args.out)
     baseline = g.select_arm(arms, args.baseline, _base_method(args.config, base, TrainConfig))

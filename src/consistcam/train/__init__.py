@@ -1,20 +1,20 @@
-"""Trainer, strategies (erm, ecl, ...) and callbacks; the checkpoint functions are re-exported from
+"""Trainer, methods (erm, ecl, ...) and callbacks; the checkpoint functions are re-exported from
 consistcam.run (the run-folder layout lives there)."""
 
 from consistcam.run.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from consistcam.train.callbacks import Callback, Checkpointer, ConsolePrinter, JsonlLogger, TensorBoardLogger
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
-from consistcam.train.strategies import (
+from consistcam.train.methods import (
     ECL,
     ERM,
-    STRATEGIES,
+    METHODS,
     ECLConfig,
+    Method,
+    MethodContext,
     StepOutput,
-    Strategy,
-    StrategyContext,
-    build_strategy,
-    register_strategy,
+    build_method,
+    register_method,
 )
 from consistcam.train.task import Task, weighted_cross_entropy
 from consistcam.train.trainer import LoopSettings, RunOutput, Schedule, Trainer, build_optimizer, train
@@ -22,7 +22,7 @@ from consistcam.train.trainer import LoopSettings, RunOutput, Schedule, Trainer,
 __all__ = [
     "ECL",
     "ERM",
-    "STRATEGIES",
+    "METHODS",
     "Callback",
     "Checkpointer",
     "ConsolePrinter",
@@ -32,18 +32,18 @@ __all__ = [
     "RunOutput",
     "Schedule",
     "StepOutput",
-    "Strategy",
-    "StrategyContext",
+    "Method",
+    "MethodContext",
     "Task",
     "TensorBoardLogger",
     "TrainConfig",
     "TrainData",
     "Trainer",
     "build_optimizer",
-    "build_strategy",
+    "build_method",
     "load_checkpoint",
     "load_model",
-    "register_strategy",
+    "register_method",
     "save_checkpoint",
     "save_model",
     "train",

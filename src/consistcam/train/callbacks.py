@@ -88,7 +88,7 @@ class Checkpointer(Callback):
             # before checkpoint.safetensors: a kill in between makes resume redo (and rewrite) this epoch
             self.keep(trainer, record["epoch"])
         save_checkpoint(trainer.run_dir / CHECKPOINT_FILE, trainer.module, trainer.optimizer,
-                        trainer.strategy.state_dict(), record["epoch"], trainer.config_dict)
+                        trainer.method.state_dict(), record["epoch"], trainer.config_dict)
 
     @staticmethod
     def keep(trainer: Trainer, epoch: int) -> Path:

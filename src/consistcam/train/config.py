@@ -31,7 +31,7 @@ from consistcam.data.images import MAX_SIDE
 from consistcam.data.transforms import AUGMENTATIONS
 from consistcam.run.kept import keep_check, keep_every
 from consistcam.run.layout import EPOCH_FILES, KEPT_DIR, MODEL_FILE, SKIPPED_FILE
-from consistcam.train.strategies import STRATEGIES, strategy_config
+from consistcam.train.methods import METHODS, method_config
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -84,7 +84,7 @@ class TrainConfig:
     head_lr_scale: float = option(1.0, "the classifier head's learning rate is lr times this (fine-tuning)", gt=0.0)
     image_size: int | None = option(None, "resize images to this size (default: native size)", ge=1, le=MAX_SIDE)
     augment: str = option("flip", "training augmentation", choices=AUGMENTATIONS)
-    method: str = option("erm", "training method (consistcam list methods)", check=registered(STRATEGIES))
+    method: str = option("erm", "training method (consistcam list methods)", check=registered(METHODS))
     epochs: int = option(10, "number of epochs", ge=1)
     batch_size: int = option(128, "training batch size", ge=1)
     eval_batch_size: int = option(256, "batch size of the per-epoch evaluation", ge=1)
@@ -118,14 +118,14 @@ class TrainConfig:
         None, "keep the weights of every N-th epoch (and the last) with their learning rate, as TracIn needs "
         f"(consistcam influence): every=N or N; RUN/{KEPT_DIR}/{EPOCH_FILES}", check=keep_check())
     # the method's own options (a dataclass instance, e.g. ECLConfig); a mapping is validated into one
-    strategy: Any = field(default=None, metadata={"help": "options of the chosen method"})
+    method_options: Any = field(default=None, metadata={"help": "options of the chosen method"})
 
     def __post_init__(self) -> None:
         validate(self)
         # one spelling in config.yaml (an integer, None when off), so resume compares like with like
         self.keep_checkpoints = keep_every(self.keep_checkpoints) or None
         try:
-            self.strategy = strategy_config(self.method, self.strategy)
+            self.method_options = method_config(self.method, self.method_options)
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:
@@ -133,8 +133,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = to_dict(self)
-        d.pop("strategy")
-        d[STRATEGIES.canonical(self.method)] = to_dict(self.strategy)
+        d.pop("method_options")  # written under the method's name, as it is read
+        d[METHODS.canonical(self.method)] = to_dict(self.method_options)
         return d
 
     @classmethod
@@ -144,19 +144,19 @@ class TrainConfig:
         Sections of other methods are validated too (a typo there is still a typo) and dropped."""
         d = dict(d)
         method = d.get("method", "erm")
-        sections = {k: d.pop(k) for k in list(d) if k in STRATEGIES and k not in ("method",)}
+        sections = {k: d.pop(k) for k in list(d) if k in METHODS and k not in ("method",)}
         for name, section in sections.items():
             if not isinstance(section, Mapping):
                 raise ConfigError(f"{name}: expected a mapping of options, got {section!r}")
-            strategy_config(name, section)
+            method_config(name, section)
         chosen = None
-        if isinstance(method, str) and method in STRATEGIES:
-            chosen = sections.get(STRATEGIES.canonical(method))
-        if "strategy" in d:
-            raise ConfigError(f"unknown option 'strategy'; put the method's options under its name ({method}:)")
+        if isinstance(method, str) and method in METHODS:
+            chosen = sections.get(METHODS.canonical(method))
+        if "method_options" in d:
+            raise ConfigError(f"unknown option 'method_options'; put the method's options under its name ({method}:)")
         cfg = from_dict(cls, d, where)
         if chosen:
-            cfg.strategy = strategy_config(cfg.method, chosen)
+            cfg.method_options = method_config(cfg.method, chosen)
         return cfg
 
     @classmethod
@@ -187,7 +187,7 @@ class TrainConfig:
 
 def _upgraded(d: Mapping) -> dict:
     """``d`` with the renamed options of its method sections under their current names."""
-    return {k: upgrade(STRATEGIES.get(k).Config, v, k) if k in STRATEGIES and isinstance(v, Mapping) else v
+    return {k: upgrade(METHODS.get(k).Config, v, k) if k in METHODS and isinstance(v, Mapping) else v
             for k, v in d.items()}
 
 

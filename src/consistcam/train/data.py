@@ -1,7 +1,7 @@
 """The data of a training run, built once: one parse and one decode of every image.
 
 The training split is read a single time; the augmented training view and the plain scoring view
-(consistency passes, strategies that need un-augmented images) are views of that one data set.
+(consistency passes, methods that need un-augmented images) are views of that one data set.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class TrainData:
                      world_size: int = 1, weights: torch.Tensor | None = None) -> DataLoader:
         """Augmented, shuffled by ``seed``; boxes/masks dropped unless asked for (they cost ~3x).
         ``batch_size`` is the global batch; under DDP each rank loads its share of it. ``weights``
-        (one per sample id, see :meth:`Strategy.sampling_weights`) draws the epoch with replacement
+        (one per sample id, see :meth:`Method.sampling_weights`) draws the epoch with replacement
         in proportion to them instead of shuffling."""
         if weights is not None:
             if weights.shape != (self.num_samples,):

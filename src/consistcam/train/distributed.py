@@ -3,7 +3,7 @@
 ``consistcam train`` alone is one process. Under ``torchrun`` (``WORLD_SIZE`` > 1 in the
 environment) the trainer joins the process group (NCCL on CUDA, gloo on the CPU), wraps the model
 in ``DistributedDataParallel``, splits every global batch across the ranks, shards the per-epoch
-evaluation and the strategies' passes over the training set, and lets rank 0 alone write files.
+evaluation and the methods' passes over the training set, and lets rank 0 alone write files.
 """
 
 from __future__ import annotations

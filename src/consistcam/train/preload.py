@@ -8,7 +8,7 @@ for ``flip`` and ``crop_flip`` (zero-padded random crop of ``pad`` pixels, then 
 then uint8 -> float in [0, 1]), with the same distribution: the crop offset is uniform over
 ``0 .. 2 * pad`` on each axis and the flip has probability 1/2. Every random draw is a function of
 (epoch seed, sample id) only, so neither the batch size of the loader nor the number of processes
-changes the augmentation of a sample. ``rrc_flip`` and strategies that need boxes or masks use the
+changes the augmentation of a sample. ``rrc_flip`` and methods that need boxes or masks use the
 DataLoader path.
 """
 

@@ -1,6 +1,6 @@
 """The task type picks the base loss: softmax cross-entropy for single-label data, BCE for multi-hot.
 
-Strategies never choose it; they receive per-sample losses from :meth:`Task.per_sample_loss` and
+Methods never choose it; they receive per-sample losses from :meth:`Task.per_sample_loss` and
 re-weight or add to them, so every method works for both kinds of labels.
 """
 
@@ -86,7 +86,7 @@ class Task:
     def targets_for_explanation(self, labels: Tensor) -> Tensor:
         """The class each image is explained for (single-label data: its label)."""
         if self.multilabel:
-            raise ValueError("this strategy explains one class per image; multi-label training has several "
+            raise ValueError("this method explains one class per image; multi-label training has several "
                              "(use erm or ecl, or --task single on single-label data)")
         return labels
 

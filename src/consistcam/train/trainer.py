@@ -1,9 +1,9 @@
-"""The training loop: plain PyTorch; methods plug in as strategies, side jobs as callbacks.
+"""The training loop: plain PyTorch; methods plug in as methods, side jobs as callbacks.
 
-``Trainer(model, data, strategy, optimizer, schedule, LoopSettings(...), RunOutput(...))`` for full
+``Trainer(model, data, method, optimizer, schedule, LoopSettings(...), RunOutput(...))`` for full
 control, or ``Trainer.from_config(cfg)`` to build everything from a validated :class:`TrainConfig`.
 Runs resume exactly: the schedule is stateless, augmentation and shuffling are functions of (seed,
-epoch), and the strategy's state travels in the checkpoint.
+epoch), and the method's state travels in the checkpoint.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from consistcam.train.callbacks import Callback, Checkpointer, default_callbacks
 from consistcam.train.config import TrainConfig
 from consistcam.train.data import TrainData
 from consistcam.train.distributed import barrier, broadcast_object, init_distributed
-from consistcam.train.strategies import STRATEGIES, Strategy, StrategyContext, build_strategy
+from consistcam.train.methods import METHODS, Method, MethodContext, build_method
 from consistcam.train.task import Task, f1_from_counts, mean_average_precision, multilabel_counts, resolve_task
 from consistcam.utils import (
     DistInfo,
@@ -113,7 +113,7 @@ def model_param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over the model's parameter groups (:func:`model_param_groups`); the
-    :class:`Trainer` adds a strategy's own parameters as a further group after ``strategy.setup``
+    :class:`Trainer` adds a method's own parameters as a further group after ``method.setup``
     (which creates them)."""
     params = model_param_groups(cfg, model)
     if cfg.optimizer == "sgd":
@@ -183,7 +183,7 @@ class RunOutput:
     """Where and how a run is recorded.
 
     Args:
-        run_dir: where callbacks and the strategy write (None: nothing is written).
+        run_dir: where callbacks and the method write (None: nothing is written).
         config: the :class:`TrainConfig` the trainer was built from (stored in checkpoints and
             config.yaml). Without it, a run folder's model.safetensors names the architecture ``create``
             built the model with; a model from elsewhere is refused when a Checkpointer would save it.
@@ -202,14 +202,14 @@ class RunOutput:
 
 
 class Trainer:
-    """Train ``model`` on ``data`` with ``strategy``.
+    """Train ``model`` on ``data`` with ``method``.
 
     Args:
         model: a classifier taking images in [0, 1] (normalisation inside, see consistcam.models).
         data: the :class:`TrainData` (built once).
-        strategy: the method (``build_strategy("ecl", {...})``).
-        optimizer: any torch optimizer over the model's parameters; the strategy's own parameters
-            (``strategy.parameters(model)`` after ``setup``) join it as a second group with its defaults.
+        method: the method (``build_method("ecl", {...})``).
+        optimizer: any torch optimizer over the model's parameters; the method's own parameters
+            (``method.parameters(model)`` after ``setup``) join it as a second group with its defaults.
         schedule: ``schedule(step, steps_per_epoch) -> lr`` (stateless), e.g. :class:`Schedule`.
         loop: epochs, batch sizes, seed, task, precision and layout: :class:`LoopSettings`.
         output: run folder, config and callbacks: :class:`RunOutput` (default: nothing written, the
@@ -219,7 +219,7 @@ class Trainer:
         dist: the process group's rank and size under DDP (default: one process).
     """
 
-    def __init__(self, model: nn.Module, data: TrainData, strategy: Strategy, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, data: TrainData, method: Method, optimizer: torch.optim.Optimizer,
                  schedule, loop: LoopSettings, output: RunOutput | None = None, *,
                  device: str | torch.device = "auto", dist: DistInfo | None = None) -> None:
         output = output or RunOutput()
@@ -236,12 +236,12 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.is_main = self.dist.is_main
         self.module, self.model = self._place(model)  # the model itself, and what trains (DDP-wrapped)
-        self.data, self.strategy, self.optimizer, self.schedule = data, strategy, optimizer, schedule
+        self.data, self.method, self.optimizer, self.schedule = data, method, optimizer, schedule
         spec = self.config.data if self.config is not None else "the training data"
         self.task = Task(multilabel=resolve_task(loop.task, data.multilabel, spec),
                          label_smoothing=loop.label_smoothing)
-        self.ctx = self._strategy_context()
-        self.strategy.setup(self.ctx)
+        self.ctx = self._method_context()
+        self.method.setup(self.ctx)
         # modules whose parameters are all frozen (a linear probe's backbone) stay in eval mode in training
         self._frozen = [m for m in self.module.modules()
                         if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)]
@@ -249,11 +249,11 @@ class Trainer:
         self.init_status: dict | None = None
         # after setup, which creates them (a head, prompts): a further group in the parameters' fixed order
         self._model_groups = len(self.optimizer.param_groups)
-        if extra := list(self.strategy.parameters(self.module)):
+        if extra := list(self.method.parameters(self.module)):
             self.optimizer.add_param_group({"params": extra})
-        # after setup: a strategy may only then know whether it reads boxes or masks
+        # after setup: a method may only then know whether it reads boxes or masks
         self.preload_note = None if data.preloaded is not None else data.preload(loop.preload, self.device,
-                                                                                 strategy.needs_locations)
+                                                                                 method.needs_locations)
         self.start_epoch = 0
         self.extended_from: int | None = None
         self.history: list[dict] = []
@@ -271,9 +271,9 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return module, nn.parallel.DistributedDataParallel(module, device_ids=ids, process_group=self.dist.group)
 
-    def _strategy_context(self) -> StrategyContext:
+    def _method_context(self) -> MethodContext:
         data, dist = self.data, self.dist
-        return StrategyContext(
+        return MethodContext(
             model=self.model, device=self.device, task=self.task, num_samples=data.num_samples,
             train_ids=torch.tensor(data.indices, device=self.device), seed=self.loop.seed,
             progress=self.loop.progress and self.is_main, run_dir=self.run_dir, dist=dist,
@@ -287,7 +287,7 @@ class Trainer:
     @classmethod
     def from_config(cls, config: TrainConfig, progress: bool = True, resume: bool = False,
                     callbacks: Sequence[Callback] | None = None, overwrite: bool = False) -> Trainer:
-        """Build data (once), model, optimizer, strategy and callbacks from ``config``; with
+        """Build data (once), model, optimizer, method and callbacks from ``config``; with
         ``resume``, continue the run in ``config.out`` exactly where its checkpoint ends. A folder
         that already holds a run is refused without ``resume`` (``overwrite`` replaces it)."""
         if config.freeze == "backbone" and config.init is None and not config.pretrained:
@@ -300,7 +300,7 @@ class Trainer:
         if config.image_size is not None:  # before any data is read or a folder is written
             check_image_size(config.image_size, max(config.batch_size, config.eval_batch_size), "image_size")
         run_dir = Path(config.out)
-        method_dir = STRATEGIES.get(config.method).output_dir
+        method_dir = METHODS.get(config.method).output_dir
         if dist_info.enabled:  # rank 0 decides about the folder; every rank gets its verdict
             problem = None
             if dist_info.is_main:
@@ -323,10 +323,10 @@ class Trainer:
             data.record_skipped(run_dir)
         model = create(config.arch, len(data.classes), config.pretrained, config.small_input)
         init_info = apply_init(config, model, resume)
-        strategy = build_strategy(config.method, config.strategy)
-        check_layer_options(model, strategy.config, config.method)
+        method = build_method(config.method, config.method_options)
+        check_layer_options(model, method.config, config.method)
         optimizer = build_optimizer(config, model)
-        trainer = cls(model, data, strategy, optimizer, Schedule.from_config(config),
+        trainer = cls(model, data, method, optimizer, Schedule.from_config(config),
                       LoopSettings.from_config(config, progress), RunOutput(run_dir, config, callbacks),
                       device=device, dist=dist_info)
         if init_info is not None:
@@ -341,7 +341,7 @@ class Trainer:
     @staticmethod
     def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, method_dir: str | None = None) -> bool:
         """Check (and tidy) the run folder; returns whether there is a checkpoint to resume from.
-        ``method_dir``: the folder of the training method's own files (``Strategy.output_dir``)."""
+        ``method_dir``: the folder of the training method's own files (``Method.output_dir``)."""
         if resume and not (run_dir / CHECKPOINT_FILE).is_file():
             if not (run_dir / CONFIG_FILE).is_file():
                 raise FileNotFoundError(f"cannot resume: {run_dir / CHECKPOINT_FILE} not found")
@@ -372,7 +372,7 @@ class Trainer:
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> None:
-        """Restore model, optimizer and strategy from RUN/checkpoint.safetensors; the config must match
+        """Restore model, optimizer and method from RUN/checkpoint.safetensors; the config must match
         the checkpoint's except for epochs, out, workers and device."""
         path = self.run_dir / CHECKPOINT_FILE
         status = read_status(self.run_dir)
@@ -386,7 +386,7 @@ class Trainer:
             diff = config_differences(saved, self.config.to_dict(), ignore_epochs=True)
             if diff:
                 raise ValueError(f"cannot resume {self.run_dir}: config differs from the checkpoint's in {diff}")
-        self.strategy.load_state_dict(state["strategy"])
+        self.method.load_state_dict(state["strategy"])  # the checkpoint key, kept from earlier versions
         self.start_epoch = state["epoch"] + 1
         done = status.get("epochs", state["epoch"] + 1)
         if status["state"] == "complete" and self.loop.epochs > done:
@@ -443,7 +443,7 @@ class Trainer:
         """What status.json records beside the state: an epoch extension, the input pipeline used, the
         folder of the method's own files."""
         info = {"extended_from": self.extended_from} if self.extended_from is not None else {}
-        info[METHOD_DIR_KEY] = self.strategy.output_dir
+        info[METHOD_DIR_KEY] = self.method.output_dir
         info["input_pipeline"] = "preloaded" if self.data.preloaded is not None else \
             f"dataloader ({self.preload_note})"
         if self.init_status is not None:
@@ -456,9 +456,9 @@ class Trainer:
         epoch_seed = self.loop.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)  # augmentation randomness: a function of (seed, epoch) only
         self.ctx.epoch = epoch
-        record = {"epoch": epoch, **self.strategy.on_epoch_start(epoch)}
+        record = {"epoch": epoch, **self.method.on_epoch_start(epoch)}
         record.update(self.train_epoch(epoch, epoch_seed))
-        record.update(self.strategy.on_epoch_end(epoch))
+        record.update(self.method.on_epoch_end(epoch))
         for split in self.data.eval_sets:
             record.update({f"{split}/{k}": v for k, v in self.evaluate_split(self.eval_loader(split)).items()})
         record["time_s"] = round(time.time() - t0, 2)
@@ -481,9 +481,9 @@ class Trainer:
         self.model.train()
         for module in self._frozen:
             module.eval()
-        loader = self.data.train_loader(self.loop.batch_size, seed, keep_locations=self.strategy.needs_locations,
+        loader = self.data.train_loader(self.loop.batch_size, seed, keep_locations=self.method.needs_locations,
                                         rank=self.dist.rank, world_size=self.dist.world_size,
-                                        weights=self.strategy.sampling_weights())
+                                        weights=self.method.sampling_weights())
         steps = len(loader)
         total_loss = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # no host sync per step
@@ -498,13 +498,13 @@ class Trainer:
             batch = self._to_device(batch)
             n = len(batch["label"])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = self.strategy.loss(batch)
+                out = self.method.loss(batch)
             bad = ~torch.isfinite(out.loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.dist.enabled:
-                self._average_strategy_gradients()
+                self._average_method_gradients()
             self.optimizer.step()
             total_loss += out.loss.detach() * n
             correct += self.task.correct(out.logits.detach(), batch["label"])
@@ -528,8 +528,8 @@ class Trainer:
         record.update({f"train/{k}": (v / seen).item() for k, v in logs.items()})
         return record
 
-    def _average_strategy_gradients(self) -> None:
-        """DDP averages the model's gradients; a strategy's own parameters (second group) are averaged
+    def _average_method_gradients(self) -> None:
+        """DDP averages the model's gradients; a method's own parameters (second group) are averaged
         here, in one flat bucket: one collective per step instead of one per parameter."""
         grads = [p.grad for group in self.optimizer.param_groups[self._model_groups:] for p in group["params"]
                  if p.grad is not None]

@@ -6,7 +6,7 @@ the mean weight is 1 (the learning-rate scale of ERM). This is the loss-weightin
 "upweighting" baseline of Sagawa et al. (ICLR 2020); ``form=sampling`` is its sampling form
 instead, group-balanced sampling with replacement (Idrissi et al., CLeaR 2022: "SUBG"/"RWG" draw
 each group equally often). It reads the group
-annotations of the data (consistcam.train.strategies.groups): an oracle, not a method that could
+annotations of the data (consistcam.train.methods.groups): an oracle, not a method that could
 run on data without them.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from consistcam.config import option, validate
-from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.groups import GROUPINGS, inverse_frequency_weights, num_groups, training_groups
+from consistcam.train.methods.base import Method, MethodContext, register_method
+from consistcam.train.methods.groups import GROUPINGS, inverse_frequency_weights, num_groups, training_groups
 
 
 @dataclass
@@ -35,15 +35,15 @@ class ReweightGroupsConfig:
         validate(self)
 
 
-@register_strategy("reweight_groups")
-class ReweightGroups(Strategy):
+@register_method("reweight_groups")
+class ReweightGroups(Method):
     """Weights every (class, background) cell equally: inverse group frequency (oracle group labels)."""
 
     Config = ReweightGroupsConfig
     config: ReweightGroupsConfig
     single_label = True
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         table, classes = training_groups(ctx, self.name, self.config.grouping, self.config.score_batch_size)
         # a function of the data alone: resume recomputes it, so there is no state to save

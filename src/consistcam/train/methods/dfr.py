@@ -34,9 +34,9 @@ from torch import Tensor
 from consistcam.config import option, validate
 from consistcam.models.factory import classifier_head
 from consistcam.models.state import preserved_state
-from consistcam.train.strategies._shared import classifier_inputs
-from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.groups import GROUPINGS, group_index, num_groups
+from consistcam.train.methods._shared import classifier_inputs
+from consistcam.train.methods.base import Method, MethodContext, register_method
+from consistcam.train.methods.groups import GROUPINGS, group_index, num_groups
 
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # the reference's C_OPTIONS
 
@@ -105,15 +105,15 @@ def worst_cell_accuracy(pred: Tensor, y: Tensor, cells: Tensor) -> float:
     return min((pred[cells == g] == y[cells == g]).double().mean().item() for g in cells.unique().tolist())
 
 
-@register_strategy("dfr")
-class DFR(Strategy):
+@register_method("dfr")
+class DFR(Method):
     """ERM, then the head refitted on group-balanced held-out data (oracle group labels of ``split``)."""
 
     Config = DFRConfig
     config: DFRConfig
     single_label = True
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         if ctx.eval_loader_fn is None or self.config.split not in ctx.eval_splits:
             raise ValueError(f"dfr fits the head on split {self.config.split!r}, which this data does not have "

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consistcam.train.strategies.base import Strategy, register_strategy
+from consistcam.train.methods.base import Method, register_method
 
 
-@register_strategy("erm")
-class ERM(Strategy):
+@register_method("erm")
+class ERM(Method):
     """Every sample has weight 1; the loss is the task's base loss."""

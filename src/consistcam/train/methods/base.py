@@ -1,7 +1,7 @@
-"""What a training method plugs into: :class:`Strategy`, its narrow :class:`StrategyContext`, the
+"""What a training method plugs into: :class:`Method`, its narrow :class:`MethodContext`, the
 registry that pairs each method's name with its class and its own config dataclass.
 
-A strategy never sees the trainer. It gets the model, the device, the task's base loss, the epoch,
+A method never sees the trainer. It gets the model, the device, the task's base loss, the epoch,
 the process group (DDP) and a way to get the un-augmented training images and to save artefacts;
 it answers ``loss(batch) -> StepOutput`` and may act between epochs. Everything it needs to resume
 goes through ``state_dict``/``load_state_dict`` (tensors only: checkpoints are safetensors).
@@ -27,7 +27,7 @@ from consistcam.utils import DistInfo, gather_cat
 
 
 class StepOutput(NamedTuple):
-    """What ``Strategy.loss`` returns: the scalar loss to back-propagate, the logits of the batch's
+    """What ``Method.loss`` returns: the scalar loss to back-propagate, the logits of the batch's
     clean images (for training accuracy) and scalar logs (averaged over the epoch)."""
 
     loss: Tensor
@@ -36,8 +36,8 @@ class StepOutput(NamedTuple):
 
 
 @dataclass
-class StrategyContext:
-    """The narrow view of a training run a strategy gets."""
+class MethodContext:
+    """The narrow view of a training run a method gets."""
 
     model: nn.Module
     device: torch.device
@@ -54,7 +54,7 @@ class StrategyContext:
     epochs: int = 0  # the run's number of epochs (the last is ``epochs - 1``)
     eval_splits: tuple[str, ...] = ()  # the held-out splits the run evaluates on
     eval_loader_fn: Callable[[str, int], DataLoader] | None = field(default=None, repr=False)
-    # forgets the optimizer's state (momentum, Adam moments): a strategy that restarts the model from
+    # forgets the optimizer's state (momentum, Adam moments): a method that restarts the model from
     # its initial weights mid-run (jtt) restarts the optimizer with it
     reset_optimizer: Callable[[], None] | None = field(default=None, repr=False)
 
@@ -105,10 +105,10 @@ class StrategyContext:
 
 @dataclass
 class NoOptions:
-    """A strategy without options of its own."""
+    """A method without options of its own."""
 
 
-class Strategy:
+class Method:
     """Base class: plain (optionally per-sample weighted) empirical risk minimisation.
 
     Subclasses set ``name`` and ``Config`` (a dataclass of :func:`consistcam.config.option` fields)
@@ -127,17 +127,17 @@ class Strategy:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
-        self.ctx: StrategyContext | None = None
+        self.ctx: MethodContext | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters the strategy owns besides the model's (e.g. a projection head), in a
+        """Trainable parameters the method owns besides the model's (e.g. a projection head), in a
         fixed order; the trainer asks once, after ``setup`` (which creates them), and adds them to the
         optimizer as a second parameter group. Their values must also be in ``state_dict`` for resume."""
         return []
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Called once before training (and before ``load_state_dict`` on resume); creates the
-        strategy's own trainable modules, on ``ctx.device``."""
+        method's own trainable modules, on ``ctx.device``."""
         if self.single_label and ctx.task.multilabel:
             raise ValueError(f"{self.name} explains one class per image; multi-label training is not supported by it")
         self.ctx = ctx
@@ -169,16 +169,16 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if state:
-            raise ValueError(f"strategy {self.name!r} has no state to restore, got {sorted(state)}")
+            raise ValueError(f"method {self.name!r} has no state to restore, got {sorted(state)}")
 
 
-ENTRY_POINT_GROUP = "consistcam.strategies"
+ENTRY_POINT_GROUP = "consistcam.strategies"  # the name plug-ins were published under
 
 
-def _strategy_class(name: str, cls: Any) -> type[Strategy]:
-    """Check that ``cls`` is a Strategy subclass with a dataclass ``Config`` and name it ``name``."""
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise TypeError(f"{cls!r} is not a subclass of consistcam.train.strategies.Strategy")
+def _method_class(name: str, cls: Any) -> type[Method]:
+    """Check that ``cls`` is a Method subclass with a dataclass ``Config`` and name it ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} is not a subclass of consistcam.train.methods.Method")
     if not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
     if cls.output_dir is not None and (problem := method_dir_problem(cls.output_dir)):
@@ -188,26 +188,26 @@ def _strategy_class(name: str, cls: Any) -> type[Strategy]:
 
 
 # built-ins register on import; third-party packages through the entry-point group, loaded on first lookup
-STRATEGIES: Registry[type[Strategy]] = Registry("training method", ENTRY_POINT_GROUP, _strategy_class)
+METHODS: Registry[type[Method]] = Registry("training method", ENTRY_POINT_GROUP, _method_class)
 
 
-def register_strategy(name: str, *aliases: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator: ``@register_strategy("ecl")`` on a Strategy subclass with its ``Config``."""
+def register_method(name: str, *aliases: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("ecl")`` on a Method subclass with its ``Config``."""
 
-    def deco(cls: type[Strategy]) -> type[Strategy]:
-        STRATEGIES.add(name, _strategy_class(name, cls), *aliases)
+    def deco(cls: type[Method]) -> type[Method]:
+        METHODS.add(name, _method_class(name, cls), *aliases)
         return cls
 
     return deco
 
 
-def strategy_config(name: str, options: Mapping | Any | None = None) -> Any:
+def method_config(name: str, options: Mapping | Any | None = None) -> Any:
     """The validated config dataclass of method ``name`` from a mapping (errors name ``name.key``)."""
-    cls = STRATEGIES.get(name)
+    cls = METHODS.get(name)
     if isinstance(options, cls.Config):
         return options
-    return from_dict(cls.Config, options or {}, STRATEGIES.canonical(name))
+    return from_dict(cls.Config, options or {}, METHODS.canonical(name))
 
 
-def build_strategy(name: str, options: Mapping | Any | None = None) -> Strategy:
-    return STRATEGIES.get(name)(strategy_config(name, options))
+def build_method(name: str, options: Mapping | Any | None = None) -> Method:
+    return METHODS.get(name)(method_config(name, options))

@@ -9,7 +9,7 @@ each positive class of an image is scored against the background of all its obje
 classes' E are reduced to one E per image (``multilabel_reduce``; consistcam.consistency.multilabel).
 
 The schedule itself is :class:`consistcam.ECL` (consistcam.consistency.ecl), the object a plain
-loop or the Lightning callback uses too; this strategy only hands it the trainer's model, scoring
+loop or the Lightning callback uses too; this method only hands it the trainer's model, scoring
 loader and process group, and saves each round's fields in its folder of the run
 (``consistency/epoch_XXX.safetensors``).
 """
@@ -21,24 +21,24 @@ from torch import Tensor
 from consistcam.consistency.ecl import ECL as ECLSchedule
 from consistcam.consistency.ecl import ECLConfig
 from consistcam.run.layout import ECL_DIR, epoch_file
-from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
+from consistcam.train.methods.base import Method, MethodContext, register_method
 
 
-@register_strategy("ecl")
-class ECL(Strategy):
+@register_method("ecl")
+class ECL(Method):
     """Re-weights training towards samples whose explanations are not robust to background attacks."""
 
     Config = ECLConfig
     config: ECLConfig
     output_dir = ECL_DIR  # one epoch_XXX.safetensors per scoring round
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         self.schedule = ECLSchedule(ctx.num_samples, self.config, seed=ctx.seed, train_ids=ctx.train_ids,
                                     multilabel=ctx.task.multilabel, process_group=ctx.dist, device=ctx.device,
                                     progress=ctx.progress)
 
-    # the schedule's state, read by tests and tools as the strategy's own
+    # the schedule's state, read by tests and tools as the method's own
     @property
     def weights(self) -> Tensor:
         return self.schedule.weights

@@ -1,5 +1,5 @@
-"""Helpers that more than one strategy uses, so that no strategy module imports another one (a
-strategy can then be read, copied or dropped on its own; crop sampling lives in ``crops.py``)."""
+"""Helpers that more than one method uses, so that no method module imports another one (a
+method can then be read, copied or dropped on its own; crop sampling lives in ``crops.py``)."""
 
 from __future__ import annotations
 

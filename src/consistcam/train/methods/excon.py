@@ -39,8 +39,8 @@ What the reference does (``main_supcon.py::train_encoder``, ``data_aug.py::aug_n
   ``base_temperature=0.07``, so the loss is scaled by 0.1/0.07; ``contrast_mode='all'``, positives =
   same label excluding self, mean over anchors.
 * head: SupContrast's ``mlp`` head, Linear(d, d) - ReLU - Linear(d, 128), L2-normalised, on the
-  pooled features (the input of the model's last ``nn.Linear``). The strategy owns it; the trainer
-  trains it through ``Strategy.parameters(model)`` (second optimizer group) and it is saved in
+  pooled features (the input of the model's last ``nn.Linear``). The method owns it; the trainer
+  trains it through ``Method.parameters(model)`` (second optimizer group) and it is saved in
   ``state_dict``.
 * classifier: the reference trains the encoder with SupCon only and, after every encoder epoch, a
   linear classifier with CE on frozen encoder features (a separate pass). ``classifier=probe`` does the
@@ -65,9 +65,9 @@ from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import EXPLAINERS, explain, find_target_layer, get_layer, last_convolution
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.models.state import preserved_state
-from consistcam.train.strategies._shared import classifier_inputs, classifier_layer, normalization, occlude
-from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.crops import check_crop_scale, resized_crop_flip
+from consistcam.train.methods._shared import classifier_inputs, classifier_layer, normalization, occlude
+from consistcam.train.methods.base import Method, MethodContext, StepOutput, register_method
+from consistcam.train.methods.crops import check_crop_scale, resized_crop_flip
 
 
 @dataclass
@@ -148,8 +148,8 @@ def mask_below(model: nn.Module, images: Tensor, maps: Tensor, threshold: float 
     return torch.where(mask, value, images)
 
 
-@register_strategy("excon")
-class ExCon(Strategy):
+@register_method("excon")
+class ExCon(Method):
     """Supervised contrastive learning whose positive view keeps only the explained (salient) pixels."""
 
     Config = ExConConfig
@@ -166,7 +166,7 @@ class ExCon(Strategy):
             raise RuntimeError("excon builds its projection head in setup(): call it before parameters()")
         return list(self.head.parameters())
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Builds the projection head (its width is the model's feature size), on the CPU first: its
         initial weights do not depend on the device."""
         super().setup(ctx)
@@ -250,5 +250,5 @@ class ExCon(Strategy):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         unknown = sorted(k for k in state if not k.startswith("head."))
         if unknown:
-            raise ValueError(f"strategy 'excon' has no state {unknown}")
+            raise ValueError(f"method 'excon' has no state {unknown}")
         self.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})

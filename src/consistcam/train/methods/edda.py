@@ -41,8 +41,8 @@ from consistcam.config import option, registered, validate
 from consistcam.explain import EXPLAINERS, explain
 from consistcam.explain.inputs import CheckedInputs
 from consistcam.metrics.faithfulness import pixel_ranks
-from consistcam.train.strategies._shared import FILLS, masked_count, occlude
-from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
+from consistcam.train.methods._shared import FILLS, masked_count, occlude
+from consistcam.train.methods.base import Method, StepOutput, register_method
 
 
 @dataclass
@@ -109,8 +109,8 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
 
 
-@register_strategy("edda")
-class EDDA(Strategy):
+@register_method("edda")
+class EDDA(Method):
     """Adds explanation-driven occlusions: non-salient occluded keeps the label, salient occluded loses confidence."""
 
     Config = EDDAConfig

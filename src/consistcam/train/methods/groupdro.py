@@ -13,7 +13,7 @@ as the reference's commands do (``--reweight_groups``, a ``WeightedRandomSampler
 1 / n_g). The default ``uniform`` keeps the trainer's shuffled batches (the reference without that
 flag): a small group is then often missing from a batch, and its q moves only through the
 adjustment and the renormalisation, so a rare group's weight drifts down while it is absent.
-Groups are oracle annotations of the data (consistcam.train.strategies.groups).
+Groups are oracle annotations of the data (consistcam.train.methods.groups).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from consistcam.config import option, validate
-from consistcam.train.strategies.base import StepOutput, Strategy, StrategyContext, register_strategy
-from consistcam.train.strategies.groups import (
+from consistcam.train.methods.base import Method, MethodContext, StepOutput, register_method
+from consistcam.train.methods.groups import (
     GROUPINGS,
     conflicting_groups,
     group_counts,
@@ -80,15 +80,15 @@ def group_mean_losses(per_sample: Tensor, groups: Tensor, num: int, dist=None) -
     return total / denom, sums * world / denom
 
 
-@register_strategy("groupdro")
-class GroupDRO(Strategy):
+@register_method("groupdro")
+class GroupDRO(Method):
     """Minimises the worst group's loss: online exponentiated-gradient group weights (oracle group labels)."""
 
     Config = GroupDROConfig
     config: GroupDROConfig
     single_label = True
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         cfg = self.config
         self.table, classes = training_groups(ctx, self.name, cfg.grouping, cfg.score_batch_size)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from consistcam.metrics.groups import alignment
-from consistcam.train.strategies.base import StrategyContext
+from consistcam.train.methods.base import MethodContext
 
 GROUPINGS = ("class_alignment", "class_background")
 
@@ -45,7 +45,7 @@ def conflicting_groups(num_classes: int, grouping: str) -> Tensor:
     return cells // num_classes != cells % num_classes
 
 
-def training_groups(ctx: StrategyContext, method: str, grouping: str,
+def training_groups(ctx: MethodContext, method: str, grouping: str,
                     batch_size: int = 250) -> tuple[Tensor, int]:
     """(group of every sample id on ``ctx.device``, -1 for ids not trained on; number of classes),
     from one pass over the un-augmented training set (shards gathered under DDP)."""

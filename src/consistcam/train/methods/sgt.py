@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from consistcam.config import option, validate
 from consistcam.models.state import preserved_state
-from consistcam.train.strategies._shared import masked_count, normalization
-from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
+from consistcam.train.methods._shared import masked_count, normalization
+from consistcam.train.methods.base import Method, StepOutput, register_method
 
 
 @dataclass
@@ -133,8 +133,8 @@ def input_gradient(model: nn.Module, images: Tensor, targets: Tensor | None) -> 
     return grad
 
 
-@register_strategy("sgt")
-class SGT(Strategy):
+@register_method("sgt")
+class SGT(Method):
     """Masks each image's lowest-saliency features and keeps the prediction unchanged on the masked image."""
 
     Config = SGTConfig

@@ -27,7 +27,7 @@ What the reference does, and where we differ (docs/methods.md):
   substantially in train mode (InfoNCE-gradient cosine to the reference 0.17-0.51 on a tiny ResNet;
   tests/reference/test_cgc_reference.py).
 * second view: ``RandomResizedCrop.get_params`` on the centre crop (rejection sampling, 10 tries,
-  centred fallback), same here (:mod:`consistcam.train.strategies.crops`, whole-pixel boxes). The
+  centred fallback), same here (:mod:`consistcam.train.methods.crops`, whole-pixel boxes). The
   reference slices the box out of the image (``tvf.resized_crop``) and of the map (integer slicing +
   ``interpolate``) and resizes it bilinearly; ``apply_crop_flip(edges="clamp")`` does the same for the
   whole batch at once (sampling clamped to the box, equal to slicing up to float rounding).
@@ -48,8 +48,8 @@ from consistcam.config import option, validate
 from consistcam.data.geometry import apply_crop_flip
 from consistcam.explain import explain
 from consistcam.explain.inputs import CheckedInputs
-from consistcam.train.strategies.base import StepOutput, Strategy, register_strategy
-from consistcam.train.strategies.crops import check_crop_scale, resized_crop_flip
+from consistcam.train.methods.base import Method, StepOutput, register_method
+from consistcam.train.methods.crops import check_crop_scale, resized_crop_flip
 
 GRADIENT_CAMS = ("hirescam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
@@ -137,8 +137,8 @@ def _predicted_on_first(n: int) -> Callable[[Tensor], Tensor]:
     return targets
 
 
-@register_strategy("cgc")
-class CGC(Strategy):
+@register_method("cgc")
+class CGC(Method):
     """Trains Grad-CAM-style maps to follow crops and flips of the image (contrastive consistency)."""
 
     Config = CGCConfig

@@ -2,7 +2,7 @@
 reference code anniesch/jtt). No group labels.
 
 Two phases in one run: ERM for ``identification_epochs`` (T) epochs; then, at the start of epoch T,
-the identification model classifies the *un-augmented* training images (the strategy context's
+the identification model classifies the *un-augmented* training images (the method context's
 scoring loader, eval mode) and its misclassified ones form the error set; from epoch T on each
 error-set sample has weight ``lambda_up`` and every other sample 1, normalised to mean 1 over the
 training set. With ``reset`` (the paper: the second model is trained from scratch) the model goes
@@ -28,7 +28,7 @@ from torch import Tensor
 from consistcam.config import option, validate
 from consistcam.models.state import preserved_state
 from consistcam.run.layout import JTT_DIR, JTT_ERROR_SET_FILE
-from consistcam.train.strategies.base import Strategy, StrategyContext, register_strategy
+from consistcam.train.methods.base import Method, MethodContext, register_method
 
 
 @dataclass
@@ -56,8 +56,8 @@ def upweight(errors: Tensor, lambda_up: float) -> Tensor:
     return w / w.mean()
 
 
-@register_strategy("jtt")
-class JTT(Strategy):
+@register_method("jtt")
+class JTT(Method):
     """Just Train Twice: ERM for T epochs, then up-weight the samples that model got wrong (no group labels)."""
 
     Config = JTTConfig
@@ -65,7 +65,7 @@ class JTT(Strategy):
     single_label = True
     output_dir = JTT_DIR  # the error set (JTT_ERROR_SET_FILE)
 
-    def setup(self, ctx: StrategyContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         self.weights = torch.ones(ctx.num_samples, device=ctx.device)
         self.identified = False
