@@ -18,8 +18,8 @@ from consistcam.run.status import prepare_new_run, read_status
 from consistcam.train.methods import METHODS
 from consistcam.train.methods.base import ENTRY_POINT_GROUP
 
-STRATEGY_DIR = Path(__file__).parents[2] / "src" / "consistcam" / "train" / "strategies"
-HELPERS = {"base", "_shared", "crops", "groups"}  # modules that register no strategy
+METHOD_DIR = Path(__file__).parents[2] / "src" / "consistcam" / "train" / "methods"
+HELPERS = {"base", "_shared", "crops", "groups"}  # modules that register no method
 
 
 def _installed(monkeypatch, **targets: str) -> None:
@@ -80,11 +80,11 @@ def test_an_entry_point_may_not_take_a_built_in_name(monkeypatch):
 
 
 def test_no_strategy_module_imports_another():
-    modules = {p.stem for p in STRATEGY_DIR.glob("*.py") if p.stem != "__init__"}
+    modules = {p.stem for p in METHOD_DIR.glob("*.py") if p.stem != "__init__"}
     strategies = modules - HELPERS
     assert {"erm", "ecl", "excon", "lico", "cgc", "edda", "sgt"} <= strategies
     for name in sorted(modules):
-        source = (STRATEGY_DIR / f"{name}.py").read_text()
+        source = (METHOD_DIR / f"{name}.py").read_text()
         assert bool(re.search(r"^@register_method\(", source, re.M)) == (name in strategies), name
         imported = set()
         for node in ast.walk(ast.parse(source)):
