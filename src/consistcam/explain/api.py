@@ -7,9 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.explain._state import capture
-from consistcam.explain.inputs import CheckedInputs, check_inputs
-from consistcam.explain.layers import resolve_layer, transformer_defaults
-from consistcam.explain.methods import (
+from consistcam.explain.explainers import (
     EXPLAINERS,
     CAMContext,
     Explainer,
@@ -18,6 +16,8 @@ from consistcam.explain.methods import (
     no_reshape,
     target_gradients,
 )
+from consistcam.explain.inputs import CheckedInputs, check_inputs
+from consistcam.explain.layers import resolve_layer, transformer_defaults
 from consistcam.explain.targets import Targets, TargetScore, resolve_targets
 from consistcam.models.state import preserved_state
 

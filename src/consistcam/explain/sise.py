@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from consistcam.explain._state import capture
+from consistcam.explain.explainers import CAMContext, Reshape, no_reshape, register_explainer
 from consistcam.explain.layers import find_block_layers, resolve_layer
-from consistcam.explain.methods import EXPLAINERS, CAMContext, Explainer, Reshape, no_reshape
 from consistcam.explain.targets import TargetScore
 
 __all__ = ["otsu_levels", "sise_maps"]
@@ -250,6 +250,8 @@ def _options(ctx: CAMContext) -> dict:
                 create_graph=ctx.create_graph, progress=bool(opts.get("progress", False)))
 
 
+@register_explainer("sise", needs_gradients=False,
+                    options=("layers", "batch_size", "grad_threshold", "temperature", "softmax", "progress"))
 def sise(ctx: CAMContext) -> Tensor:
     """SISE through :func:`~consistcam.explain.explain`; options: ``layers``, ``batch_size`` (64),
     ``grad_threshold`` (0.0), ``temperature`` (100.0), ``softmax`` (True), ``progress`` (False)."""
@@ -259,14 +261,10 @@ def sise(ctx: CAMContext) -> Tensor:
                      temperature=float(ctx.options.get("temperature", 100.0)), **_options(ctx))
 
 
+@register_explainer("ada-sise", "adasise", "ada_sise", needs_gradients=False,
+                    options=("layers", "batch_size", "softmax", "progress"))
 def ada_sise(ctx: CAMContext) -> Tensor:
     """Ada-SISE through :func:`~consistcam.explain.explain`; options: ``layers``, ``batch_size`` (64),
     ``softmax`` (True), ``progress`` (False)."""
     layers, reshapes = _layers(ctx)
     return sise_maps(ctx.model, ctx.images, ctx.score, layers, reshapes, adaptive=True, **_options(ctx))
-
-
-EXPLAINERS.add("sise", Explainer(sise, needs_gradients=False, options=("layers", "batch_size", "grad_threshold",
-                                                                      "temperature", "softmax", "progress")))
-EXPLAINERS.add("ada-sise", Explainer(ada_sise, needs_gradients=False, options=("layers", "batch_size", "softmax",
-                                                                               "progress")), "adasise", "ada_sise")

@@ -1,8 +1,11 @@
-"""CAM methods. Each only says how it weighs the activations; the machinery is in ``api.py``.
+"""The explainers: the registry, :func:`register_explainer`, and the CAM family. Each explainer only
+says how it weighs the activations; the machinery is in ``api.py``.
 
-Every function takes a :class:`CAMContext` and returns the raw (pre-ReLU) map (N, h, w) at the
-layer's resolution. Formulas follow the papers; constants follow pytorch-grad-cam where it has the
-method, so that results agree with it (tests check this).
+Every explainer is a function that takes a :class:`CAMContext` and returns the raw (pre-ReLU) map
+(N, h, w) at the layer's resolution. Formulas follow the papers; constants follow pytorch-grad-cam
+where it has the method, so that results agree with it (tests check this). SISE and Ada-SISE
+register in ``sise.py``; a package of your own registers through the entry-point group
+``consistcam.explainers`` (:data:`ENTRY_POINT_GROUP`).
 """
 
 from __future__ import annotations
@@ -43,12 +46,49 @@ class CAMContext:
 
 @dataclass(frozen=True)
 class Explainer:
+    """What :func:`register_explainer` registers: the function and how ``explain()`` must call it.
+    Calling it calls the function."""
+
     fn: Callable[[CAMContext], Tensor]
-    needs_gradients: bool = True
-    options: tuple[str, ...] = ()  # the options ``explain(**options)`` passes to this explainer
+    needs_gradients: bool = True  # ``explain()`` fills ``ctx.gradients`` (one backward pass) before calling it
+    options: tuple[str, ...] = ()  # the options of ``explain(**options)`` it reads (check_explainer_options knows them)
+
+    def __call__(self, ctx: CAMContext) -> Tensor:
+        return self.fn(ctx)
 
 
-EXPLAINERS: Registry[Explainer] = Registry("explainer")
+ENTRY_POINT_GROUP = "consistcam.explainers"
+
+
+def _explainer_entry(name: str, obj: object) -> Explainer:
+    """An entry point must name a function decorated with :func:`register_explainer`."""
+    if not isinstance(obj, Explainer):
+        raise TypeError(f"{obj!r} is not an explainer: decorate its function with "
+                        "@consistcam.explain.register_explainer")
+    return obj
+
+
+# built-ins register on import; third-party packages through the entry-point group, loaded on first lookup
+EXPLAINERS: Registry[Explainer] = Registry("explainer", ENTRY_POINT_GROUP, _explainer_entry)
+
+
+def register_explainer(name: str, *aliases: str, needs_gradients: bool = True,
+                       options: tuple[str, ...] = ()) -> Callable[[Callable[[CAMContext], Tensor]], Explainer]:
+    """Function decorator: ``@register_explainer("gradcam", "grad-cam")`` on a function
+    ``(CAMContext) -> Tensor`` adds it to :data:`EXPLAINERS` under ``name`` and ``aliases``, so that
+    ``explain(..., explainer=name)`` and every config's ``explainer`` option take it.
+    ``needs_gradients=False``: ``explain()`` skips the backward pass (``ctx.gradients`` is None);
+    ``options``: the keyword options of ``explain()`` it reads from ``ctx.options``. Returns the
+    registered :class:`Explainer` (callable like the function)."""
+
+    def deco(fn: Callable[[CAMContext], Tensor]) -> Explainer:
+        entry = Explainer(fn, needs_gradients, tuple(options))
+        EXPLAINERS.add(name, entry, *aliases)
+        return entry
+
+    return deco
+
+
 COUNT_OPTIONS = ("batch_size", "steps")  # chunk sizes and step counts: integers >= 1
 
 
@@ -65,14 +105,6 @@ def check_explainer_options(options: Mapping[str, object]) -> None:
             raise ValueError(f"explainer option {key}: {key} must be >= 1, got {value!r}")
 
 
-def _explainer(name: str, *aliases: str, needs_gradients: bool = True, options: tuple[str, ...] = ()):
-    def deco(fn: Callable[[CAMContext], Tensor]) -> Callable[[CAMContext], Tensor]:
-        EXPLAINERS.add(name, Explainer(fn, needs_gradients, options), *aliases)
-        return fn
-
-    return deco
-
-
 def _weighted(weights: Tensor, acts: Tensor) -> Tensor:
     return (weights[:, :, None, None] * acts).sum(1)
 
@@ -84,25 +116,25 @@ def target_gradients(logits: Tensor, score: Callable[[Tensor], Tensor], acts: Te
     return grads
 
 
-@_explainer("gradcam", "grad-cam")
+@register_explainer("gradcam", "grad-cam")
 def gradcam(ctx: CAMContext) -> Tensor:
     return _weighted(ctx.gradients.mean((2, 3)), ctx.activations)
 
 
-@_explainer("hirescam")
+@register_explainer("hirescam")
 def hirescam(ctx: CAMContext) -> Tensor:
     """Element-wise gradient x activation (Draelos & Carin), the map CGC trains with."""
     return (ctx.gradients * ctx.activations).sum(1)
 
 
-@_explainer("xgradcam", "xgrad-cam")
+@register_explainer("xgradcam", "xgrad-cam")
 def xgradcam(ctx: CAMContext) -> Tensor:
     acts, grads = ctx.activations, ctx.gradients
     total = acts.sum((2, 3), keepdim=True)
     return _weighted((grads * acts / (total + 1e-7)).sum((2, 3)), acts)
 
 
-@_explainer("gradcam++", "gradcampp", "gradcamplusplus")
+@register_explainer("gradcam++", "gradcampp", "gradcamplusplus")
 def gradcam_plus_plus(ctx: CAMContext) -> Tensor:
     acts, grads = ctx.activations, ctx.gradients
     g2 = grads.pow(2)
@@ -113,12 +145,12 @@ def gradcam_plus_plus(ctx: CAMContext) -> Tensor:
     return _weighted((grads.clamp_min(0) * alpha).sum((2, 3)), acts)
 
 
-@_explainer("layercam")
+@register_explainer("layercam")
 def layercam(ctx: CAMContext) -> Tensor:
     return (ctx.gradients.clamp_min(0) * ctx.activations).sum(1)
 
 
-@_explainer("scorecam", "score-cam", needs_gradients=False, options=("batch_size",))
+@register_explainer("scorecam", "score-cam", needs_gradients=False, options=("batch_size",))
 def scorecam(ctx: CAMContext) -> Tensor:
     """Score-CAM: each channel, upsampled and min-max scaled, masks the input; the target scores of
     the N·K masked images (one batched stream, ``batch_size`` at a time) are soft-maxed over
@@ -143,7 +175,7 @@ def scorecam(ctx: CAMContext) -> Tensor:
     return _weighted(weights, acts)
 
 
-@_explainer("integrated-gradcam", "integrated_gradcam", "igcam", options=("steps", "baseline"))
+@register_explainer("integrated-gradcam", "integrated_gradcam", "igcam", options=("steps", "baseline"))
 def integrated_gradcam(ctx: CAMContext) -> Tensor:
     """Integrated Grad-CAM (Sattarzadeh et al., ICASSP 2021), as the path integral of the Grad-CAM
     weights along the straight line from a baseline x' (black image) to x:
