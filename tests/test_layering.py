@@ -9,9 +9,9 @@
 2. **Import statements.** The same rule on the source's imports, which also sees those inside
    functions (they run only when called).
 3. **No cycles.** The import graph read from the source (module-level and function-level imports,
-   ``importlib.import_module`` of a literal consistcam module name, not ``if TYPE_CHECKING:`` blocks)
-   has no cycle between parts, nor between modules apart from a package's ``__init__`` importing its
-   own submodules."""
+   ``importlib.import_module`` of a literal consistcam module name, and ``if TYPE_CHECKING:`` blocks:
+   a type-only import is still a dependency a reader and a type checker follow) has no cycle between
+   parts, nor between modules apart from a package's ``__init__`` importing its own submodules."""
 
 from __future__ import annotations
 
@@ -175,15 +175,8 @@ def module_name(path: Path) -> str:
     return ".".join(names[:-1] if names[-1] == "__init__" else names)
 
 
-def _type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
-
-
 def _imports(tree: ast.AST, name: str, is_package: bool, known: set[str]) -> set[str]:
-    """consistcam modules ``name``'s source imports, anywhere but in ``if TYPE_CHECKING:``.
+    """consistcam modules ``name``'s source imports, anywhere (``if TYPE_CHECKING:`` blocks included).
     ``from a import b`` counts as importing ``a.b`` when that is a module, else ``a``."""
     uses_importlib = False
     out: set[str] = set()
@@ -191,9 +184,6 @@ def _imports(tree: ast.AST, name: str, is_package: bool, known: set[str]) -> set
     todo = [tree]
     while todo:
         node = todo.pop()
-        if _type_checking(node):
-            todo.extend(node.orelse)
-            continue
         todo.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
@@ -275,7 +265,8 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
               "def g():\n    from consistcam import y\n    importlib.import_module('consistcam.z')\n")
     assert _imports(ast.parse(source), "consistcam.x", True, known) == {
         "consistcam.x.a", "consistcam.x.b", "consistcam.y", "consistcam.z"}
-    assert _imports(ast.parse("if TYPE_CHECKING:\n    import consistcam.y\n"), "consistcam.x", True, known) == set()
+    assert _imports(ast.parse("if TYPE_CHECKING:\n    import consistcam.y\n"), "consistcam.x", True, known) == {
+        "consistcam.y"}
 
 
 def test_no_import_statement_reaches_a_higher_layer():

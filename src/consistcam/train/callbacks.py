@@ -8,32 +8,52 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
+
+import torch
+from torch import nn
 
 from consistcam.run.checkpoint import save_checkpoint, save_model
 from consistcam.run.kept import KEPT_FORMAT, is_kept_epoch, kept_checkpoints, write_kept
 from consistcam.run.layout import CHECKPOINT_FILE, MODEL_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE
 from consistcam.utils import fault_point
 
-if TYPE_CHECKING:
-    from consistcam.train.trainer import Trainer
+
+class TrainerView(Protocol):
+    """What a callback reads of the trainer (:class:`consistcam.train.Trainer` is one): described
+    here rather than imported, so that the trainer, which calls the callbacks, and this module do
+    not import each other."""
+
+    config: Any
+    data: Any
+    is_main: bool
+    loop: Any
+    method: Any
+    model_recipe: dict | None
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    run_dir: Path | None
+    schedule: Any
+
+    @property
+    def config_dict(self) -> dict: ...
 
 
 class Callback:
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         pass
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         pass
 
 
 class JsonlLogger(Callback):
     """One JSON line per epoch in RUN/metrics.jsonl (resume truncates epochs after the checkpoint)."""
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         if trainer.is_main and trainer.run_dir is not None:
             line = json.dumps(record) + "\n"
             with open(trainer.run_dir / TRAIN_METRICS_FILE, "a") as f:
@@ -49,7 +69,7 @@ class TensorBoardLogger(Callback):
     def __init__(self) -> None:
         self.writer = None
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         if not trainer.is_main or trainer.run_dir is None:
             return
         if self.writer is None:
@@ -61,7 +81,7 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(k, v, record["epoch"])
         self.writer.flush()
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -73,7 +93,7 @@ class Checkpointer(Callback):
     rebuilds; with ``keep_checkpoints: N``, also the weights of every N-th epoch and of the last one
     in RUN/checkpoints/ (what TracIn sums over)."""
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         if not trainer.is_main or trainer.run_dir is None:
             return
         recipe = trainer.model_recipe
@@ -91,7 +111,7 @@ class Checkpointer(Callback):
                         trainer.method.state_dict(), record["epoch"], trainer.config_dict)
 
     @staticmethod
-    def keep(trainer: Trainer, epoch: int) -> Path:
+    def keep(trainer: TrainerView, epoch: int) -> Path:
         """Write RUN/checkpoints/epoch_XXX.safetensors: the weights plus, in the metadata, the mean
         learning rate over the epochs since the previous kept checkpoint and how many epochs that is
         (TracIn weighs each checkpoint's gradient products by lr x epochs). The interval is read from
@@ -116,7 +136,7 @@ _NO_RECIPE = (f"the Checkpointer writes {MODEL_FILE}, which names the model's ar
 class ConsolePrinter(Callback):
     """The epoch record as one JSON line on stdout."""
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         if trainer.is_main and trainer.loop.progress:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
             print(json.dumps(shown), flush=True)
