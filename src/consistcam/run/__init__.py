@@ -24,7 +24,6 @@ from consistcam.run.layout import (
 )
 from consistcam.run.status import RunFolderError, method_dir, read_metrics, read_status, require_complete
 
-METRICS_FILE = TRAIN_METRICS_FILE  # its name before issue 34, kept importable (it was in __all__); not exported
 
 __all__ = [
     "CHECKPOINT_FILE",
