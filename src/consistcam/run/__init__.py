@@ -24,7 +24,6 @@ from consistcam.run.layout import (
 )
 from consistcam.run.status import RunFolderError, method_dir, read_metrics, read_status, require_complete
 
-
 __all__ = [
     "CHECKPOINT_FILE",
     "CONFIG_FILE",
