@@ -61,12 +61,13 @@ def test_is_run_folder(tmp_path):
 def test_overwrite_never_removes_a_file_consistcam_did_not_write(tmp_path):
     run = tmp_path / "run"  # a run folder (its files), then with a foreign file at the top and inside eval/
     for name in (STATUS_FILE, CONFIG_FILE, MODEL_FILE, "eval/metrics.json", "tb/events.out.tfevents.1.host",
-                 "consistency/epoch_000.safetensors", "checkpoints/epoch_000.safetensors", f".{MODEL_FILE}.x.tmp"):
+                 "consistency/epoch_000.safetensors", "checkpoints/epoch_000.safetensors", f".{MODEL_FILE}.x.tmp",
+                 "diagnosis/diagnosis.json", "diagnosis/diagnosis.md", "diagnosis/diagnosis.png"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text('{"state": "complete"}' if name == STATUS_FILE else "x")
     with pytest.raises(RunFolderError, match="already holds a complete run; use --resume"):
         prepare_new_run(run)
-    for foreign in ("notes.txt", "eval/notes.txt"):
+    for foreign in ("notes.txt", "eval/notes.txt", "diagnosis/notes.txt"):
         (run / foreign).write_text("precious\n")
         with pytest.raises(RunFolderError, match=f"holds files consistcam did not write \\({foreign}\\)"):
             prepare_new_run(run, overwrite=True)

@@ -82,8 +82,8 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 RUN_FILES = frozenset({STATUS_FILE, CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, TRAIN_METRICS_FILE, SKIPPED_FILE,
                        FOOL_FILE, FOOL_EXAMPLES_FILE, REPORT_FILE})
 RUN_FOLDERS = {KEPT_DIR: (".safetensors",), TENSORBOARD_DIR: ("events.out.tfevents.",),
-               EVAL_DIR: (".safetensors", ".json", ".html", ".png"), INFLUENCE_DIR: (".safetensors", ".json", ".html",
-                                                                                  ".png")}
+               EVAL_DIR: (".safetensors", ".json", ".html", ".png"),
+               INFLUENCE_DIR: (".safetensors", ".json", ".html", ".png"), DIAGNOSIS_DIR: (".json", ".md", ".png")}
 METHOD_FILES = (".safetensors",)
 METHOD_DIR_KEY = "method_dir"  # in status.json: the folder of the training method's own files, or null
 
@@ -93,7 +93,7 @@ def method_dir_problem(name: object) -> str | None:
     must be a plain folder name that is none of the run's own files and folders."""
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
         return f"{name!r} is not a plain folder name"
-    if name in RUN_FILES or name in RUN_FOLDERS or name == DIAGNOSIS_DIR:
+    if name in RUN_FILES or name in RUN_FOLDERS:
         return f"{name!r} is a run folder's own file or folder"
     return None
 
