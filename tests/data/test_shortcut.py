@@ -40,6 +40,24 @@ def test_val_is_held_out_of_train_and_backgrounds_stay_in_their_split():
     assert all(p != i for p, i in zip(train.partner, train.index))
 
 
+def test_scenes_are_the_same_few_training_images_in_every_split():
+    """scenes=K: each group's backgrounds are K fixed images of its class, from the train share of
+    the training split, in train, val, test and test_correlated alike."""
+    splits = {s: _build(s, "scenes=3,area=1.0") for s in ("train", "val", "test", "test_correlated")}
+    train, test = splits["train"], splits["test"]
+    scenes = set(train.strips)
+    assert len(scenes) == 3 * 4 and scenes <= set(train.index)  # 3 per class, none held out as val
+    for ds in splits.values():
+        assert set(ds.strips) == scenes and set(ds.partner) <= scenes
+    base = DemoShapes("train", n=600, num_classes=4)
+    assert all(base.labels[p] == g for p, g in zip(test.partner, test.groups))  # a group's scenes are its class's
+    image, _, _, mask = test.load(4)  # a test object on a training scene's strip
+    x0, y0, x1, y1 = test.strips[test.partner[4]]
+    expected_bg = _resize(base.load(test.partner[4])[0][:, y0:y1, x0:x1], tuple(image.shape[-2:]))
+    assert torch.equal(image[:, ~mask.bool()], expected_bg[:, ~mask.bool()])
+    assert set(_build("train", "scenes=3,seed=1").strips) != scenes  # drawn from the seed
+
+
 def test_composite_is_the_object_on_the_lenders_background_strip():
     ds = _build("train", "area=1.0")  # no scaling: the object keeps its place and pixels
     base = DemoShapes("train", n=600, num_classes=4)
@@ -93,6 +111,8 @@ def test_strip_is_the_largest_box_free_side():
     ("shortcut:", "needs a data spec"),
     (f"shortcut:shortcut:{BASE}", "not a data set"),
     (f"shortcut:min_strip=0.99:{BASE}", "lower min_strip"),
+    (f"shortcut:scenes=-1:{BASE}", "scenes must be an integer >= 0, got -1"),
+    (f"shortcut:scenes=1000:{BASE}", "scenes=1000: class '.*' has only \\d+ training images"),
 ])
 def test_bad_specs_are_clear_errors(spec, match):
     with pytest.raises((ValueError, DataError), match=match):

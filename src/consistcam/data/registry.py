@@ -94,6 +94,8 @@ def _shortcut(arg: str, split: str, transform, **kw) -> LocatedDataset:
     opts, inner = parse_shortcut_arg(arg)
     base_split = "train" if split in ("train", "val") else eval_splits(inner)[0]
     base = _shortcut_base(inner, base_split, tuple(sorted(kw.items())))
+    if opts.get("scenes") and base_split != "train":  # scenes come from the training split
+        opts["scene_base"] = _shortcut_base(inner, "train", tuple(sorted(kw.items())))
     return ShortcutBackgrounds(base, split, transform=transform, **opts)
 
 

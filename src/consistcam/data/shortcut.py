@@ -13,6 +13,12 @@ each class of the base training split) and ``test`` (the base evaluation split) 
 (group uniform over all groups); ``test_correlated`` is the base evaluation split with ``rho``.
 Backgrounds come from the same base split as the objects, so no test background is seen in training.
 
+``scenes=K`` (default 0: off) makes the shortcut a *scene* shortcut, as Waterbirds' Places
+categories are: each group's backgrounds are the strips of K fixed images of its class, drawn once
+from ``seed`` out of the base training split's ``train`` share and used by every split (the objects
+of val and test stay unseen). A group's background is then a few recurring scenes, easy to learn and
+recognised again at test time, instead of a fresh image of the class each time.
+
 Objects larger than ``area`` (fraction of the canvas, default 0.5) are scaled down about their
 centre, so that enough background shows for a shortcut to exist; the pasted object's box (and
 mask) are the sample's ground truth. Every choice (groups, partners, scales) is drawn once from
@@ -71,7 +77,11 @@ class ShortcutBackgrounds(LocatedDataset):
         min_strip: a base image lends backgrounds only if its box-free strip covers at least this
             fraction of it (smaller strips would be blown up into blur).
         val_fraction: share of each class of the base training split held out as ``val``.
-        seed: seed of the held-out split, the groups, the partners.
+        seed: seed of the held-out split, the groups, the partners (and the scenes).
+        scenes: K > 0: every split's backgrounds come from K fixed images per class of the base
+            training split's train share (``scene_base``); 0: from the split's own images.
+        scene_base: the base training split, where ``scenes`` are taken from for ``test`` and
+            ``test_correlated`` (``train`` and ``val`` use ``base``).
         cache_bytes: composites are deterministic, so each is kept in memory after its first load
             (up to this many bytes; 0 = never): later epochs then cost an index, not two image
             reads and a resize.
@@ -81,7 +91,7 @@ class ShortcutBackgrounds(LocatedDataset):
 
     def __init__(self, base: LocatedDataset, split: str, rho: float = 0.9, area: float = 0.5,
                  min_strip: float = 0.15, val_fraction: float = 0.1, seed: int = 0, transform=None,
-                 cache_bytes: int = 1 << 30) -> None:
+                 cache_bytes: int = 1 << 30, scenes: int = 0, scene_base: LocatedDataset | None = None) -> None:
         super().__init__(transform)
         if split not in SPLITS:
             raise ValueError(f"unknown shortcut split {split!r}; known: {', '.join(SPLITS)}")
@@ -94,7 +104,13 @@ class ShortcutBackgrounds(LocatedDataset):
             if not lo <= value <= hi or (name in ("area", "val_fraction") and value == 0.0):
                 raise ValueError(f"shortcut option {name} must be in {'(' if name in ('area', 'val_fraction') else '['}"
                                  f"{lo}, {hi}], got {value}")
+        if isinstance(scenes, bool) or not isinstance(scenes, int) or scenes < 0:
+            raise ValueError(f"shortcut option scenes must be an integer >= 0, got {scenes!r}")
+        if scenes and split in ("test", "test_correlated") and scene_base is None:
+            raise ValueError(f"shortcut scenes={scenes}: the {split} split needs the base training split (scene_base) "
+                             "to take the scenes from")
         self.base, self.split, self.rho, self.area, self.seed = base, split, rho, area, seed
+        self.lender_base = (scene_base or base) if scenes and split in ("test", "test_correlated") else base
         self.classes, self.has_masks = base.classes, base.has_masks
         g = torch.Generator().manual_seed(seed * 1009 + _SPLIT_SEED[split])
         labels = torch.tensor(base.all_labels())
@@ -104,21 +120,17 @@ class ShortcutBackgrounds(LocatedDataset):
         members = self._members(labels, split, val_fraction, seed)
         self.index = members.tolist()  # base indices of this split's samples
         self.labels = labels[members].tolist()
-        # lenders: base images of the same member set with a usable background strip
-        self.strips = {}
-        for i in self.index:
-            image, _, boxes, mask = base.load(i)
-            h, w = image.shape[-2:]
-            strip = background_strip(self._object_box(boxes, mask, h, w), h, w)
-            if (strip[2] - strip[0]) * (strip[3] - strip[1]) >= min_strip * h * w:
-                self.strips[i] = strip
-        lenders = [torch.tensor([i for i in self.index if i in self.strips and int(labels[i]) == c], dtype=torch.long)
-                   for c in range(k)]
-        for c, pool in enumerate(lenders):
-            if len(pool) < 2:
-                raise DataError(f"shortcut {split}: class {self.classes[c]!r} has {len(pool)} images with a "
-                                f"box-free strip of at least {min_strip:.0%} of the image to lend as background; "
-                                "lower min_strip")
+        if scenes:
+            lenders = self._scenes(scenes, min_strip, val_fraction, seed)
+        else:  # lenders: base images of the same member set with a usable background strip
+            self.strips = {i: strip for i in self.index if (strip := self._strip(base, i, min_strip)) is not None}
+            lenders = [torch.tensor([i for i in self.index if i in self.strips and int(labels[i]) == c],
+                                    dtype=torch.long) for c in range(k)]
+            for c, pool in enumerate(lenders):
+                if len(pool) < 2:
+                    raise DataError(f"shortcut {split}: class {self.classes[c]!r} has {len(pool)} images with a "
+                                    f"box-free strip of at least {min_strip:.0%} of the image to lend as background; "
+                                    "lower min_strip")
         y = labels[members]
         n = len(y)
         if split in ("val", "test"):
@@ -130,11 +142,43 @@ class ShortcutBackgrounds(LocatedDataset):
         partner = []
         for j, i in enumerate(self.index):
             pool = lenders[self.groups[j]]
-            pool = pool[pool != i]
+            if not scenes:  # scenes: an image may sit on its own background (one of few fixed scenes)
+                pool = pool[pool != i]
             partner.append(int(pool[torch.randint(len(pool), (1,), generator=g)]))
         self.partner = partner
         self._cache: dict[int, tuple] = {}
         self._cache_left = cache_bytes
+
+    def _strip(self, data: LocatedDataset, i: int, min_strip: float) -> tuple[int, int, int, int] | None:
+        """Image ``i``'s largest box-free strip, or None when it covers less than ``min_strip``."""
+        image, _, boxes, mask = data.load(i)
+        h, w = image.shape[-2:]
+        strip = background_strip(self._object_box(boxes, mask, h, w), h, w)
+        return strip if (strip[2] - strip[0]) * (strip[3] - strip[1]) >= min_strip * h * w else None
+
+    def _scenes(self, scenes: int, min_strip: float, val_fraction: float, seed: int) -> list[Tensor]:
+        """K lenders per class from the train share of the base training split, the same for every
+        split (drawn from ``seed`` alone): the first K of a seeded order whose strip is usable."""
+        data = self.lender_base
+        labels = torch.tensor(data.all_labels())
+        train = self._members(labels, "train", val_fraction, seed)
+        order = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1009 + 97))]
+        self.strips, lenders = {}, []
+        for c, name in enumerate(self.classes):
+            pool = []
+            for i in order[labels[order] == c].tolist():
+                strip = self._strip(data, i, min_strip)
+                if strip is not None:
+                    self.strips[i] = strip
+                    pool.append(i)
+                    if len(pool) == scenes:
+                        break
+            if len(pool) < scenes:
+                raise DataError(f"shortcut scenes={scenes}: class {name!r} has only {len(pool)} training images "
+                                f"with a box-free strip of at least {min_strip:.0%} of the image; lower scenes or "
+                                "min_strip")
+            lenders.append(torch.tensor(pool, dtype=torch.long))
+        return lenders
 
     @staticmethod
     def _members(labels: Tensor, split: str, val_fraction: float, seed: int) -> Tensor:
@@ -179,7 +223,7 @@ class ShortcutBackgrounds(LocatedDataset):
         i = self.index[index]
         image, label, boxes, mask = self.base.load(i)
         h, w = image.shape[-2:]
-        lender, _, _, _ = self.base.load(self.partner[index])
+        lender, _, _, _ = self.lender_base.load(self.partner[index])
         sx0, sy0, sx1, sy1 = self.strips[self.partner[index]]
         canvas = _resize(lender[:, sy0:sy1, sx0:sx1], (h, w))
         x0, y0, x1, y1 = self._object_box(boxes, mask, h, w)
@@ -203,7 +247,8 @@ class ShortcutBackgrounds(LocatedDataset):
         return canvas, label, box, out_mask
 
 
-SHORTCUT_OPTIONS = {"rho": float, "area": float, "min_strip": float, "val_fraction": float, "seed": int}
+SHORTCUT_OPTIONS = {"rho": float, "area": float, "min_strip": float, "val_fraction": float, "seed": int,
+                    "scenes": int}
 
 
 def parse_shortcut_arg(arg: str) -> tuple[dict, str]:
