@@ -138,6 +138,17 @@ def test_tiny_imagenet_shortcut_builds():
     assert image.shape == (3, 64, 64) and mask is None and box.shape == (1, 4)
 
 
+@pytest.mark.slow
+@requires_tiny_imagenet()
+def test_tiny_imagenet_scene_shortcut_takes_test_backgrounds_from_training_scenes():
+    spec = f"shortcut:scenes=2,val_fraction=0.2:tinyimagenet:{TINY_IMAGENET}"
+    train, test = build_dataset(spec, "train"), build_dataset(spec, "test")
+    assert len(test.strips) == 2 * 10 and set(test.strips) == set(train.strips) <= set(train.index)
+    assert test.lender_base is not test.base and len(test.lender_base) == 5000  # the training split's images
+    image, label, box, _ = test.load(0)
+    assert image.shape == (3, 64, 64) and box.shape == (1, 4)
+
+
 def test_cached_composites_are_the_composites():
     cached, fresh = _build("train"), _build("train", "")
     fresh._cache_left = 0  # never caches
