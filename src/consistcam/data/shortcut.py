@@ -11,7 +11,8 @@ Splits (``shortcut:<spec>``): ``train`` takes the group of the image's own class
 ``rho`` (default 0.9) and one of the other groups otherwise; ``val`` (a held-out ``val_fraction`` of
 each class of the base training split) and ``test`` (the base evaluation split) are decorrelated
 (group uniform over all groups); ``test_correlated`` is the base evaluation split with ``rho``.
-Backgrounds come from the same base split as the objects, so no test background is seen in training.
+Backgrounds come from the same base split as the objects, so no test background is seen in training
+(unless ``scenes``, below).
 
 ``scenes=K`` (default 0: off) makes the shortcut a *scene* shortcut, as Waterbirds' Places
 categories are: each group's backgrounds are the strips of K fixed images of its class, drawn once
@@ -110,7 +111,7 @@ class ShortcutBackgrounds(LocatedDataset):
             raise ValueError(f"shortcut scenes={scenes}: the {split} split needs the base training split (scene_base) "
                              "to take the scenes from")
         self.base, self.split, self.rho, self.area, self.seed = base, split, rho, area, seed
-        self.lender_base = (scene_base or base) if scenes and split in ("test", "test_correlated") else base
+        self.lender_base = scene_base if scenes and split in ("test", "test_correlated") else base
         self.classes, self.has_masks = base.classes, base.has_masks
         g = torch.Generator().manual_seed(seed * 1009 + _SPLIT_SEED[split])
         labels = torch.tensor(base.all_labels())
