@@ -22,6 +22,15 @@ def alignment(labels: Tensor, groups: Tensor) -> Tensor:
     return (groups != labels).long()
 
 
+def worst_cell_accuracy(correct: Tensor, total: Tensor, min_count: int = 1) -> Tensor:
+    """The lowest ``correct / total`` over cells with at least ``min_count`` images (NaN when none):
+    the one definition of worst-group accuracy, for counts gathered however the caller gathers them."""
+    kept = total >= min_count
+    if not bool(kept.any()):
+        return torch.tensor(float("nan"), dtype=torch.float64, device=total.device)
+    return (correct[kept].double() / total[kept].double()).min()
+
+
 class GroupAccuracy(Metric):
     """Accuracy of every (class, attribute) cell and the worst of them.
 
@@ -57,8 +66,7 @@ class GroupAccuracy(Metric):
         total = self.total.reshape(self.num_classes, self.num_attributes)
         acc = self.correct.reshape_as(total).double() / total.clamp(min=1)
         acc = torch.where(total > 0, acc, torch.full_like(acc, float("nan")))
-        counted = acc[total >= self.min_count]
-        worst = counted.min() if counted.numel() else torch.tensor(float("nan"), dtype=acc.dtype)
+        worst = worst_cell_accuracy(self.correct, self.total, self.min_count)
         return {"group_acc": acc.float(), "worst_group_acc": worst.float()}
 
 

@@ -25,7 +25,7 @@ from consistcam.config import ConfigError
 from consistcam.consistency.ecl import multi_hot
 from consistcam.data.images import check_image_size
 from consistcam.explain.layers import check_layer_options
-from consistcam.metrics.groups import alignment
+from consistcam.metrics.groups import alignment, worst_cell_accuracy
 from consistcam.models import classifier_head, create, model_recipe
 from consistcam.models.state import preserved_state
 from consistcam.run.checkpoint import load_checkpoint
@@ -576,8 +576,7 @@ class Trainer:
         correct, seen = counts[: cells + 1], counts[cells + 1:]
         out = {"acc": (correct.sum() / seen.sum().clamp_min(1)).item()}
         if grouped and seen[:cells].sum() > 0:
-            filled = seen[:cells] > 0
-            out["worst_group_acc"] = (correct[:cells][filled] / seen[:cells][filled]).min().item()
+            out["worst_group_acc"] = worst_cell_accuracy(correct[:cells], seen[:cells]).item()
         return out
 
 
